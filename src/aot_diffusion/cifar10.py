@@ -1,0 +1,241 @@
+"""CIFAR-10 from the official python tarball (``cifar-10-python.tar.gz``), read in place.
+
+The tarball is never extracted to disk: each batch member is read from the gzip stream and
+unpickled with a restricted unpickler that only rebuilds the plain containers and the numpy
+arrays those files hold (they are protocol-2 pickles written by Python 2, so they are read
+with ``encoding="bytes"``). Anything else in a batch pickle is refused.
+
+Public API: :data:`CIFAR10_URL`, :data:`CIFAR10_MD5`, :data:`CIFAR10_CLASSES`,
+:func:`verify_md5`, :func:`ensure_cifar10`, :func:`load_cifar10`, :func:`load_label_names`.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "CIFAR10_URL", "CIFAR10_MD5", "CIFAR10_FILENAME", "CIFAR10_CLASSES", "verify_md5", "md5sum",
+    "ensure_cifar10", "load_cifar10", "load_label_names", "RestrictedBatchUnpickler",
+]
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_FILENAME = "cifar-10-python.tar.gz"
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+_MEMBER_DIR = "cifar-10-batches-py"
+_SPLITS = {
+    "train": tuple(f"data_batch_{i}" for i in range(1, 6)),
+    "test": ("test_batch",),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Checksums and acquisition.
+
+def md5sum(path, chunk_size: int = 1 << 20) -> str:
+    """Hex MD5 digest of a file, read in chunks."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_md5(path, expected: str) -> bool:
+    """True when the file at ``path`` has MD5 digest ``expected`` (case-insensitive)."""
+    return md5sum(path) == str(expected).strip().lower()
+
+
+def _where_to_get(path: Path) -> str:
+    return (f"Download the official CIFAR-10 python tarball from {CIFAR10_URL} "
+            f"(md5 {CIFAR10_MD5}) and place it at {path}, or call ensure_cifar10(..., download=True) "
+            f"where the network allows it.")
+
+
+def ensure_cifar10(path, download: bool = False, url: str = CIFAR10_URL,
+                   expected_md5: str | None = CIFAR10_MD5) -> Path:
+    """Make sure the CIFAR-10 tarball exists at ``path`` with the right checksum; return the path.
+
+    Raises ``FileNotFoundError`` when the file is missing and ``ValueError`` when its MD5 is wrong,
+    both saying where to get the file and where to put it. With ``download=True`` a missing or
+    corrupt file is (re)downloaded from ``url`` into a temporary file in the same directory,
+    checked, and moved into place atomically (``os.replace``); a download with the wrong checksum
+    is deleted and reported. ``expected_md5=None`` skips the checksum (tests, custom tarballs).
+    """
+    path = Path(path)
+    if path.is_file():
+        if expected_md5 is None or verify_md5(path, expected_md5):
+            return path
+        problem = ValueError(f"{path} exists but its md5 is {md5sum(path)}, expected {expected_md5} "
+                             f"(corrupt or not the official file). {_where_to_get(path)}")
+    else:
+        problem = FileNotFoundError(f"CIFAR-10 tarball not found at {path}. {_where_to_get(path)}")
+    if not download:
+        raise problem
+    _download(url, path, expected_md5)
+    return path
+
+
+def _download(url: str, path: Path, expected_md5: str | None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        digest = hashlib.md5(usedforsecurity=False)
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url) as response:  # noqa: S310 (configured URL)
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                digest.update(chunk)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        if expected_md5 is not None and digest.hexdigest() != expected_md5.lower():
+            raise ValueError(f"downloaded {url} but its md5 is {digest.hexdigest()}, expected {expected_md5}; "
+                             f"the download was discarded. {_where_to_get(path)}")
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Safe unpickling of the batch files.
+
+def _numpy_reconstruct():
+    try:  # numpy >= 2
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
+
+
+def _numpy_scalar():
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import scalar
+    return scalar
+
+
+def _latin1_encode(text, encoding="latin1"):
+    """``_codecs.encode`` as used by Python 3 protocol-2 pickles for bytes; only latin-1 is allowed."""
+    if not isinstance(text, str) or encoding.lower().replace("_", "-") not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"refusing _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+def _py2_name(module: str, name: str) -> tuple[str, str]:
+    """Map Python 2 global names (``__builtin__.set``, ...) to their Python 3 names."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[(module, name)]
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+
+
+_ALLOWED_BATCH_GLOBALS = {
+    ("_codecs", "encode"): lambda: _latin1_encode,
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+    ("builtins", "list"): lambda: list,
+    ("builtins", "dict"): lambda: dict,
+    ("builtins", "tuple"): lambda: tuple,
+    ("builtins", "set"): lambda: set,
+    ("builtins", "frozenset"): lambda: frozenset,
+    ("builtins", "bytearray"): lambda: bytearray,
+}
+
+
+class RestrictedBatchUnpickler(pickle.Unpickler):
+    """Unpickler for CIFAR-10 batch files: only containers and numpy array reconstruction."""
+
+    def find_class(self, module, name):
+        key = _py2_name(module, name)
+        factory = _ALLOWED_BATCH_GLOBALS.get(key)
+        if factory is None:
+            raise pickle.UnpicklingError(
+                f"refusing to load global {module}.{name} from a CIFAR-10 batch file: only numpy arrays and "
+                f"plain containers are allowed (the file is not an official CIFAR-10 batch)")
+        return factory()
+
+
+def _safe_unpickle(data: bytes):
+    return RestrictedBatchUnpickler(io.BytesIO(data), encoding="bytes").load()
+
+
+def _get(d: dict, key: str):
+    """Look a key up as bytes (Python 2 pickles) or str."""
+    if key.encode() in d:
+        return d[key.encode()]
+    if key in d:
+        return d[key]
+    raise KeyError(f"CIFAR-10 batch has no {key!r} entry")
+
+
+def _read_member(tar: tarfile.TarFile, member_name: str, path: Path):
+    try:
+        info = tar.getmember(f"{_MEMBER_DIR}/{member_name}")
+    except KeyError:
+        raise ValueError(f"{path} has no member {_MEMBER_DIR}/{member_name}; is it the CIFAR-10 python "
+                         f"tarball? {_where_to_get(path)}") from None
+    if not info.isfile():
+        raise ValueError(f"{path}: {info.name} is not a regular file")
+    f = tar.extractfile(info)
+    assert f is not None
+    with f:
+        obj = _safe_unpickle(f.read())
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: {info.name} does not hold a dict (got {type(obj).__name__})")
+    return obj
+
+
+def _decode_batch(batch: dict, where: str):
+    data = np.asarray(_get(batch, "data"))
+    labels = np.asarray(_get(batch, "labels"), dtype=np.int64)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise ValueError(f"{where}: expected uint8 data of shape [N, 3072], got {data.dtype} {list(data.shape)}")
+    if labels.shape != (data.shape[0],):
+        raise ValueError(f"{where}: {data.shape[0]} images but {labels.shape[0]} labels")
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise ValueError(f"{where}: labels outside 0..9")
+    # Rows are 1024 red, then 1024 green, then 1024 blue values, each row-major 32x32.
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def load_cifar10(path, split: str = "train", expected_md5: str | None = CIFAR10_MD5):
+    """Load one split of CIFAR-10 straight from the tarball at ``path``.
+
+    Returns ``(images, labels)``: ``images`` uint8 numpy array [N, 3, 32, 32] (RGB, CHW) and
+    ``labels`` int64 [N] in 0..9. ``split`` is ``"train"`` (50,000 images, data_batch_1..5 in order)
+    or ``"test"`` (10,000). The checksum is verified first unless ``expected_md5`` is None.
+    """
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {sorted(_SPLITS)}, got {split!r}")
+    path = ensure_cifar10(path, download=False, expected_md5=expected_md5)
+    images, labels = [], []
+    with tarfile.open(path, mode="r:gz") as tar:
+        for member in _SPLITS[split]:
+            x, y = _decode_batch(_read_member(tar, member, path), f"{path}:{member}")
+            images.append(x)
+            labels.append(y)
+    return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
+
+
+def load_label_names(path, expected_md5: str | None = CIFAR10_MD5) -> list[str]:
+    """Class names from ``batches.meta`` (``airplane``, ``automobile``, ...)."""
+    path = ensure_cifar10(path, download=False, expected_md5=expected_md5)
+    with tarfile.open(path, mode="r:gz") as tar:
+        meta = _read_member(tar, "batches.meta", path)
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in _get(meta, "label_names")]

@@ -1,0 +1,111 @@
+"""EDM's deterministic samplers as plain functions over a denoiser callable (k-diffusion style).
+
+The PF-ODE dx/dsigma = (x - D(x; sigma)) / sigma is integrated over the EDM time steps
+t_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho, i < N, and t_N = 0.
+Heun takes a second-order correction on every step but the last (NFE = 2N - 1); Euler
+takes none (NFE = N). EDM's stochastic churn (S_churn, ...) is supported and off by default.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+
+__all__ = ["sigma_steps", "num_function_evals", "edm_sampler", "Denoiser"]
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+SOLVERS = ("heun", "euler")
+
+
+def _check_schedule(num_steps, rho, sigma_min, sigma_max):
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 2:
+        raise ValueError(f"num_steps must be an integer >= 2, got {num_steps!r}")
+    if not rho > 0:
+        raise ValueError(f"rho must be positive, got {rho!r}")
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min!r}, sigma_max={sigma_max!r}")
+
+
+def sigma_steps(num_steps: int, rho: float = 7.0, sigma_min: float = 0.002, sigma_max: float = 80.0,
+                dtype=torch.float64, device=None) -> torch.Tensor:
+    """The N + 1 noise levels t_0 = sigma_max > ... > t_{N-1} = sigma_min > t_N = 0."""
+    _check_schedule(num_steps, rho, sigma_min, sigma_max)
+    i = torch.arange(num_steps, dtype=torch.float64, device=device)
+    t = (sigma_max ** (1 / rho) + i / (num_steps - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    return torch.cat([t, torch.zeros_like(t[:1])]).to(dtype)
+
+
+def num_function_evals(num_steps: int, solver: str = "heun") -> int:
+    """Denoiser evaluations of one sampler run: 2N - 1 for Heun, N for Euler."""
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 2:
+        raise ValueError(f"num_steps must be an integer >= 2, got {num_steps!r}")
+    return 2 * num_steps - 1 if solver == "heun" else num_steps
+
+
+def edm_sampler(denoise: Denoiser, latents: torch.Tensor, *, num_steps: int, rho: float = 7.0,
+                sigma_min: float = 0.002, sigma_max: float = 80.0, solver: str = "heun",
+                class_labels: Optional[torch.Tensor] = None, S_churn: float = 0.0, S_min: float = 0.0,
+                S_max: float = float("inf"), S_noise: float = 1.0, generator: Optional[torch.Generator] = None,
+                denoise_euler: Optional[Denoiser] = None, callback: Optional[Callable[[dict], None]] = None,
+                return_trajectory: bool = False):
+    """Solve the PF-ODE from unit-variance ``latents`` (scaled by sigma_max) to sigma = 0.
+
+    ``denoise(x, sigma, class_labels)`` returns D(x; sigma); ``sigma`` is a 0-dim tensor.
+    ``denoise_euler``, if given, replaces ``denoise`` at the first (Euler) evaluation of each step
+    (Discriminator Guidance corrects only that one). Computation runs in float64, as in EDM, and the
+    result has the latents' dtype. ``callback`` receives a dict at every evaluation.
+    With ``return_trajectory`` it returns ``(samples, trajectory)``, where trajectory holds
+    ``sigma`` [E], ``x`` [E, ...] and ``denoised`` [E, ...] of all E evaluations, and ``t_steps``.
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if not isinstance(latents, torch.Tensor) or latents.ndim < 2 or not latents.is_floating_point():
+        raise ValueError("latents must be a floating-point tensor of shape [N, ...]")
+    if class_labels is not None and class_labels.shape[0] != latents.shape[0]:
+        raise ValueError(f"class_labels has {class_labels.shape[0]} rows but latents has {latents.shape[0]}")
+    t_steps = sigma_steps(num_steps, rho, sigma_min, sigma_max, dtype=torch.float64, device=latents.device)
+    denoise_euler = denoise_euler or denoise
+    trajectory = {"sigma": [], "x": [], "denoised": []}
+
+    def evaluate(fn, x, t, i, stage):
+        denoised = fn(x, t, class_labels).to(torch.float64)
+        if denoised.shape != x.shape:
+            raise ValueError(f"denoiser returned shape {list(denoised.shape)} for input {list(x.shape)}")
+        if return_trajectory:
+            trajectory["sigma"].append(t)
+            trajectory["x"].append(x)
+            trajectory["denoised"].append(denoised)
+        if callback is not None:
+            callback(dict(i=i, stage=stage, sigma=t, x=x, denoised=denoised))
+        return denoised
+
+    x_next = latents.to(torch.float64) * t_steps[0]
+    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
+        x_cur = x_next
+        # Optional EDM churn: raise the noise level a little before the step.
+        gamma = min(S_churn / num_steps, math.sqrt(2) - 1) if S_churn > 0 and S_min <= t_cur <= S_max else 0.0
+        t_hat = t_cur + gamma * t_cur
+        x_hat = x_cur
+        if gamma > 0:
+            noise = torch.randn(x_cur.shape, generator=generator, dtype=x_cur.dtype, device=x_cur.device)
+            x_hat = x_cur + (t_hat ** 2 - t_cur ** 2).sqrt() * S_noise * noise
+
+        d_cur = (x_hat - evaluate(denoise_euler, x_hat, t_hat, i, "euler")) / t_hat
+        x_next = x_hat + (t_next - t_hat) * d_cur
+        if solver == "heun" and i < num_steps - 1:
+            d_prime = (x_next - evaluate(denoise, x_next, t_next, i, "heun")) / t_next
+            x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
+
+    samples = x_next.to(latents.dtype)
+    if not return_trajectory:
+        return samples
+    return samples, {
+        "sigma": torch.stack(trajectory["sigma"]),
+        "x": torch.stack(trajectory["x"]),
+        "denoised": torch.stack(trajectory["denoised"]),
+        "t_steps": t_steps,
+    }

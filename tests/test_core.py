@@ -1,0 +1,146 @@
+"""Unit tests of the core library: schedules, NFE, networks, loss, input errors."""
+
+import math
+
+import pytest
+import torch
+
+from aot_diffusion.loss import EDMLoss, loss_weight
+from aot_diffusion.networks import build_network
+from aot_diffusion.sampling import edm_sampler, num_function_evals, sigma_steps
+
+TINY = dict(model_type="SongUNet", img_resolution=8, img_channels=1, model_channels=16, channel_mult=[1, 2],
+            num_blocks=1, attn_resolutions=[4], dropout=0.0)
+
+
+def edm_t(i, n, rho, smin=0.002, smax=80.0):
+    return (smax ** (1 / rho) + i / (n - 1) * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
+
+
+@pytest.mark.parametrize("steps,rho", [(14, 90), (15, 72), (18, 7)])
+def test_sigma_schedule_at_paper_settings(steps, rho):
+    t = sigma_steps(steps, rho)
+    assert t.shape == (steps + 1,) and t.dtype == torch.float64
+    assert t[0].item() == pytest.approx(80.0, rel=1e-12)
+    assert t[steps - 1].item() == pytest.approx(0.002, rel=1e-10)
+    assert t[-1].item() == 0.0
+    assert bool((t[:-1] > t[1:]).all())
+    for i in (1, steps // 2, steps - 2):
+        assert t[i].item() == pytest.approx(edm_t(i, steps, rho), rel=1e-12)
+
+
+@pytest.mark.parametrize("steps,nfe", [(18, 35), (14, 27), (15, 29), (2, 3)])
+def test_nfe_is_2n_minus_1(steps, nfe):
+    assert num_function_evals(steps, "heun") == nfe
+    assert num_function_evals(steps, "euler") == steps
+    calls = []
+    edm_sampler(lambda x, s, c: (calls.append(1), x * 0)[1], torch.randn(2, 1, 4, 4), num_steps=steps)
+    assert len(calls) == nfe
+
+
+def test_sampler_dtype_and_trajectory():
+    lat64 = torch.randn(3, 1, 4, 4, dtype=torch.float64)
+    out, traj = edm_sampler(lambda x, s, c: 0.5 * x, lat64, num_steps=5, return_trajectory=True)
+    assert out.dtype == torch.float64
+    assert traj["x"].shape == (9, 3, 1, 4, 4) and traj["denoised"].shape == (9, 3, 1, 4, 4)
+    assert traj["sigma"][0].item() == pytest.approx(80.0)
+    out32 = edm_sampler(lambda x, s, c: 0.5 * x, lat64.float(), num_steps=5)
+    assert out32.dtype == torch.float32
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(num_steps=1), "num_steps"),
+    (dict(num_steps=5, solver="rk4"), "solver"),
+    (dict(num_steps=5, rho=0), "rho"),
+    (dict(num_steps=5, sigma_min=1.0, sigma_max=0.5), "sigma_min"),
+])
+def test_sampler_rejects_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        edm_sampler(lambda x, s, c: x, torch.randn(2, 1, 4, 4), **kwargs)
+
+
+def test_sampler_rejects_bad_denoiser_shape_and_labels():
+    with pytest.raises(ValueError, match="denoiser returned shape"):
+        edm_sampler(lambda x, s, c: x[:, :, :2], torch.randn(2, 1, 4, 4), num_steps=3)
+    with pytest.raises(ValueError, match="class_labels"):
+        edm_sampler(lambda x, s, c: x, torch.randn(2, 1, 4, 4), num_steps=3, class_labels=torch.zeros(3, 10))
+    with pytest.raises(ValueError, match="latents"):
+        edm_sampler(lambda x, s, c: x, torch.zeros(4, dtype=torch.long), num_steps=3)
+
+
+@pytest.mark.parametrize("preset,label_dim,expected", [
+    ("ncsnpp", 0, 56_397_827), ("ncsnpp", 10, 56_400_643), ("ddpmpp", 0, 55_733_891), ("ddpmpp", 10, 55_735_299),
+])
+def test_cifar10_parameter_counts(preset, label_dim, expected):
+    with torch.device("meta"):  # counts only; no memory for 56M weights
+        net = build_network(dict(preset=preset, img_resolution=32, img_channels=3, label_dim=label_dim,
+                                 augment_dim=9, dropout=0.13))
+    assert sum(p.numel() for p in net.parameters()) == expected
+
+
+@pytest.mark.parametrize("variant", [
+    dict(embedding_type="fourier", encoder_type="residual", channel_mult_noise=2, resample_filter=[1, 3, 3, 1]),
+    dict(encoder_type="skip", decoder_type="skip"),
+    dict(label_dim=10, augment_dim=9),
+])
+def test_songunet_variants_run(variant):
+    net = build_network({**TINY, **variant}).eval()
+    x = torch.randn(2, 1, 8, 8)
+    kw = {}
+    if variant.get("label_dim"):
+        kw["class_labels"] = torch.eye(10)[:2]
+    if variant.get("augment_dim"):
+        kw["augment_labels"] = torch.zeros(2, 9)
+    with torch.no_grad():
+        assert net(x, torch.tensor([0.5, 2.0]), **kw).shape == x.shape
+
+
+def test_dhariwal_unet_runs():
+    net = build_network(dict(model_type="DhariwalUNet", img_resolution=8, img_channels=1, model_channels=16,
+                             channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], label_dim=3)).eval()
+    with torch.no_grad():
+        assert net(torch.randn(2, 1, 8, 8), torch.tensor(1.0), torch.eye(3)[:2]).shape == (2, 1, 8, 8)
+
+
+def test_precond_at_large_sigma_is_c_skip_dominated():
+    # With zero-initialised output weights F ~ 0, so D(x; sigma) ~ c_skip x = sigma_data^2/(sigma^2+sigma_data^2) x.
+    net = build_network(TINY).eval()
+    for p in net.model.dec.parameters():
+        p.data.zero_()
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        out = net(x, torch.tensor(3.0))
+    torch.testing.assert_close(out, 0.25 / (9 + 0.25) * x)
+
+
+def test_network_input_errors():
+    net = build_network(TINY)
+    with pytest.raises(ValueError, match="x must have shape"):
+        net(torch.randn(2, 3, 8, 8), torch.tensor(1.0))
+    with pytest.raises(ValueError, match="sigma"):
+        net(torch.randn(2, 1, 8, 8), torch.ones(3))
+    with pytest.raises(ValueError, match="unknown network config keys"):
+        build_network({**TINY, "num_blockz": 2})
+    with pytest.raises(ValueError, match="img_channels"):
+        build_network({"img_resolution": 8})
+    with pytest.raises(ValueError, match="encoder_type"):
+        build_network({**TINY, "encoder_type": "bogus"})
+
+
+def test_edm_loss_weight_and_value():
+    assert loss_weight(torch.tensor(0.5)).item() == pytest.approx((0.25 + 0.25) / 0.0625)
+    images, noise = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8)
+    sigma = torch.full([4], 2.0)
+    identity = lambda x, s, c, augment_labels=None: x  # D(x) = x -> error sigma * n
+    loss = EDMLoss()(identity, images, noise, sigma=sigma)
+    torch.testing.assert_close(loss, loss_weight(torch.tensor(2.0)) * (2.0 * noise) ** 2)
+    with pytest.raises(ValueError, match="same shape"):
+        EDMLoss()(identity, images, noise[:2])
+
+
+def test_edm_loss_sigma_distribution():
+    g = torch.Generator().manual_seed(0)
+    from aot_diffusion.loss import sample_sigma
+    log_s = sample_sigma(20000, generator=g).log()
+    assert log_s.mean().item() == pytest.approx(-1.2, abs=0.03)
+    assert log_s.std().item() == pytest.approx(1.2, abs=0.03)
