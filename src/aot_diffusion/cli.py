@@ -1,0 +1,324 @@
+"""One entry point, one subcommand per pipeline stage: ``aot-diffusion <stage> --profile P ...``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _write_json(path, obj) -> None:
+    from .utils import atomic_write_text
+
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _params(args):
+    from .config import load_params
+
+    return load_params(args.params, profile=args.profile)
+
+
+def _model_spec(params, name):
+    if name not in params["models"]:
+        from .config import ParamError
+
+        raise ParamError(f"unknown model {name!r}; params.yaml 'models' has {sorted(params['models'])}")
+    return params["models"][name]
+
+
+def _network_config(params, data):
+    shape = data["train_images"].shape[1:]
+    net = dict(params["train"]["network"])
+    net.update(img_channels=int(shape[0]), img_resolution=int(shape[1]))
+    return net
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+def cmd_check_params(args):
+    p = _params(args)
+    _log(f"[params] profile {p['profile']}: OK ({len(p['models'])} models, "
+         f"{len(p['sample']['steps']) * len(p['sample']['rho'])} sampler settings)")
+
+
+def cmd_prepare_data(args):
+    from .data import prepare_dataset
+
+    p = _params(args)
+    summary = prepare_dataset(p, args.out)
+    _write_json(args.summary, summary)
+    _log(f"[data] {summary}")
+
+
+def cmd_train_classifier(args):
+    import torch
+
+    from .data import load_dataset
+    from .metrics.fid import train_classifier
+    from .utils import atomic_save
+
+    p = _params(args)
+    d = load_dataset(args.data)
+    c = p["classifier"]
+    model, acc = train_classifier(d["train_images"], d["train_labels"], d["test_images"], d["test_labels"],
+                                  num_classes=int(d["num_classes"]), steps=c["steps"], batch_size=c["batch_size"],
+                                  lr=c["lr"], feature_dim=c["feature_dim"], seed=p["seed"], log=_log)
+    atomic_save(dict(config=model.config, state=model.state_dict()), args.out)
+    _write_json(args.metrics, {"classifier_test_accuracy": acc})
+    _log(f"[classifier] test accuracy {acc:.4f}")
+
+
+def _torchrun_relaunch(nproc: int) -> None:
+    """Re-run this very command under torchrun when the config asks for several processes."""
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "aot_diffusion.cli", *sys.argv[1:]]
+        _log(f"[train] launching {nproc} processes: {' '.join(cmd)}")
+        sys.exit(subprocess.call(cmd))
+
+
+def cmd_train(args):
+    import torch
+
+    from .data import load_dataset
+    from .training import TrainConfig, train
+
+    p = _params(args)
+    spec = _model_spec(p, args.model)
+    t = dict(p["train"])
+    _torchrun_relaunch(int(t.pop("nproc_per_node", 1)))
+    d = load_dataset(args.data)
+    pool_cond = t.pop("pool_size_cond")
+    t.pop("network")
+    if spec["conditional"]:
+        t["pool_size"] = pool_cond
+    augment = None
+    if t.get("augment_p", 0) > 0:
+        from .augment import AugmentPipe
+
+        augment = AugmentPipe(p=t["augment_p"], xflip=1e8, yflip=1, scale=1, rotate_frac=1, aniso=1, translate_frac=1)
+    net_cfg = _network_config(p, d)
+    if spec["conditional"]:
+        net_cfg["label_dim"] = int(d["num_classes"])
+    if augment is not None:
+        net_cfg.setdefault("augment_dim", 9)
+    cfg = TrainConfig(network=net_cfg, aot=spec["aot"], conditional=spec["conditional"],
+                      seed=p["seed"], **t)
+    images = torch.as_tensor(d["train_images"])
+    labels = torch.as_tensor(d["train_labels"])
+    ckpt_dir = Path(args.checkpoint_dir or f"checkpoints/{p['profile']}/{args.model}")
+    _log(f"[train] {args.model}: aot={cfg.aot} conditional={cfg.conditional} steps={cfg.total_steps} "
+         f"batch={cfg.batch_size} pool={cfg.pool_size}")
+    result = train(cfg, images, labels, out_path=args.out, checkpoint_dir=ckpt_dir,
+                   num_classes=int(d["num_classes"]), augment=augment, log=_log, stop_after=args.stop_after)
+    if result.get("stopped"):
+        _log(f"[train] stopped after step {result['step']} (--stop-after); rerun to resume")
+        return
+    if args.loss_log and int(os.environ.get("RANK", "0")) == 0:
+        from .utils import atomic_path
+
+        with atomic_path(args.loss_log) as tmp:
+            shutil.copyfile(ckpt_dir / "loss.jsonl", tmp)
+
+
+def _load_denoiser(path, device="cpu"):
+    import torch
+
+    from .training import load_network
+
+    net = load_network(path, map_location=device)
+
+    def denoise(x, sigma, class_labels):
+        with torch.no_grad():
+            return net(x.to(torch.float32), sigma.to(torch.float32), class_labels)
+
+    return net, denoise
+
+
+def _latents(seed, n, shape):
+    import torch
+
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.randn([n, *shape], generator=g, dtype=torch.float64)
+
+
+def _class_labels(net, n):
+    import torch
+
+    if not net.label_dim:
+        return None
+    return torch.eye(net.label_dim, dtype=torch.float64)[torch.arange(n) % net.label_dim]
+
+
+def cmd_sample(args):
+    import torch
+
+    from .sampling import edm_sampler, num_function_evals
+
+    p = _params(args)
+    s = p["sample"]
+    net, denoise = _load_denoiser(args.network)
+    shape = (net.img_channels, net.img_resolution, net.img_resolution)
+    out, t0 = {}, time.perf_counter()
+    settings = [(st, r, seed) for r in s["rho"] for st in s["steps"] for seed in s["seeds"]]
+    for k, (steps, rho, seed) in enumerate(settings):
+        latents = _latents(seed, s["num_samples"], shape)
+        labels = _class_labels(net, s["num_samples"])
+        chunks = []
+        for i in range(0, s["num_samples"], s["batch_size"]):
+            lab = labels[i:i + s["batch_size"]] if labels is not None else None
+            chunks.append(edm_sampler(denoise, latents[i:i + s["batch_size"]], num_steps=steps, rho=rho,
+                                      sigma_min=s["sigma_min"], sigma_max=s["sigma_max"], class_labels=lab))
+        out[f"steps{steps}_rho{rho:g}_seed{seed}"] = torch.cat(chunks).float().numpy()
+        _log(f"[sample] {args.model} {k + 1}/{len(settings)}: steps {steps} rho {rho:g} seed {seed} "
+             f"NFE {num_function_evals(steps)} ({time.perf_counter() - t0:.0f} s)")
+    from .utils import atomic_path
+
+    with atomic_path(args.out, suffix=".npz") as tmp:
+        np.savez(tmp, **out)
+
+
+def _parse_key(key):
+    steps, rho, seed = key.split("_")
+    return int(steps[5:]), float(rho[3:]), int(seed[4:])
+
+
+def cmd_fid(args):
+    import pandas as pd
+    import torch
+
+    from .data import load_dataset
+    from .metrics.fid import FeatureClassifier, classifier_fid, extract_features, feature_statistics
+    from .sampling import num_function_evals
+    from .utils import atomic_path
+
+    _params(args)
+    blob = torch.load(args.classifier, weights_only=True)
+    clf = FeatureClassifier(**blob["config"])
+    clf.load_state_dict(blob["state"])
+    clf.eval()
+    d = load_dataset(args.data)
+    ref = feature_statistics(extract_features(clf, d["train_images"]))
+    rows = []
+    with np.load(args.samples) as samples:
+        for key in samples.files:
+            steps, rho, seed = _parse_key(key)
+            rows.append(dict(model=args.model, steps=steps, rho=rho, nfe=num_function_evals(steps), seed=seed,
+                             fid=classifier_fid(clf, samples[key], ref)))
+    df = pd.DataFrame(rows).sort_values(["rho", "steps", "seed"])
+    with atomic_path(args.out, suffix=".csv") as tmp:
+        df.to_csv(tmp, index=False)
+    best = df.groupby(["rho", "steps"])["fid"].min()
+    _log(f"[fid] {args.model}: best {best.min():.3f} at rho/steps {best.idxmin()}")
+
+
+def cmd_curvature(args):
+    import torch
+
+    from .metrics.curvature import curvature_on_grid, curvature_profile, fine_trajectory, truncation_error
+    from .sampling import edm_sampler, num_function_evals
+    from .utils import atomic_path
+
+    p = _params(args)
+    c, s = p["curvature"], p["sample"]
+    net, denoise = _load_denoiser(args.network)
+    shape = (net.img_channels, net.img_resolution, net.img_resolution)
+    latents = _latents(p["seed"] + 1000, c["num_latents"], shape)
+    labels = _class_labels(net, c["num_latents"])
+    t0 = time.perf_counter()
+    fine, traj = fine_trajectory(denoise, latents, fine_steps=c["fine_steps"], rho=c["rho"],
+                                 sigma_min=s["sigma_min"], sigma_max=s["sigma_max"], class_labels=labels)
+    _log(f"[curvature] {args.model}: fine solve, {c['fine_steps']} Heun steps ({time.perf_counter() - t0:.0f} s)")
+    sigma, kappa = curvature_profile(fine, traj)
+    grid, kappa_grid = curvature_on_grid(sigma, kappa, c["sigma_grid"], s["sigma_min"], s["sigma_max"])
+    trunc = []
+    for rho in s["rho"]:
+        for steps in c["coarse_steps"]:
+            coarse = edm_sampler(denoise, latents, num_steps=steps, rho=rho, sigma_min=s["sigma_min"],
+                                 sigma_max=s["sigma_max"], class_labels=labels)
+            trunc.append((steps, rho, num_function_evals(steps), truncation_error(coarse, fine)))
+    # Teaser strip: denoiser outputs D(x_sigma; sigma) of latent 0 at 8 points along the fine path.
+    picks = np.unique(np.linspace(0, len(sigma) - 1, 8).round().astype(int))
+    strip = traj["denoised"][picks, 0].float().numpy()
+    with atomic_path(args.out, suffix=".npz") as tmp:
+        np.savez(tmp, sigma=sigma, kappa_mean=kappa.mean(1), grid=grid, kappa_grid=kappa_grid,
+                 trunc=np.array(trunc, dtype=np.float64), strip=strip, strip_sigma=sigma[picks],
+                 strip_x=traj["x"][picks, 0].float().numpy())
+    metrics = {"curvature_mean": float(kappa_grid.mean()),
+               **{f"trunc_err_rho{r:g}_nfe{n}": e for st, r, n, e in trunc}}
+    _write_json(args.metrics, metrics)
+    _log(f"[curvature] {args.model}: mean curvature {metrics['curvature_mean']:.4f}")
+
+
+def cmd_tables(args):
+    from .report.tables import write_tables
+
+    p = _params(args)
+    write_tables(p, fid_dir=Path(args.fid_dir), curvature_dir=Path(args.curvature_dir), out_dir=Path(args.out_dir),
+                 metrics_path=Path(args.metrics), classifier_metrics=Path(args.classifier_metrics), log=_log)
+
+
+def cmd_figures(args):
+    from .report.figures import write_figures
+
+    p = _params(args)
+    write_figures(p, results=Path(args.results), out_dir=Path(args.out_dir), log=_log)
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+def build_parser():
+    ap = argparse.ArgumentParser(prog="aot-diffusion", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def add(name, fn, **io):
+        sp = sub.add_parser(name)
+        sp.add_argument("--params", default="params.yaml")
+        sp.add_argument("--profile", default=None, help="digits | smoke | cifar10 (default: params.yaml's)")
+        sp.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+        for opt, kw in io.items():
+            sp.add_argument(f"--{opt.replace('_', '-')}", **kw)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    req = dict(required=True)
+    add("check-params", cmd_check_params)
+    add("prepare-data", cmd_prepare_data, out=req, summary=req)
+    add("train-classifier", cmd_train_classifier, data=req, out=req, metrics=req)
+    add("train", cmd_train, model=req, data=req, out=req, loss_log=dict(default=None),
+        checkpoint_dir=dict(default=None), stop_after=dict(type=int, default=None))
+    add("sample", cmd_sample, model=req, network=req, out=req)
+    add("fid", cmd_fid, model=req, samples=req, classifier=req, data=req, out=req)
+    add("curvature", cmd_curvature, model=req, network=req, out=req, metrics=req)
+    add("tables", cmd_tables, fid_dir=req, curvature_dir=req, out_dir=req, metrics=req, classifier_metrics=req)
+    add("figures", cmd_figures, results=req, out_dir=req)
+    return ap
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from .config import ParamError
+    from .utils import set_threads
+
+    set_threads(args.threads)
+    try:
+        args.fn(args)
+    except (ParamError, FileNotFoundError) as exc:
+        print(f"aot-diffusion {args.command}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

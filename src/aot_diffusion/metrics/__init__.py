@@ -1,0 +1,1 @@
+"""Measurements: Frechet distance (clean-fid), ODE curvature and truncation error."""

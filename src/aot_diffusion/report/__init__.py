@@ -1,0 +1,1 @@
+"""Tables (CSV + Markdown) and figures (PNG) from the measured results."""

@@ -1,0 +1,398 @@
+"""EDM's training loop with AOT noise pairing (Kim et al. 2024) as a switch.
+
+Each rank draws a *pool* of ``pool_size`` (augmented) images with one unit noise each. With AOT on,
+the noises are reordered by the exact Euclidean assignment (``aot.pair_noise``, class-wise when
+conditional); with AOT off they stay random. The pool is then consumed in mini-batches of
+``batch_per_rank`` over ``pool_size // batch_per_rank`` rounds. Everything else is EDM's loop: Adam with
+learning-rate ramp-up, EMA with half-life and ramp-up ratio, NaN/inf gradient sanitising, gradient
+accumulation, DDP under torchrun.
+
+Determinism and resume: pool k of rank r is a pure function of (seed, r, k), and the global RNG (dropout,
+sigma) is re-seeded from (seed, r, step) at every step, so a resumed run replays exactly what an
+uninterrupted one would have done. Pools are prepared and paired by a background thread while the
+previous pool trains, which keeps pairing off the critical path.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from . import aot
+from .loss import EDMLoss
+from .networks import build_network
+from .utils import atomic_save, atomic_write_text
+
+__all__ = ["TrainConfig", "PoolSource", "Pool", "train", "load_network"]
+
+
+@dataclass
+class TrainConfig:
+    network: dict                       # EDM constructor arguments (build_network)
+    batch_size: int = 128               # total over ranks and accumulation rounds
+    batch_per_rank: Optional[int] = None  # mini-batch per rank and round; None = batch_size // world
+    aot: bool = False                   # pair noise to images by exact assignment
+    pool_size: int = 512                # images per pairing pool, per rank
+    solver: str = "scipy"
+    conditional: bool = False
+    total_steps: int = 1000
+    lr: float = 1e-3
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-8
+    lr_rampup_kimg: float = 10_000.0
+    ema_halflife_kimg: float = 500.0
+    ema_rampup_ratio: Optional[float] = 0.05
+    P_mean: float = -1.2
+    P_std: float = 1.2
+    sigma_data: float = 0.5
+    augment_p: float = 0.0
+    prefetch: bool = True               # pair the next pool in a background thread
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 500
+    device: str = "cpu"
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)
+
+    def validate(self, world_size: int = 1) -> None:
+        def fail(name, msg):
+            raise ValueError(f"training parameter {name!r}: {msg}")
+        for name in ("batch_size", "pool_size", "total_steps", "log_every", "checkpoint_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                fail(name, f"must be a positive integer, got {v!r}")
+        if self.batch_size % world_size:
+            fail("batch_size", f"{self.batch_size} is not divisible by the number of ranks ({world_size})")
+        per_rank = self.batch_size // world_size
+        bpr = self.batch_per_rank or per_rank
+        if per_rank % bpr:
+            fail("batch_per_rank", f"{bpr} does not divide the per-rank batch {per_rank}")
+        if self.pool_size < bpr:
+            fail("pool_size", f"pool ({self.pool_size}) is smaller than the per-rank mini-batch ({bpr})")
+        if self.pool_size % bpr:
+            fail("pool_size", f"pool ({self.pool_size}) is not divisible by the per-rank mini-batch ({bpr})")
+        if self.solver not in aot.SOLVERS:
+            fail("solver", f"must be one of {aot.SOLVERS}, got {self.solver!r}")
+        if not self.lr > 0:
+            fail("lr", f"must be positive, got {self.lr!r}")
+        if not 0 <= self.augment_p <= 1:
+            fail("augment_p", f"must be in [0, 1], got {self.augment_p!r}")
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the result (resuming across a different config is refused)."""
+        keys = {k: v for k, v in asdict(self).items() if k not in ("log_every", "checkpoint_every", "prefetch")}
+        return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _seed(*parts) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:7], "little")
+
+
+@dataclass
+class Pool:
+    index: int
+    images: torch.Tensor
+    noise: torch.Tensor
+    labels: Optional[torch.Tensor]          # one-hot, or None when unconditional
+    augment_labels: Optional[torch.Tensor]
+    pair_ms: float = 0.0
+    paired_distance: float = float("nan")   # mean ||y_i - n_i|| after pairing
+    random_distance: float = float("nan")   # ... for the unpaired noise
+
+
+class PoolSource:
+    """Deterministic stream of (optionally paired) pools for one rank.
+
+    Image order: per epoch e a permutation of the dataset seeded by (seed, rank, e); pool k takes
+    positions [k * pool_size, (k + 1) * pool_size) of the concatenated epochs. Noise and augmentation
+    for pool k are seeded by (seed, rank, k).
+    """
+
+    def __init__(self, images: torch.Tensor, labels: Optional[torch.Tensor], *, pool_size: int, aot_on: bool,
+                 solver: str = "scipy", seed: int = 0, rank: int = 0, num_classes: int = 0,
+                 augment: Optional[Callable] = None, device: str = "cpu"):
+        if images.ndim != 4:
+            raise ValueError(f"images must be [N, C, H, W], got {list(images.shape)}")
+        if labels is not None and labels.shape[0] != images.shape[0]:
+            raise ValueError(f"labels has {labels.shape[0]} entries but there are {images.shape[0]} images")
+        self.images, self.labels = images, labels
+        self.pool_size, self.aot_on, self.solver = pool_size, aot_on, solver
+        self.seed, self.rank, self.num_classes = seed, rank, num_classes
+        self.augment, self.device = augment, torch.device(device)
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def _epoch_perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(_seed("order", self.seed, self.rank, epoch))
+            self._perms = {epoch: torch.randperm(self.images.shape[0], generator=g)}
+        return self._perms[epoch]
+
+    def indices(self, k: int) -> torch.Tensor:
+        n = self.images.shape[0]
+        start, out = k * self.pool_size, []
+        while sum(len(o) for o in out) < self.pool_size:
+            pos = start + sum(len(o) for o in out)
+            epoch, offset = divmod(pos, n)
+            take = min(n - offset, self.pool_size - sum(len(o) for o in out))
+            out.append(self._epoch_perm(epoch)[offset:offset + take])
+        return torch.cat(out)
+
+    def make(self, k: int) -> Pool:
+        idx = self.indices(k)
+        g = torch.Generator().manual_seed(_seed("pool", self.seed, self.rank, k))
+        images = self.images[idx].to(torch.float32)
+        augment_labels = None
+        if self.augment is not None:  # on the CPU, with the pool's own generator
+            images, augment_labels = self.augment(images, generator=g)
+            augment_labels = augment_labels.to(self.device)
+        images = images.to(self.device)
+        noise = torch.randn(images.shape, generator=g).to(self.device)
+        labels = ids = None
+        if self.labels is not None and self.num_classes:
+            ids = self.labels[idx].to(self.device)
+            labels = torch.nn.functional.one_hot(ids.long(), self.num_classes).float()
+        pool = Pool(k, images, noise, labels, augment_labels)
+        if self.aot_on:
+            t0 = time.perf_counter()
+            pool.random_distance = aot.mean_distance(images, noise)
+            pool.noise = aot.pair_noise(images, noise, labels=ids, solver=self.solver)
+            pool.pair_ms = 1000 * (time.perf_counter() - t0)
+            pool.paired_distance = aot.mean_distance(images, pool.noise)
+        else:
+            pool.random_distance = pool.paired_distance = aot.mean_distance(images, noise)
+        return pool
+
+
+class _Prefetcher:
+    """Prepares pool k+1 (augment, draw noise, pair) in a thread while pool k trains."""
+
+    def __init__(self, source: PoolSource, first: int, enabled: bool):
+        self.source, self.next_index, self.enabled = source, first, enabled
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        self._thread = None
+        if enabled:
+            self._thread = threading.Thread(target=self._run, daemon=True, name="aot-pool-prefetch")
+            self._thread.start()
+
+    def _run(self):
+        k = self.next_index
+        while not self._stop.is_set():
+            try:
+                item = self.source.make(k)
+            except BaseException as exc:  # surfaced in the training thread
+                item = exc
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, BaseException):
+                return
+            k += 1
+
+    def get(self) -> Pool:
+        if not self.enabled:
+            pool = self.source.make(self.next_index)
+            self.next_index += 1
+            return pool
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def _dist_info():
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device: str) -> tuple[int, int]:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend=backend)
+    return _dist_info()
+
+
+def _ema_beta(cfg: TrainConfig, cur_nimg: int) -> float:
+    halflife = cfg.ema_halflife_kimg * 1000
+    if cfg.ema_rampup_ratio is not None:
+        halflife = min(halflife, cur_nimg * cfg.ema_rampup_ratio)
+    return 0.5 ** (cfg.batch_size / max(halflife, 1e-8))
+
+
+def load_network(path, map_location="cpu") -> torch.nn.Module:
+    """Load a network written by ``train`` (EMA weights and the config that builds it)."""
+    blob = torch.load(path, map_location=map_location, weights_only=True)
+    net = build_network(blob["network_config"])
+    net.load_state_dict(blob["ema"])
+    return net.eval().requires_grad_(False)
+
+
+def train(cfg: TrainConfig, images: torch.Tensor, labels: Optional[torch.Tensor], *, out_path,
+          checkpoint_dir, num_classes: int = 0, augment: Optional[Callable] = None,
+          log: Callable[[str], None] = print, stop_after: Optional[int] = None) -> dict:
+    """Train and write the EMA network to ``out_path``; resume from ``checkpoint_dir`` if it holds a
+    checkpoint of the same config. ``images`` are float in [-1, 1], [N, C, H, W]; ``labels`` int ids.
+    ``stop_after`` ends the process early after that many steps (tests of resume) without writing out_path.
+    """
+    rank, world = init_distributed(cfg.device)
+    cfg.validate(world)
+    device = torch.device(cfg.device if not cfg.device.startswith("cuda") else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    per_rank = cfg.batch_size // world
+    bpr = cfg.batch_per_rank or per_rank
+    rounds = per_rank // bpr
+    steps_per_pool = cfg.pool_size // bpr
+    checkpoint_dir = Path(checkpoint_dir)
+    ckpt_path = checkpoint_dir / "checkpoint.pt"
+    log_path = checkpoint_dir / "loss.jsonl"
+
+    torch.manual_seed(_seed("init", cfg.seed))  # same initial weights on every rank
+    net = build_network(cfg.network).to(device).train().requires_grad_(True)
+    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    loss_fn = EDMLoss(P_mean=cfg.P_mean, P_std=cfg.P_std, sigma_data=cfg.sigma_data)
+
+    step = 0
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if state.get("fingerprint") != cfg.fingerprint():
+            log(f"[train] ignoring checkpoint {ckpt_path}: it was written with a different config")
+        else:
+            net.load_state_dict(state["net"])
+            ema.load_state_dict(state["ema"])
+            optimizer.load_state_dict(state["optimizer"])
+            step = state["step"]
+            log(f"[train] resumed from {ckpt_path} at step {step}")
+    if rank == 0:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        _truncate_log(log_path, step)
+
+    ddp = net
+    if world > 1:
+        ddp = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+    source = PoolSource(images, labels if cfg.conditional else None, pool_size=cfg.pool_size, aot_on=cfg.aot,
+                        solver=cfg.solver, seed=cfg.seed, rank=rank, num_classes=num_classes if cfg.conditional else 0,
+                        augment=augment, device=str(device))
+    # Position in the pool stream: each round consumes one mini-batch.
+    batch_pos = step * rounds
+    prefetch = _Prefetcher(source, batch_pos // steps_per_pool, cfg.prefetch)
+    pool = prefetch.get()
+    offset = batch_pos % steps_per_pool
+
+    stats = dict(loss=0.0, n=0, pair_ms=[], paired=[], random=[])
+    t_log = time.perf_counter()
+    history = []
+    try:
+        while step < cfg.total_steps:
+            torch.manual_seed(_seed("step", cfg.seed, rank, step))  # dropout and sigma
+            optimizer.zero_grad(set_to_none=True)
+            for r in range(rounds):
+                if offset == steps_per_pool:
+                    pool, offset = prefetch.get(), 0
+                if offset == 0:
+                    stats["pair_ms"].append(pool.pair_ms)
+                    stats["paired"].append(pool.paired_distance)
+                    stats["random"].append(pool.random_distance)
+                sl = slice(offset * bpr, (offset + 1) * bpr)
+                offset += 1
+                batch_labels = pool.labels[sl] if pool.labels is not None else None
+                aug = pool.augment_labels[sl] if pool.augment_labels is not None else None
+                sync = world > 1 and r == rounds - 1
+                ctx = ddp.no_sync() if world > 1 and not sync else _nullcontext()
+                with ctx:
+                    loss = loss_fn(ddp, pool.images[sl], pool.noise[sl], batch_labels, augment_labels=aug)
+                    loss.sum().mul(1.0 / per_rank).backward()
+                stats["loss"] += loss.detach().mean().item() / rounds
+            stats["n"] += 1
+
+            cur_nimg = step * cfg.batch_size
+            for g in optimizer.param_groups:
+                g["lr"] = cfg.lr * min(cur_nimg / max(cfg.lr_rampup_kimg * 1000, 1e-8), 1)
+            for p in net.parameters():
+                if p.grad is not None:
+                    torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
+            optimizer.step()
+            beta = _ema_beta(cfg, cur_nimg)
+            with torch.no_grad():
+                for p_ema, p_net in zip(ema.parameters(), net.parameters()):
+                    p_ema.copy_(p_net.detach().lerp(p_ema, beta))
+            step += 1
+
+            if step % cfg.log_every == 0 or step == cfg.total_steps:
+                elapsed = time.perf_counter() - t_log
+                row = dict(step=step, kimg=step * cfg.batch_size / 1000, loss=stats["loss"] / max(stats["n"], 1),
+                           sec_per_kimg=elapsed / max(stats["n"] * cfg.batch_size / 1000, 1e-9),
+                           pair_ms=float(np.mean(stats["pair_ms"])) if stats["pair_ms"] else 0.0,
+                           paired_distance=float(np.nanmean(stats["paired"])) if stats["paired"] else float("nan"),
+                           random_distance=float(np.nanmean(stats["random"])) if stats["random"] else float("nan"),
+                           lr=optimizer.param_groups[0]["lr"])
+                history.append(row)
+                if rank == 0:
+                    log(f"[train] step {step}/{cfg.total_steps} kimg {row['kimg']:.1f} loss {row['loss']:.4f} "
+                        f"sec/kimg {row['sec_per_kimg']:.2f} pair {row['pair_ms']:.1f} ms "
+                        f"dist paired/random {row['paired_distance']:.3f}/{row['random_distance']:.3f}")
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                stats = dict(loss=0.0, n=0, pair_ms=[], paired=[], random=[])
+                t_log = time.perf_counter()
+
+            if step % cfg.checkpoint_every == 0 or step == cfg.total_steps:
+                if rank == 0:
+                    atomic_save(dict(net=net.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(),
+                                     step=step, fingerprint=cfg.fingerprint()), ckpt_path)
+                if world > 1:
+                    dist.barrier()
+            if stop_after is not None and step >= stop_after and step < cfg.total_steps:
+                return dict(step=step, stopped=True)
+    finally:
+        prefetch.close()
+
+    if rank == 0:
+        atomic_save(dict(network_config=cfg.network, ema=ema.state_dict(), train_config=asdict(cfg), step=step,
+                         ), out_path)
+    if world > 1:
+        dist.barrier()
+    return dict(step=step, history=history, ema=ema)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _truncate_log(path: Path, step: int):
+    """Drop loss-log rows past the checkpoint a run resumes from (a killed run may have logged further)."""
+    if not path.exists():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    atomic_write_text(path, "".join(r + "\n" for r in rows))
