@@ -374,9 +374,18 @@ def train(cfg: TrainConfig, images: torch.Tensor, labels: Optional[torch.Tensor]
     finally:
         prefetch.close()
 
+    if world > 1:  # DDP keeps replicas identical; check it rather than assume it
+        checksum = torch.stack([p.detach().double().sum() for p in ema.parameters()]).sum().reshape(1).to(device)
+        gathered = [torch.zeros_like(checksum) for _ in range(world)]
+        dist.all_gather(gathered, checksum)
+        sums = [g.item() for g in gathered]
+        if rank == 0:
+            log(f"[train] rank EMA checksums: {sums}")
+        if len(set(sums)) != 1:
+            raise RuntimeError(f"DDP ranks diverged: EMA checksums {sums}")
     if rank == 0:
-        atomic_save(dict(network_config=cfg.network, ema=ema.state_dict(), train_config=asdict(cfg), step=step,
-                         ), out_path)
+        atomic_save(dict(network_config=cfg.network, ema=ema.state_dict(), train_config=asdict(cfg), step=step),
+                    out_path)
     if world > 1:
         dist.barrier()
     return dict(step=step, history=history, ema=ema)
