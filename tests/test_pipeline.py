@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-FIGURES = ["fid_vs_nfe", "rho_steps_heatmap", "curvature_vs_sigma", "truncation_vs_nfe", "samples_low_nfe",
+FIGURES = ["fid_vs_nfe", "rho_steps_heatmap", "curvature_vs_sigma", "truncation_vs_nfe", "guidance_fid_vs_nfe", "samples_low_nfe",
            "samples_high_nfe", "loss_curves", "teaser_denoiser_strip"]
 
 
@@ -45,7 +45,7 @@ def snakemake_jobs(cwd, profile="smoke"):
         m = re.search(r"^rule (\w+):", block, re.M)
         if not m or m.group(1) == "all":
             continue
-        wc = re.search(r"wildcards: model=(\w+)", block)
+        wc = re.search(r"wildcards: \w+=(\w+)", block)
         name = m.group(1) + (f"@{wc.group(1)}" if wc else "")
         inputs = re.search(r"input: (.*)", block)
         jobs[name] = dict(
@@ -85,7 +85,8 @@ def test_snakefile_and_dvc_yaml_describe_the_same_dag(tmp_path):
         covered = {x for x in dvc[name]["deps"] if any(d.startswith(x + "/") for d in smk[name]["deps"])}
         assert expanded | covered == dvc[name]["deps"], name
     kinds = {n.split("@")[0] for n in smk}
-    assert kinds >= {"prepare_data", "train_classifier", "train", "sample", "fid", "curvature", "tables", "figures"}
+    assert kinds >= {"prepare_data", "train_classifier", "train", "sample", "fid", "curvature", "fake_samples",
+                     "train_discriminator", "guided_sample", "guided_fid", "tables", "figures"}
 
 
 def check_outputs(proj: Path, params_models):
@@ -101,6 +102,12 @@ def check_outputs(proj: Path, params_models):
     assert trunc and t3[["curvature_mean", *trunc]].notna().all().all()
     assert ((t3["curvature_mean"] >= 0) & (t3["curvature_mean"] <= 2)).all()
     assert "| model" in (proj / "results/tables/table1_fid_vs_nfe.md").read_text()
+    t2 = pd.read_csv(proj / "results/tables/table2_guidance.csv")
+    methods = set(t2["method"])
+    assert {"EDM", "EDM + DG", "AOT", "AOT + AOT-DG", "AOT + DG"} <= methods
+    assert t2["fid_min"].notna().all() and (t2["fid_min"] > 0).all()
+    guided = t2[t2["discriminator"] != "-"]
+    assert (guided["disc_grad_evals"] > 0).all() and guided["disc_heldout_accuracy"].between(0, 1).all()
     metrics = json.loads((proj / "results/metrics.json").read_text())
     assert 0 <= metrics["classifier_test_accuracy"] <= 1
     for name in FIGURES:

@@ -162,32 +162,131 @@ def _class_labels(net, n):
     return torch.eye(net.label_dim, dtype=torch.float64)[torch.arange(n) % net.label_dim]
 
 
-def cmd_sample(args):
+def _sweep(net, denoise, settings, s, out_path, tag, denoise_euler=None, counter=None):
+    """Sample every (steps, rho, seed) setting from the seed's shared latents and save one .npz."""
     import torch
 
     from .sampling import edm_sampler, num_function_evals
+    from .utils import atomic_path
 
-    p = _params(args)
-    s = p["sample"]
-    net, denoise = _load_denoiser(args.network)
     shape = (net.img_channels, net.img_resolution, net.img_resolution)
-    out, t0 = {}, time.perf_counter()
-    settings = [(st, r, seed) for r in s["rho"] for st in s["steps"] for seed in s["seeds"]]
+    out, extra, t0 = {}, {}, time.perf_counter()
     for k, (steps, rho, seed) in enumerate(settings):
         latents = _latents(seed, s["num_samples"], shape)
         labels = _class_labels(net, s["num_samples"])
         chunks = []
+        if counter is not None:
+            counter.reset()
         for i in range(0, s["num_samples"], s["batch_size"]):
             lab = labels[i:i + s["batch_size"]] if labels is not None else None
             chunks.append(edm_sampler(denoise, latents[i:i + s["batch_size"]], num_steps=steps, rho=rho,
-                                      sigma_min=s["sigma_min"], sigma_max=s["sigma_max"], class_labels=lab))
-        out[f"steps{steps}_rho{rho:g}_seed{seed}"] = torch.cat(chunks).float().numpy()
-        _log(f"[sample] {args.model} {k + 1}/{len(settings)}: steps {steps} rho {rho:g} seed {seed} "
-             f"NFE {num_function_evals(steps)} ({time.perf_counter() - t0:.0f} s)")
+                                      sigma_min=s["sigma_min"], sigma_max=s["sigma_max"], class_labels=lab,
+                                      denoise_euler=denoise_euler))
+        key = f"steps{steps}_rho{rho:g}_seed{seed}"
+        out[key] = torch.cat(chunks).float().numpy()
+        note = ""
+        if counter is not None:  # discriminator gradient evaluations per sampler run (per batch)
+            batches = -(-s["num_samples"] // s["batch_size"])
+            extra[f"grad_evals/{key}"] = np.array(counter.num_grad_evals // batches)
+            note = f" + {counter.num_grad_evals // batches} discriminator gradients"
+        _log(f"[{tag}] {k + 1}/{len(settings)}: steps {steps} rho {rho:g} seed {seed} "
+             f"NFE {num_function_evals(steps)}{note} ({time.perf_counter() - t0:.0f} s)")
+    with atomic_path(out_path, suffix=".npz") as tmp:
+        np.savez(tmp, **out, **extra)
+
+
+def cmd_sample(args):
+    p = _params(args)
+    s = p["sample"]
+    net, denoise = _load_denoiser(args.network)
+    settings = [(st, r, seed) for r in s["rho"] for st in s["steps"] for seed in s["seeds"]]
+    _sweep(net, denoise, settings, s, args.out, f"sample {args.model}")
+
+
+def cmd_fake_samples(args):
+    """Samples of a trained model: the 'fake' class of its discriminator."""
+    import torch
+
     from .utils import atomic_path
 
+    p = _params(args)
+    g, s = p["guidance"], p["sample"]
+    net, denoise = _load_denoiser(args.network)
+    from .sampling import edm_sampler
+
+    shape = (net.img_channels, net.img_resolution, net.img_resolution)
+    latents = _latents(p["seed"] + 2000, g["num_fake"], shape)
+    labels = _class_labels(net, g["num_fake"])
+    chunks = []
+    for i in range(0, g["num_fake"], s["batch_size"]):
+        lab = labels[i:i + s["batch_size"]] if labels is not None else None
+        chunks.append(edm_sampler(denoise, latents[i:i + s["batch_size"]], num_steps=g["fake_steps"], rho=7,
+                                  class_labels=lab).float())
+        _log(f"[fake] {args.model}: {min(i + s['batch_size'], g['num_fake'])}/{g['num_fake']} samples")
+    ids = labels.argmax(1).numpy() if labels is not None else np.zeros(g["num_fake"], dtype=np.int64)
     with atomic_path(args.out, suffix=".npz") as tmp:
-        np.savez(tmp, **out)
+        np.savez(tmp, images=torch.cat(chunks).numpy(), labels=ids, conditional=labels is not None)
+
+
+def cmd_train_discriminator(args):
+    import torch
+
+    from .data import load_dataset
+    from .guidance import NoiseConditionedDiscriminator, evaluate_discriminator, train_discriminator
+    from .utils import atomic_save
+
+    p = _params(args)
+    g = p["guidance"]
+    spec = g["discriminators"][args.disc] if args.disc in g["discriminators"] else None
+    if spec is None:
+        from .config import ParamError
+
+        raise ParamError(f"unknown discriminator {args.disc!r}; 'guidance.discriminators' has "
+                         f"{sorted(g['discriminators'])}")
+    d = load_dataset(args.data)
+    with np.load(args.fakes) as f:
+        fakes, fake_ids, conditional = torch.as_tensor(f["images"]), torch.as_tensor(f["labels"]), bool(f["conditional"])
+    n_hold = max(int(len(fakes) * 0.2), 1)  # held-out fakes for the reported accuracy
+    real, real_ids = torch.as_tensor(d["train_images"]), torch.as_tensor(d["train_labels"])
+    k = int(d["num_classes"])
+    disc = NoiseConditionedDiscriminator(img_resolution=real.shape[-1], img_channels=real.shape[1],
+                                         label_dim=k if conditional else 0, channels=tuple(g["channels"]))
+    torch.manual_seed(p["seed"])
+    lab = (lambda ids: ids) if conditional else (lambda ids: None)
+    _log(f"[discriminator] {args.disc}: model {spec['model']}, aot={spec['aot']}, conditional={conditional}")
+    history = train_discriminator(disc, real, fakes[n_hold:], real_labels=lab(real_ids), fake_labels=lab(fake_ids[n_hold:]),
+                                  aot=spec["aot"], pool_size=g["pool_size"], batch_size=g["batch_size"],
+                                  steps=g["steps"], lr=g["lr"], seed=p["seed"], log_every=max(g["steps"] // 5, 1),
+                                  callback=lambda row: _log(f"[discriminator] {args.disc} step {row['step']} "
+                                                            f"loss {row['loss']:.4f} acc {row['accuracy']:.3f}"))
+    test_real, test_ids = torch.as_tensor(d["test_images"]), torch.as_tensor(d["test_labels"])
+    m = min(len(test_real), n_hold)
+    held = evaluate_discriminator(disc, test_real[:m], fakes[:m], real_labels=lab(test_ids[:m]),
+                                  fake_labels=lab(fake_ids[:m]), seed=p["seed"] + 1)
+    atomic_save(dict(config=disc.config, state=disc.state_dict(), spec=spec), args.out)
+    metrics = {"heldout_accuracy": held["accuracy"], "heldout_bce": held["bce"],
+               "train_final_loss": history[-1]["loss"] if history else float("nan")}
+    _write_json(args.metrics, metrics)
+    _log(f"[discriminator] {args.disc}: held-out accuracy {held['accuracy']:.3f}")
+
+
+def cmd_guided_sample(args):
+    import torch
+
+    from .guidance import DG_SIGMA_WINDOW, NoiseConditionedDiscriminator, guided_denoiser
+
+    p = _params(args)
+    g = p["guidance"]
+    net, denoise = _load_denoiser(args.network)
+    blob = torch.load(args.discriminator, weights_only=False)
+    disc = NoiseConditionedDiscriminator(**blob["config"])
+    disc.load_state_dict(blob["state"])
+    weight = g["weight_cond"] if net.label_dim else g["weight_uncond"]
+    window = tuple(g["sigma_window"]) if g.get("sigma_window") else DG_SIGMA_WINDOW
+    guided = guided_denoiser(denoise, disc, weight, sigma_window=window)
+    s = dict(p["sample"])
+    settings = [(st, r, seed) for r in g["rho"] for st in g["steps_list"] for seed in s["seeds"]]
+    _sweep(net, denoise, settings, s, args.out, f"guided {args.disc}", denoise_euler=guided, counter=guided)
 
 
 def _parse_key(key):
@@ -214,9 +313,12 @@ def cmd_fid(args):
     rows = []
     with np.load(args.samples) as samples:
         for key in samples.files:
+            if "/" in key:  # bookkeeping entries (e.g. grad_evals/...)
+                continue
             steps, rho, seed = _parse_key(key)
+            grads = samples[f"grad_evals/{key}"].item() if f"grad_evals/{key}" in samples.files else 0
             rows.append(dict(model=args.model, steps=steps, rho=rho, nfe=num_function_evals(steps), seed=seed,
-                             fid=classifier_fid(clf, samples[key], ref)))
+                             disc_grad_evals=grads, fid=classifier_fid(clf, samples[key], ref)))
     df = pd.DataFrame(rows).sort_values(["rho", "steps", "seed"])
     with atomic_path(args.out, suffix=".csv") as tmp:
         df.to_csv(tmp, index=False)
@@ -266,7 +368,8 @@ def cmd_tables(args):
     from .report.tables import write_tables
 
     p = _params(args)
-    write_tables(p, fid_dir=Path(args.fid_dir), curvature_dir=Path(args.curvature_dir), out_dir=Path(args.out_dir),
+    write_tables(p, fid_dir=Path(args.fid_dir), curvature_dir=Path(args.curvature_dir), dg_dir=Path(args.dg_dir),
+                 out_dir=Path(args.out_dir),
                  metrics_path=Path(args.metrics), classifier_metrics=Path(args.classifier_metrics), log=_log)
 
 
@@ -300,9 +403,13 @@ def build_parser():
     add("train", cmd_train, model=req, data=req, out=req, loss_log=dict(default=None),
         checkpoint_dir=dict(default=None), stop_after=dict(type=int, default=None))
     add("sample", cmd_sample, model=req, network=req, out=req)
+    add("fake-samples", cmd_fake_samples, model=req, network=req, out=req)
+    add("train-discriminator", cmd_train_discriminator, disc=req, fakes=req, data=req, out=req, metrics=req)
+    add("guided-sample", cmd_guided_sample, disc=req, network=req, discriminator=req, out=req)
     add("fid", cmd_fid, model=req, samples=req, classifier=req, data=req, out=req)
     add("curvature", cmd_curvature, model=req, network=req, out=req, metrics=req)
-    add("tables", cmd_tables, fid_dir=req, curvature_dir=req, out_dir=req, metrics=req, classifier_metrics=req)
+    add("tables", cmd_tables, fid_dir=req, curvature_dir=req, dg_dir=req, out_dir=req, metrics=req,
+        classifier_metrics=req)
     add("figures", cmd_figures, results=req, out_dir=req)
     return ap
 

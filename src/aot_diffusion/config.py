@@ -109,6 +109,24 @@ def validate(p: dict) -> dict:
     _pos_int(p, "curvature.num_latents")
     _pos_int(p, "curvature.sigma_grid", 2)
     _pos_int(p, "threads")
+    _int_list(p, "guidance.steps_list", 2)
+    _pos_int(p, "guidance.num_fake", 2)
+    _pos_int(p, "guidance.steps")
+    gb = _pos_int(p, "guidance.batch_size", 2)
+    if gb % 2:
+        raise ParamError(f"parameter 'guidance.batch_size' must be even (half real, half fake), got {gb}")
+    discs = _get(p, "guidance.discriminators")
+    if not isinstance(discs, Mapping) or not discs:
+        raise ParamError("parameter 'guidance.discriminators' must map names to {model, aot}")
+    for name, spec in discs.items():
+        if not isinstance(spec, Mapping) or spec.get("model") not in models:
+            raise ParamError(f"parameter 'guidance.discriminators.{name}.model' must name one of {sorted(models)}")
+    if not set(_get(p, "guidance.steps_list")) <= set(_get(p, "sample.steps")) or \
+            not set(_get(p, "guidance.rho")) <= set(_get(p, "sample.rho")):
+        raise ParamError("parameters 'guidance.steps_list' and 'guidance.rho' must be subsets of 'sample.steps' "
+                         "and 'sample.rho' (Table 2 compares guided and unguided runs at the same settings)")
+    if not set(_get(p, "sample.grid_steps")) <= set(_get(p, "sample.steps")):
+        raise ParamError("parameter 'sample.grid_steps' must be a subset of 'sample.steps'")
     smin, smax = _pos_num(p, "sample.sigma_min"), _pos_num(p, "sample.sigma_max")
     if smin >= smax:
         raise ParamError(f"parameter 'sample.sigma_min' ({smin}) must be below 'sample.sigma_max' ({smax})")

@@ -79,6 +79,31 @@ def truncation_plot(params, curv: dict, path):
     _save(fig, path)
 
 
+def guidance_plot(params, results: Path, path):
+    g = params["guidance"]
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.4), squeeze=False)
+    for ax, cond in zip(axes[0], (False, True)):
+        for model, spec in params["models"].items():
+            if spec["conditional"] != cond:
+                continue
+            df = pd.read_csv(results / "fid" / f"{model}.csv")
+            df = df[df["rho"].isin(g["rho"]) & df["steps"].isin(g["steps_list"])]
+            s = df.groupby("nfe")["fid"].mean()
+            ax.plot(s.index, s.values, marker="o", ms=3, label=model, **_style(params, model))
+        for disc, dspec in g["discriminators"].items():
+            if params["models"][dspec["model"]]["conditional"] != cond:
+                continue
+            s = pd.read_csv(results / "dg" / "fid" / f"{disc}.csv").groupby("nfe")["fid"].mean()
+            st = _style(params, dspec["model"])
+            ax.plot(s.index, s.values, marker="s", ms=3, color=st["color"], ls=":" if not dspec["aot"] else "-.",
+                    label=disc)
+        ax.set(title=f"{'conditional' if cond else 'unconditional'}: Discriminator Guidance", xlabel="NFE",
+               ylabel="FID (mean over seeds)", yscale="log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    _save(fig, path)
+
+
 def _grid(images, ncol):
     images = np.clip((images + 1) / 2, 0, 1)
     n, c, h, w = images.shape
@@ -144,6 +169,7 @@ def write_figures(params, *, results: Path, out_dir: Path, log=print):
     heatmap(params, fid, out_dir / "rho_steps_heatmap.png")
     curvature_plot(params, curv, out_dir / "curvature_vs_sigma.png")
     truncation_plot(params, curv, out_dir / "truncation_vs_nfe.png")
+    guidance_plot(params, results, out_dir / "guidance_fid_vs_nfe.png")
     lo, hi = min(params["sample"]["grid_steps"]), max(params["sample"]["grid_steps"])
     sample_grids(params, results, lo, out_dir / "samples_low_nfe.png")
     sample_grids(params, results, hi, out_dir / "samples_high_nfe.png")
