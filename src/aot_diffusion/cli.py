@@ -138,7 +138,12 @@ def _load_denoiser(path, device="cpu"):
 
     from .training import load_network
 
-    net = load_network(path, map_location=device)
+    if str(path).endswith(".pkl"):  # a released NVlabs/edm or EDM-AOT pickle, loaded without running its code
+        from .checkpoints import load_edm_pickle
+
+        net = load_edm_pickle(path, key="ema", device=device).requires_grad_(False)
+    else:
+        net = load_network(path, map_location=device)
 
     def denoise(x, sigma, class_labels):
         with torch.no_grad():
@@ -166,6 +171,7 @@ def _sweep(net, denoise, settings, s, out_path, tag, denoise_euler=None, counter
     """Sample every (steps, rho, seed) setting from the seed's shared latents and save one .npz."""
     import torch
 
+    from .metrics.fid import to_uint8
     from .sampling import edm_sampler, num_function_evals
     from .utils import atomic_path
 
@@ -183,7 +189,7 @@ def _sweep(net, denoise, settings, s, out_path, tag, denoise_euler=None, counter
                                       sigma_min=s["sigma_min"], sigma_max=s["sigma_max"], class_labels=lab,
                                       denoise_euler=denoise_euler))
         key = f"steps{steps}_rho{rho:g}_seed{seed}"
-        out[key] = torch.cat(chunks).float().numpy()
+        out[key] = to_uint8(torch.cat(chunks).float().numpy())  # stored as pixels, as EDM does before FID
         note = ""
         if counter is not None:  # discriminator gradient evaluations per sampler run (per batch)
             batches = -(-s["num_samples"] // s["batch_size"])
@@ -195,8 +201,16 @@ def _sweep(net, denoise, settings, s, out_path, tag, denoise_euler=None, counter
         np.savez(tmp, **out, **extra)
 
 
+def _inception_preflight(p):
+    if p["data"]["dataset"] == "cifar10":
+        from .metrics.fid import check_inception_assets
+
+        check_inception_assets(allow_download=p.get("fid", {}).get("allow_download", False))
+
+
 def cmd_sample(args):
     p = _params(args)
+    _inception_preflight(p)
     s = p["sample"]
     net, denoise = _load_denoiser(args.network)
     settings = [(st, r, seed) for r in s["rho"] for st in s["steps"] for seed in s["seeds"]]
@@ -276,6 +290,7 @@ def cmd_guided_sample(args):
     from .guidance import DG_SIGMA_WINDOW, NoiseConditionedDiscriminator, guided_denoiser
 
     p = _params(args)
+    _inception_preflight(p)
     g = p["guidance"]
     net, denoise = _load_denoiser(args.network)
     blob = torch.load(args.discriminator, weights_only=False)
@@ -303,13 +318,22 @@ def cmd_fid(args):
     from .sampling import num_function_evals
     from .utils import atomic_path
 
-    _params(args)
+    p = _params(args)
+    _inception_preflight(p)
     blob = torch.load(args.classifier, weights_only=True)
     clf = FeatureClassifier(**blob["config"])
     clf.load_state_dict(blob["state"])
     clf.eval()
     d = load_dataset(args.data)
-    ref = feature_statistics(extract_features(clf, d["train_images"]))
+    if p["data"]["dataset"] == "cifar10":  # the paper's protocol: Inception, legacy_tensorflow, train stats
+        from .metrics.fid import cifar10_inception_fid, cifar10_reference_statistics
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        inception_ref = cifar10_reference_statistics()
+        score = lambda x: cifar10_inception_fid(x, device=device, reference=inception_ref)  # noqa: E731
+    else:  # offline profiles: features of the classifier trained on the same dataset
+        ref = feature_statistics(extract_features(clf, d["train_images"]))
+        score = lambda x: classifier_fid(clf, x, ref)  # noqa: E731
     rows = []
     with np.load(args.samples) as samples:
         for key in samples.files:
@@ -318,7 +342,7 @@ def cmd_fid(args):
             steps, rho, seed = _parse_key(key)
             grads = samples[f"grad_evals/{key}"].item() if f"grad_evals/{key}" in samples.files else 0
             rows.append(dict(model=args.model, steps=steps, rho=rho, nfe=num_function_evals(steps), seed=seed,
-                             disc_grad_evals=grads, fid=classifier_fid(clf, samples[key], ref)))
+                             disc_grad_evals=grads, fid=score(samples[key])))
     df = pd.DataFrame(rows).sort_values(["rho", "steps", "seed"])
     with atomic_path(args.out, suffix=".csv") as tmp:
         df.to_csv(tmp, index=False)

@@ -35,3 +35,31 @@ rule figures:
     threads: 1
     shell:
         cli("figures") + " --results results --out-dir figures"
+
+
+# Score a released checkpoint without training (not part of `all`; see params.yaml, released_pickle).
+rule released_sample:
+    input:
+        OVERLAY,
+        network=config.get("released_pickle") or "released_pickle-is-not-set.pkl",
+    output:
+        samples="results/released/samples.npz",
+    threads: THREADS
+    resources:
+        gpu=1 if P["train"]["device"] == "cuda" else 0,
+    shell:
+        cli("sample") + " --model released --network {input.network} --out {output.samples}"
+
+
+rule released:
+    input:
+        OVERLAY,
+        samples="results/released/samples.npz",
+        classifier="results/classifier/classifier.pt",
+        data="results/data/dataset.npz",
+    output:
+        fid="results/released/fid.csv",
+    threads: THREADS
+    shell:
+        cli("fid") + " --model released --samples {input.samples} --classifier {input.classifier}"
+        " --data {input.data} --out {output.fid}"

@@ -12,6 +12,6 @@ rule train:
         model="|".join(MODELS),
     threads: THREADS
     resources:
-        gpus=P["train"]["nproc_per_node"] if P["train"]["device"] == "cuda" else 0,
+        gpu=P["train"]["nproc_per_node"] if P["train"]["device"] == "cuda" else 0,
     shell:
         cli("train") + " --model {wildcards.model} --data {input.data} --out {output.network} --loss-log {output.loss}"

@@ -13,7 +13,8 @@ from torch import nn
 from torch.nn import functional as F
 
 __all__ = ["FeatureClassifier", "train_classifier", "extract_features", "feature_statistics",
-           "frechet_distance", "classifier_fid", "cifar10_inception_fid"]
+           "frechet_distance", "classifier_fid", "cifar10_inception_fid", "inception_features",
+           "check_inception_assets", "to_uint8", "from_uint8"]
 
 
 class FeatureClassifier(nn.Module):
@@ -64,6 +65,9 @@ def train_classifier(train_x, train_y, test_x, test_y, *, num_classes, steps=600
 
 @torch.no_grad()
 def extract_features(model: FeatureClassifier, images, batch_size: int = 1000) -> np.ndarray:
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        images = from_uint8(images)
     images = torch.as_tensor(images, dtype=torch.float32).clamp(-1, 1)
     return torch.cat([model.features(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]).double().numpy()
 
@@ -82,14 +86,63 @@ def classifier_fid(model, samples, reference_stats) -> float:
     return frechet_distance(feature_statistics(extract_features(model, samples)), reference_stats)
 
 
-def cifar10_inception_fid(generate_batch, num_gen: int = 50_000, batch_size: int = 500, device="cuda") -> float:
-    """EDM protocol through clean-fid: Inception features, legacy_tensorflow mode, CIFAR-10 train statistics.
+def to_uint8(images) -> np.ndarray:
+    """[-1, 1] floats -> uint8 pixels, as EDM writes its samples before FID."""
+    x = np.asarray(images, dtype=np.float32)
+    return np.clip(np.rint(x * 127.5 + 127.5), 0, 255).astype(np.uint8)
 
-    ``generate_batch(z)`` must return uint8-range images [B, 3, 32, 32]; clean-fid calls it with its own latents.
-    Needs clean-fid's Inception weights and cifar10 statistics in its cache (see README, offline use).
-    """
-    from cleanfid import fid
 
-    return float(fid.compute_fid(gen=generate_batch, dataset_name="cifar10", dataset_res=32, dataset_split="train",
-                                 mode="legacy_tensorflow", num_gen=num_gen, batch_size=batch_size,
-                                 device=torch.device(device), z_dim=3 * 32 * 32))
+def from_uint8(images) -> np.ndarray:
+    return np.asarray(images, dtype=np.float32) / 127.5 - 1
+
+
+INCEPTION_FILE = "/tmp/inception-2015-12-05.pt"  # where clean-fid looks for (and downloads) its weights
+
+
+def _cleanfid_stats_path(name="cifar10", res=32, mode="legacy_tensorflow", split="train"):
+    import os
+
+    import cleanfid
+
+    return os.path.join(os.path.dirname(cleanfid.__file__), "stats", f"{name}_{mode}_{split}_{res}.npz".lower())
+
+
+def check_inception_assets(allow_download: bool = False) -> None:
+    """Fail before any sampling when clean-fid's Inception weights or CIFAR-10 statistics are missing offline."""
+    import os
+
+    missing = [p for p in (INCEPTION_FILE, _cleanfid_stats_path()) if not os.path.exists(p)]
+    if missing and not allow_download:
+        raise FileNotFoundError(
+            "clean-fid's Inception FID needs files that are not on this machine: " + ", ".join(missing) +
+            ". Pre-seed them on a machine with network access (see README, 'Offline Inception FID'): "
+            "python -c \"from cleanfid import fid; fid.get_reference_statistics('cifar10', 32, "
+            "mode='legacy_tensorflow', split='train'); from cleanfid.features import build_feature_extractor; "
+            "build_feature_extractor('legacy_tensorflow', device='cpu')\" and copy "
+            f"{INCEPTION_FILE} and {_cleanfid_stats_path()} here, or set fid.allow_download: true.")
+
+
+def inception_features(images_uint8, *, device="cuda", batch_size=500, feature_model=None) -> np.ndarray:
+    """clean-fid's Inception features in legacy_tensorflow mode (the network resizes to 299 itself)."""
+    from cleanfid.fid import get_batch_features
+
+    if feature_model is None:
+        from cleanfid.features import build_feature_extractor
+
+        feature_model = build_feature_extractor("legacy_tensorflow", device=torch.device(device), use_dataparallel=False)
+    images = np.asarray(images_uint8)
+    feats = [get_batch_features(torch.from_numpy(images[i:i + batch_size]).float(), feature_model, torch.device(device))
+             for i in range(0, len(images), batch_size)]
+    return np.concatenate(feats)
+
+
+def cifar10_reference_statistics():
+    from cleanfid.features import get_reference_statistics
+
+    return get_reference_statistics("cifar10", 32, mode="legacy_tensorflow", split="train")
+
+
+def cifar10_inception_fid(images_uint8, *, device="cuda", batch_size=500, feature_model=None, reference=None) -> float:
+    """EDM protocol through clean-fid: Inception features, legacy_tensorflow mode, CIFAR-10 train statistics."""
+    feats = inception_features(images_uint8, device=device, batch_size=batch_size, feature_model=feature_model)
+    return frechet_distance(feature_statistics(feats), reference or cifar10_reference_statistics())

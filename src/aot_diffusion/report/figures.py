@@ -105,7 +105,7 @@ def guidance_plot(params, results: Path, path):
 
 
 def _grid(images, ncol):
-    images = np.clip((images + 1) / 2, 0, 1)
+    images = images.astype(np.float32) / 255 if images.dtype == np.uint8 else np.clip((images + 1) / 2, 0, 1)
     n, c, h, w = images.shape
     nrow = int(np.ceil(n / ncol))
     canvas = np.ones((nrow * (h + 1), ncol * (w + 1), c))
