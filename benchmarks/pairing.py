@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from aot_diffusion.aot import assignment
-from aot_diffusion.networks import build_network
 from aot_diffusion.training import TrainConfig, train
 
 

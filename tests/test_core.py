@@ -1,6 +1,5 @@
 """Unit tests of the core library: schedules, NFE, networks, loss, input errors."""
 
-import math
 
 import pytest
 import torch

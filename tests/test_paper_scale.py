@@ -1,7 +1,6 @@
 """Paper-scale pieces that run without a GPU: the cifar10 DAG plans, Inception-FID preflight and
 plumbing, and a released (EDM-format) checkpoint sampled and scored by the `released` target."""
 
-import subprocess
 
 import numpy as np
 import pandas as pd

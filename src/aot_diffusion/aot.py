@@ -8,7 +8,6 @@ across classes.
 
 from __future__ import annotations
 
-from typing import Optional
 
 import numpy as np
 import torch

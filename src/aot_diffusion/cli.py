@@ -63,7 +63,6 @@ def cmd_prepare_data(args):
 
 
 def cmd_train_classifier(args):
-    import torch
 
     from .data import load_dataset
     from .metrics.fid import train_classifier
@@ -167,29 +166,38 @@ def _class_labels(net, n):
     return torch.eye(net.label_dim, dtype=torch.float64)[torch.arange(n) % net.label_dim]
 
 
-def _sweep(net, denoise, settings, s, out_path, tag, denoise_euler=None, counter=None):
-    """Sample every (steps, rho, seed) setting from the seed's shared latents and save one .npz."""
+def _sample_in_batches(denoise, latents, labels, batch_size, log=None, **sampler_kwargs):
+    """edm_sampler over ``latents`` in batches (labels one-hot or None); float32 samples on the CPU."""
     import torch
 
+    from .sampling import edm_sampler
+
+    chunks = []
+    for i in range(0, len(latents), batch_size):
+        lab = labels[i:i + batch_size] if labels is not None else None
+        chunks.append(edm_sampler(denoise, latents[i:i + batch_size], class_labels=lab, **sampler_kwargs).float())
+        if log is not None:
+            log(min(i + batch_size, len(latents)))
+    return torch.cat(chunks)
+
+
+def _sweep(net, denoise, settings, s, out_path, tag, denoise_euler=None, counter=None):
+    """Sample every (steps, rho, seed) setting from the seed's shared latents and save one .npz."""
+
     from .metrics.fid import to_uint8
-    from .sampling import edm_sampler, num_function_evals
+    from .sampling import num_function_evals
     from .utils import atomic_path
 
     shape = (net.img_channels, net.img_resolution, net.img_resolution)
     out, extra, t0 = {}, {}, time.perf_counter()
     for k, (steps, rho, seed) in enumerate(settings):
-        latents = _latents(seed, s["num_samples"], shape)
-        labels = _class_labels(net, s["num_samples"])
-        chunks = []
         if counter is not None:
             counter.reset()
-        for i in range(0, s["num_samples"], s["batch_size"]):
-            lab = labels[i:i + s["batch_size"]] if labels is not None else None
-            chunks.append(edm_sampler(denoise, latents[i:i + s["batch_size"]], num_steps=steps, rho=rho,
-                                      sigma_min=s["sigma_min"], sigma_max=s["sigma_max"], class_labels=lab,
-                                      denoise_euler=denoise_euler))
+        images = _sample_in_batches(denoise, _latents(seed, s["num_samples"], shape), _class_labels(net, s["num_samples"]),
+                                    s["batch_size"], num_steps=steps, rho=rho, sigma_min=s["sigma_min"],
+                                    sigma_max=s["sigma_max"], denoise_euler=denoise_euler)
         key = f"steps{steps}_rho{rho:g}_seed{seed}"
-        out[key] = to_uint8(torch.cat(chunks).float().numpy())  # stored as pixels, as EDM does before FID
+        out[key] = to_uint8(images.numpy())  # stored as pixels, as EDM does before FID
         note = ""
         if counter is not None:  # discriminator gradient evaluations per sampler run (per batch)
             batches = -(-s["num_samples"] // s["batch_size"])
@@ -219,27 +227,20 @@ def cmd_sample(args):
 
 def cmd_fake_samples(args):
     """Samples of a trained model: the 'fake' class of its discriminator."""
-    import torch
 
     from .utils import atomic_path
 
     p = _params(args)
     g, s = p["guidance"], p["sample"]
     net, denoise = _load_denoiser(args.network)
-    from .sampling import edm_sampler
-
     shape = (net.img_channels, net.img_resolution, net.img_resolution)
-    latents = _latents(p["seed"] + 2000, g["num_fake"], shape)
     labels = _class_labels(net, g["num_fake"])
-    chunks = []
-    for i in range(0, g["num_fake"], s["batch_size"]):
-        lab = labels[i:i + s["batch_size"]] if labels is not None else None
-        chunks.append(edm_sampler(denoise, latents[i:i + s["batch_size"]], num_steps=g["fake_steps"], rho=7,
-                                  class_labels=lab).float())
-        _log(f"[fake] {args.model}: {min(i + s['batch_size'], g['num_fake'])}/{g['num_fake']} samples")
+    images = _sample_in_batches(denoise, _latents(p["seed"] + 2000, g["num_fake"], shape), labels, s["batch_size"],
+                                log=lambda k: _log(f"[fake] {args.model}: {k}/{g['num_fake']} samples"),
+                                num_steps=g["fake_steps"], rho=7)
     ids = labels.argmax(1).numpy() if labels is not None else np.zeros(g["num_fake"], dtype=np.int64)
     with atomic_path(args.out, suffix=".npz") as tmp:
-        np.savez(tmp, images=torch.cat(chunks).numpy(), labels=ids, conditional=labels is not None)
+        np.savez(tmp, images=images.numpy(), labels=ids, conditional=labels is not None)
 
 
 def cmd_train_discriminator(args):
@@ -351,7 +352,6 @@ def cmd_fid(args):
 
 
 def cmd_curvature(args):
-    import torch
 
     from .metrics.curvature import curvature_on_grid, curvature_profile, fine_trajectory, truncation_error
     from .sampling import edm_sampler, num_function_evals

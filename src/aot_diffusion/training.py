@@ -18,12 +18,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import os
 import queue
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
