@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -34,6 +35,7 @@ def bench_train(images, labels, *, aot_on, conditional, pool, steps, batch, wind
                       total_steps=steps, lr=1e-3, lr_rampup_kimg=0, log_every=window, checkpoint_every=10**9,
                       device="cuda", prefetch=True)
     tag = f"aot{int(aot_on)}_cond{int(conditional)}_pool{pool}"
+    shutil.rmtree(f"results/bench/tmp/{tag}", ignore_errors=True)  # never resume an old run
     res = train(cfg, images, labels, out_path=f"results/bench/tmp/{tag}.pt", checkpoint_dir=f"results/bench/tmp/{tag}",
                 num_classes=10, log=print)
     sec_per_step = float(np.median([r["sec_per_kimg"] * batch / 1000 for r in res["history"][1:]]))
