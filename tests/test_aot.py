@@ -74,3 +74,12 @@ def test_classwise_pairing_never_crosses_classes_and_labels_forms_agree():
 def test_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         pair_noise(**kwargs)
+
+
+def test_numpy_in_numpy_out():
+    rng = np.random.default_rng(3)
+    images, noise = rng.standard_normal((20, 5)), rng.standard_normal((20, 5))
+    paired = pair_noise(images, noise, labels=np.arange(20) % 3)
+    assert isinstance(paired, np.ndarray)
+    expected = pair_noise(torch.from_numpy(images), torch.from_numpy(noise), labels=torch.arange(20) % 3)
+    assert np.array_equal(paired, expected.numpy())

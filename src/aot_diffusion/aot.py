@@ -77,8 +77,12 @@ def pair_noise(images: torch.Tensor, noise: torch.Tensor, labels=None, solver: s
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if isinstance(noise, np.ndarray):  # numpy in, numpy out
+        paired, perm = pair_noise(torch.as_tensor(np.asarray(images)), torch.from_numpy(noise), labels, solver,
+                                  return_index=True)
+        return (paired.numpy(), perm.numpy()) if return_index else paired.numpy()
     if not isinstance(images, torch.Tensor) or not isinstance(noise, torch.Tensor):
-        raise TypeError("images and noise must be torch tensors")
+        raise TypeError("images and noise must be torch tensors (or numpy arrays)")
     if images.shape != noise.shape:
         raise ValueError(f"images {list(images.shape)} and noise {list(noise.shape)} must have the same shape")
     if images.ndim < 2 or images.shape[0] == 0:

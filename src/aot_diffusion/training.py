@@ -15,6 +15,7 @@ previous pool trains, which keeps pairing off the critical path.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -324,7 +325,7 @@ def train(cfg: TrainConfig, images: torch.Tensor, labels: Optional[torch.Tensor]
                 batch_labels = pool.labels[sl] if pool.labels is not None else None
                 aug = pool.augment_labels[sl] if pool.augment_labels is not None else None
                 sync = world > 1 and r == rounds - 1
-                ctx = ddp.no_sync() if world > 1 and not sync else _nullcontext()
+                ctx = ddp.no_sync() if world > 1 and not sync else contextlib.nullcontext()
                 with ctx:
                     loss = loss_fn(ddp, pool.images[sl], pool.noise[sl], batch_labels, augment_labels=aug)
                     loss.sum().mul(1.0 / per_rank).backward()
@@ -388,14 +389,6 @@ def train(cfg: TrainConfig, images: torch.Tensor, labels: Optional[torch.Tensor]
     if world > 1:
         dist.barrier()
     return dict(step=step, history=history, ema=ema)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _truncate_log(path: Path, step: int):
