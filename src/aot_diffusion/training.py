@@ -329,7 +329,7 @@ def train(cfg: TrainConfig, images: torch.Tensor, labels: Optional[torch.Tensor]
                 with ctx:
                     loss = loss_fn(ddp, pool.images[sl], pool.noise[sl], batch_labels, augment_labels=aug)
                     loss.sum().mul(1.0 / per_rank).backward()
-                stats["loss"] += loss.detach().mean().item() / rounds
+                stats["loss"] += loss.detach().mean() / rounds  # stays on the device: no sync per step
             stats["n"] += 1
 
             cur_nimg = step * cfg.batch_size
@@ -347,7 +347,7 @@ def train(cfg: TrainConfig, images: torch.Tensor, labels: Optional[torch.Tensor]
 
             if step % cfg.log_every == 0 or step == cfg.total_steps:
                 elapsed = time.perf_counter() - t_log
-                row = dict(step=step, kimg=step * cfg.batch_size / 1000, loss=stats["loss"] / max(stats["n"], 1),
+                row = dict(step=step, kimg=step * cfg.batch_size / 1000, loss=float(stats["loss"]) / max(stats["n"], 1),
                            sec_per_kimg=elapsed / max(stats["n"] * cfg.batch_size / 1000, 1e-9),
                            pair_ms=float(np.mean(stats["pair_ms"])) if stats["pair_ms"] else 0.0,
                            paired_distance=float(np.nanmean(stats["paired"])) if stats["paired"] else float("nan"),
