@@ -12,6 +12,7 @@ D(x; sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x; c_noise(sigma)).
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Mapping
 
@@ -455,9 +456,6 @@ class EDMPrecond(nn.Module):
                          augment_labels=augment_labels)
         return c_skip * x + c_out * F_x.to(torch.float32)
 
-    def round_sigma(self, sigma):
-        return torch.as_tensor(sigma)
-
 
 # EDM's CIFAR-10 presets (train.py --arch=ddpmpp / ncsnpp), without the dataset-dependent fields.
 NETWORK_PRESETS: dict[str, dict] = {
@@ -494,7 +492,6 @@ def build_network(config: Mapping) -> EDMPrecond:
     backbone = _BACKBONES.get(model_type)
     if backbone is None:
         raise ValueError(f"model_type must be one of {sorted(_BACKBONES)}, got {model_type!r}")
-    import inspect
     allowed = set(inspect.signature(backbone.__init__).parameters) - {"self", "in_channels", "out_channels"}
     unknown = set(config) - allowed - _PRECOND_KEYS
     if unknown:

@@ -143,12 +143,12 @@ class PoolSource:
 
     def indices(self, k: int) -> torch.Tensor:
         n = self.images.shape[0]
-        start, out = k * self.pool_size, []
-        while sum(len(o) for o in out) < self.pool_size:
-            pos = start + sum(len(o) for o in out)
+        pos, end, out = k * self.pool_size, (k + 1) * self.pool_size, []
+        while pos < end:  # a pool may straddle an epoch boundary
             epoch, offset = divmod(pos, n)
-            take = min(n - offset, self.pool_size - sum(len(o) for o in out))
+            take = min(n - offset, end - pos)
             out.append(self._epoch_perm(epoch)[offset:offset + take])
+            pos += take
         return torch.cat(out)
 
     def make(self, k: int) -> Pool:
