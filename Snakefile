@@ -1,18 +1,15 @@
-# The replication DAG. Parameters: params.yaml (+ config/profiles/<profile>.yaml).
-#   snakemake --cores all                         # default profile (digits)
-#   snakemake --cores all --config profile=smoke  # another profile
-# dvc.yaml describes the same stages; tests/test_pipeline.py fails if the two drift apart.
-
-configfile: "params.yaml"
-
+# The replication DAG. Stages are defined once in src/aot_diffusion/dag.py (dvc.yaml is generated from it);
+# the rules below are thin: each runs one `aot-diffusion <stage>` command, which reads params.yaml.
+#   snakemake --cores all                                    # the effective parameters in params.yaml
+#   snakemake --cores all --config profile=smoke             # recompose params.yaml for another profile
+#   snakemake --cores all --config train='{pool_size: 256}'  # an override (wins over the profile)
+# Overrides are written into params.yaml before the first job (as `dvc exp run -S` does), so every stage and
+# both front doors see one effective parameter set. After a successful run the finished stages are recorded
+# in dvc.lock (`dvc commit`), so `dvc status` agrees with Snakemake.
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/data.smk"
-include: "workflow/rules/train.smk"
-include: "workflow/rules/sample.smk"
-include: "workflow/rules/evaluate.smk"
-include: "workflow/rules/guidance.smk"
-include: "workflow/rules/report.smk"
+include: "workflow/rules/stages.smk"
+include: "workflow/rules/released.smk"
 
 
 rule all:

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import torch
 
-__all__ = ["sigma_steps", "num_function_evals", "edm_sampler", "Denoiser"]
+__all__ = ["sigma_steps", "num_function_evals", "edm_sampler", "Denoiser", "latents", "class_labels", "sample_batched"]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 SOLVERS = ("heun", "euler")
@@ -109,3 +109,31 @@ def edm_sampler(denoise: Denoiser, latents: torch.Tensor, *, num_steps: int, rho
         "denoised": torch.stack(trajectory["denoised"]),
         "t_steps": t_steps,
     }
+
+
+# ---------------------------------------------------------------------------------------------- sweeps
+
+def latents(seed: int, n: int, shape, device="cpu") -> torch.Tensor:
+    """n unit-Gaussian latents [n, *shape] (float64) drawn on the CPU from ``seed``: the same on every
+    device, so two models sampled from one seed are paired image for image."""
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.randn([n, *shape], generator=g, dtype=torch.float64).to(device)
+
+
+def class_labels(label_dim: int, n: int, device="cpu") -> Optional[torch.Tensor]:
+    """One-hot labels cycling through the classes (image i has class i mod label_dim); None if unconditional."""
+    if not label_dim:
+        return None
+    return torch.eye(label_dim, dtype=torch.float64, device=device)[torch.arange(n, device=device) % label_dim]
+
+
+def sample_batched(denoise: Denoiser, z: torch.Tensor, labels: Optional[torch.Tensor], batch_size: int,
+                   progress: Optional[Callable[[int], None]] = None, **sampler_kwargs) -> torch.Tensor:
+    """:func:`edm_sampler` over ``z`` in batches of ``batch_size``; float32 samples on the latents' device."""
+    chunks = []
+    for i in range(0, len(z), batch_size):
+        lab = labels[i:i + batch_size] if labels is not None else None
+        chunks.append(edm_sampler(denoise, z[i:i + batch_size], class_labels=lab, **sampler_kwargs).float())
+        if progress is not None:
+            progress(min(i + batch_size, len(z)))
+    return torch.cat(chunks)

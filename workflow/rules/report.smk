@@ -1,65 +1,57 @@
+from aot_diffusion.layout import FIGURE_NAMES, TABLE_NAMES
+
+
+def reported(paths, category):
+    return [report(p, caption=f"../report/{Path(p).stem}.rst", category=category,
+                   labels={"name": Path(p).name, "profile": P["profile"]}) for p in paths]
+
+
 rule tables:
     input:
-        OVERLAY,
-        fid=expand("results/fid/{model}.csv", model=MODELS),
-        curvature=expand("results/curvature/{model}.json", model=MODELS),
-        classifier="results/classifier/metrics.json",
-        dg_fid=expand("results/dg/fid/{disc}.csv", disc=DISCS),
-        dg_metrics=expand("results/dg/discriminators/{disc}.json", disc=DISCS),
+        stage_input("tables"),
     output:
-        table1="results/tables/table1_fid_vs_nfe.csv",
-        table1_md="results/tables/table1_fid_vs_nfe.md",
-        table3="results/tables/table3_curvature.csv",
-        table3_md="results/tables/table3_curvature.md",
-        table2="results/tables/table2_guidance.csv",
-        table2_md="results/tables/table2_guidance.md",
-        metrics="results/metrics.json",
+        reported([p for p in stage_output("tables") if p.endswith(".csv") and "tables/table" in p], "Tables"),
+        [p for p in stage_output("tables") if not (p.endswith(".csv") and "tables/table" in p)],
+    params:
+        values=stage_params("tables"),
     threads: 1
     shell:
-        cli("tables") + " --fid-dir results/fid --curvature-dir results/curvature --dg-dir results/dg"
-        " --out-dir results/tables"
-        " --metrics {output.metrics} --classifier-metrics {input.classifier}"
+        stage_shell("tables")
 
 
 rule figures:
     input:
-        OVERLAY,
-        fid=expand("results/fid/{model}.csv", model=MODELS),
-        curvature=expand("results/curvature/{model}.npz", model=MODELS),
-        samples=expand("results/samples/{model}.npz", model=MODELS),
-        loss=expand("results/models/{model}/loss.jsonl", model=MODELS),
-        dg_fid=expand("results/dg/fid/{disc}.csv", disc=DISCS),
+        stage_input("figures"),
     output:
-        expand("figures/{name}.png", name=["fid_vs_nfe", "rho_steps_heatmap", "curvature_vs_sigma",
-               "truncation_vs_nfe", "guidance_fid_vs_nfe", "samples_low_nfe", "samples_high_nfe", "loss_curves", "teaser_denoiser_strip"]),
+        reported(stage_output("figures"), "Figures"),
+    params:
+        values=stage_params("figures"),
     threads: 1
     shell:
-        cli("figures") + " --results results --out-dir figures"
+        stage_shell("figures")
 
 
-# Score a released checkpoint without training (not part of `all`; see params.yaml, released_pickle).
+# Score a released NVlabs/edm or EDM-AOT network pickle (not part of `all`):
+#   snakemake --cores all --config profile=cifar10 released_pickle=/path/to/network.pkl -- released
 rule released_sample:
     input:
-        OVERLAY,
-        network=config.get("released_pickle") or "released_pickle-is-not-set.pkl",
+        P["released_pickle"] or "released_pickle-is-not-set.pkl",
     output:
-        samples="results/released/samples.npz",
+        str(L.released_samples),
     threads: THREADS
     resources:
-        gpu=1 if P["train"]["device"] == "cuda" else 0,
+        gpu=1 if P["device"] != "cpu" else 0,
     shell:
-        cli("sample") + " --model released --network {input.network} --out {output.samples}"
+        "aot-diffusion sample --model released --network {input}"
 
 
 rule released:
     input:
-        OVERLAY,
-        samples="results/released/samples.npz",
-        classifier="results/classifier/classifier.pt",
-        data="results/data/dataset.npz",
+        samples=str(L.released_samples),
+        reference=str(L.fd_reference),
+        features=str(L.feature_network),
     output:
-        fid="results/released/fid.csv",
+        str(L.released_fd),
     threads: THREADS
     shell:
-        cli("fid") + " --model released --samples {input.samples} --classifier {input.classifier}"
-        " --data {input.data} --out {output.fid}"
+        "aot-diffusion fd --model released"

@@ -1,9 +1,9 @@
-"""Figures of the replication, from the stage outputs under results/."""
+"""Figures of the replication, from the stage outputs of one profile (layout.Layout). Each names its metric,
+sample count and profile; layouts are constrained so labels never overlap."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import matplotlib
 
@@ -11,96 +11,116 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from ..utils import atomic_path  # noqa: E402
+from ..sampling import num_function_evals  # noqa: E402
+from ..samples import read_sweep  # noqa: E402
+from ..utils import AtomicPath  # noqa: E402
+from .tables import metric_label  # noqa: E402
 
 
-def _save(fig, path: Path):
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+def _save(fig, path):
+    with AtomicPath(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
 
-def _style(params, model):
-    spec = params["models"][model]
+def _figure(ncols=1, nrows=1, w=4.4, h=3.4):
+    return plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows), squeeze=False, layout="constrained")
+
+
+def _style(p, model):
+    spec = p["models"][model]
     return dict(color="tab:red" if spec["aot"] else "tab:blue", ls="-" if spec["conditional"] else "--")
 
 
-def fid_vs_nfe(params, fid: pd.DataFrame, path):
-    rhos = sorted(fid["rho"].unique())
-    fig, axes = plt.subplots(1, len(rhos), figsize=(4.2 * len(rhos), 3.4), squeeze=False)
+def _integer_nfe(ax):
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def fd_vs_nfe(p, fd: pd.DataFrame, floor: dict, path):
+    rhos = sorted(fd["rho"].unique())
+    fig, axes = _figure(len(rhos))
     for ax, rho in zip(axes[0], rhos):
-        for model, g in fid[fid["rho"] == rho].groupby("model"):
-            s = g.groupby("nfe")["fid"].agg(["mean", "std", "min"]).reset_index()
-            ax.errorbar(s["nfe"], s["mean"], yerr=s["std"].fillna(0), marker="o", ms=3, capsize=2, label=model,
-                        **_style(params, model))
-        ax.set(title=f"rho = {rho:g}", xlabel="NFE", ylabel="FID (mean ± std over seeds)", yscale="log")
+        for model, g in fd[fd["rho"] == rho].groupby("model", sort=False):
+            g = g.sort_values("nfe")
+            ax.plot(g["nfe"], g["fd"], marker="o", ms=3, label=model, **_style(p, model))
+            ax.fill_between(g["nfe"], g["fd_low"], g["fd_high"], alpha=0.15, color=_style(p, model)["color"])
+        ax.axhline(floor["fd"], color="k", ls=":", lw=1, label=f"real held-out (floor, N={floor['n']})")
+        ax.set(title=f"rho = {rho:g}", xlabel="NFE", ylabel=metric_label(p), yscale="log")
+        _integer_nfe(ax)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{p['profile']} profile, {floor['n']} samples per setting, 95% bootstrap bands", fontsize=9)
     _save(fig, path)
 
 
-def heatmap(params, fid: pd.DataFrame, path):
-    models = list(params["models"])
-    fig, axes = plt.subplots(1, len(models), figsize=(3.6 * len(models), 3.2), squeeze=False)
-    vmin, vmax = fid["fid"].min(), fid.groupby(["model", "rho", "steps"])["fid"].min().max()
+def heatmap(p, fd: pd.DataFrame, path):
+    models = list(p["models"])
+    fig, axes = _figure(len(models), w=3.4, h=3.0)
+    vmin, vmax = fd["fd"].min(), fd["fd"].max()
     for ax, model in zip(axes[0], models):
-        piv = fid[fid["model"] == model].groupby(["rho", "steps"])["fid"].min().unstack("steps")
+        piv = fd[fd["model"] == model].pivot_table(index="rho", columns="nfe", values="fd")
         im = ax.imshow(np.log10(piv.values), cmap="viridis", vmin=np.log10(vmin), vmax=np.log10(vmax), aspect="auto")
-        ax.set_xticks(range(piv.shape[1]), [str(c) for c in piv.columns])
+        ax.set_xticks(range(piv.shape[1]), [str(int(c)) for c in piv.columns])
         ax.set_yticks(range(piv.shape[0]), [f"{r:g}" for r in piv.index])
         for (i, j), v in np.ndenumerate(piv.values):
-            ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=6, color="w")
-        ax.set(title=model, xlabel="steps", ylabel="rho")
-    fig.colorbar(im, ax=axes[0].tolist(), label="log10 FID (min over seeds)")
+            ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7, color="w")
+        ax.set(title=model, xlabel="NFE", ylabel="rho")
+    fig.colorbar(im, ax=axes[0].tolist(), label=f"log10 {metric_label(p).split(' (')[0]}")
+    fig.suptitle(f"{metric_label(p)} over the rho x NFE grid ({p['profile']} profile)", fontsize=9)
     _save(fig, path)
 
 
-def curvature_plot(params, curv: dict, path):
-    fig, ax = plt.subplots(figsize=(5, 3.4))
+def curvature_plot(p, curv: dict, path):
+    fig, axes = _figure()
+    ax = axes[0][0]
     for model, c in curv.items():
-        ax.plot(c["grid"], c["kappa_grid"], label=model, **_style(params, model))
-    ax.set(xscale="log", xlabel="sigma", ylabel="curvature 1 - cos", title="PF-ODE curvature along the trajectory")
+        ax.plot(c["grid"], c["kappa_grid"], label=model, **_style(p, model))
+    ax.set(xscale="log", xlabel="sigma", ylabel="curvature 1 - cos",
+           title=f"PF-ODE curvature ({p['profile']} profile)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     _save(fig, path)
 
 
-def truncation_plot(params, curv: dict, path):
-    rhos = sorted({r for c in curv.values() for r in c["trunc"][:, 1]})
-    fig, axes = plt.subplots(1, len(rhos), figsize=(4.2 * len(rhos), 3.2), squeeze=False)
+def truncation_plot(p, curv: dict, path):
+    rhos = sorted({float(r) for c in curv.values() for r in c["trunc_rho"]})
+    fig, axes = _figure(len(rhos))
     for ax, rho in zip(axes[0], rhos):
         for model, c in curv.items():
-            t = c["trunc"][c["trunc"][:, 1] == rho]
-            ax.plot(t[:, 2], t[:, 3], marker="o", ms=3, label=model, **_style(params, model))
+            sel = c["trunc_rho"] == rho
+            ax.plot(c["trunc_nfe"][sel], c["trunc_error"][sel], marker="o", ms=3, label=model, **_style(p, model))
         ax.set(title=f"rho = {rho:g}", xlabel="NFE", ylabel="RMS error vs fine solve", yscale="log")
+        _integer_nfe(ax)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"Truncation error ({p['profile']} profile)", fontsize=9)
     _save(fig, path)
 
 
-def guidance_plot(params, results: Path, path):
-    g = params["guidance"]
-    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.4), squeeze=False)
+def guidance_plot(p, L, path):
+    g = p["guidance"]
+    fig, axes = _figure(2)
     for ax, cond in zip(axes[0], (False, True)):
-        for model, spec in params["models"].items():
+        for model, spec in p["models"].items():
             if spec["conditional"] != cond:
                 continue
-            df = pd.read_csv(results / "fid" / f"{model}.csv")
-            df = df[df["rho"].isin(g["rho"]) & df["steps"].isin(g["steps_list"])]
-            s = df.groupby("nfe")["fid"].mean()
-            ax.plot(s.index, s.values, marker="o", ms=3, label=model, **_style(params, model))
+            df = pd.read_csv(L.fd(model))
+            s = df[df["rho"].isin(g["rho"]) & df["steps"].isin(g["steps_list"])].groupby("nfe")["fd"].mean()
+            ax.plot(s.index, s.values, marker="o", ms=3, label=model, **_style(p, model))
         for disc, dspec in g["discriminators"].items():
-            if params["models"][dspec["model"]]["conditional"] != cond:
+            if p["models"][dspec["model"]]["conditional"] != cond:
                 continue
-            s = pd.read_csv(results / "dg" / "fid" / f"{disc}.csv").groupby("nfe")["fid"].mean()
-            st = _style(params, dspec["model"])
-            ax.plot(s.index, s.values, marker="s", ms=3, color=st["color"], ls=":" if not dspec["aot"] else "-.",
-                    label=disc)
-        ax.set(title=f"{'conditional' if cond else 'unconditional'}: Discriminator Guidance", xlabel="NFE",
-               ylabel="FID (mean over seeds)", yscale="log")
+            s = pd.read_csv(L.guided_fd(disc)).groupby("nfe")["fd"].mean()
+            ax.plot(s.index, s.values, marker="s", ms=3, color=_style(p, dspec["model"])["color"],
+                    ls=":" if not dspec["aot"] else "-.", label=disc)
+        ax.set(title=f"{'conditional' if cond else 'unconditional'}: DG", xlabel="NFE", ylabel=metric_label(p),
+               yscale="log")
+        _integer_nfe(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
+    fig.suptitle(f"Discriminator Guidance ({p['profile']} profile)", fontsize=9)
     _save(fig, path)
 
 
@@ -115,35 +135,35 @@ def _grid(images, ncol):
     return canvas.squeeze(-1) if c == 1 else canvas
 
 
-def sample_grids(params, results: Path, steps: int, path):
-    models = list(params["models"])
-    rho = params["sample"]["rho"][0]
-    seed = params["sample"]["seeds"][0]
-    fig, axes = plt.subplots(1, len(models), figsize=(3.2 * len(models), 3.4), squeeze=False)
+def sample_grids(p, L, steps: int, path):
+    models = list(p["models"])
+    rho, seed = p["sample"]["rho"][0], p["sample"]["seeds"][0]
+    fig, axes = _figure(len(models), w=3.0, h=3.3)
     for ax, model in zip(axes[0], models):
-        with np.load(results / "samples" / f"{model}.npz") as s:
-            x = s[f"steps{steps}_rho{rho:g}_seed{seed}"][:100]
-        ax.imshow(_grid(x, 10), cmap="gray", vmin=0, vmax=1)
-        ax.set(title=f"{model}\nsteps {steps}, NFE {2 * steps - 1}, rho {rho:g}")
+        x = next(im for st, r, sd, im, _ in read_sweep(L.samples(model)) if (st, r, sd) == (steps, rho, seed))
+        ax.imshow(_grid(x[:100], 10), cmap="gray", vmin=0, vmax=1)
+        ax.set(title=f"{model}\nNFE {num_function_evals(steps)}, rho {rho:g}")
         ax.axis("off")
+    fig.suptitle(f"Samples from the same latents ({p['profile']} profile)", fontsize=9)
     _save(fig, path)
 
 
-def loss_curves(params, results: Path, path):
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    for model in params["models"]:
-        rows = [json.loads(line) for line in (results / "models" / model / "loss.jsonl").read_text().splitlines() if line]
-        ax.plot([r["kimg"] for r in rows], [r["loss"] for r in rows], label=model, **_style(params, model))
-    ax.set(xlabel="kimg", ylabel="EDM loss", title="Training loss", yscale="log")
+def loss_curves(p, L, path):
+    fig, axes = _figure()
+    ax = axes[0][0]
+    for model in p["models"]:
+        df = pd.read_csv(L.loss_log(model))
+        ax.plot(df["kimg"], df["loss"], label=model, **_style(p, model))
+    ax.set(xlabel="kimg", ylabel="EDM loss", title=f"Training loss ({p['profile']} profile)", yscale="log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     _save(fig, path)
 
 
-def teaser(params, curv: dict, path):
+def teaser(p, curv: dict, path):
     models = list(curv)
     n = len(next(iter(curv.values()))["strip_sigma"])
-    fig, axes = plt.subplots(len(models), n, figsize=(1.2 * n, 1.35 * len(models)), squeeze=False)
+    fig, axes = plt.subplots(len(models), n, figsize=(1.2 * n, 1.35 * len(models)), squeeze=False, layout="constrained")
     for i, model in enumerate(models):
         c = curv[model]
         for j in range(n):
@@ -157,22 +177,23 @@ def teaser(params, curv: dict, path):
                 ax.set_title(f"σ={c['strip_sigma'][j]:.2g}", fontsize=7)
             if j == 0:
                 ax.set_ylabel(model, fontsize=7)
-    fig.suptitle("Denoiser output D(x_σ; σ) along one PF-ODE trajectory (same latent)", fontsize=8)
+    fig.suptitle(f"Denoiser output D(x_σ; σ) along one PF-ODE trajectory (same latent, {p['profile']} profile)", fontsize=8)
     _save(fig, path)
 
 
-def write_figures(params, *, results: Path, out_dir: Path, log=print):
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fid = pd.concat([pd.read_csv(results / "fid" / f"{m}.csv") for m in params["models"]])
-    curv = {m: dict(np.load(results / "curvature" / f"{m}.npz")) for m in params["models"]}
-    fid_vs_nfe(params, fid, out_dir / "fid_vs_nfe.png")
-    heatmap(params, fid, out_dir / "rho_steps_heatmap.png")
-    curvature_plot(params, curv, out_dir / "curvature_vs_sigma.png")
-    truncation_plot(params, curv, out_dir / "truncation_vs_nfe.png")
-    guidance_plot(params, results, out_dir / "guidance_fid_vs_nfe.png")
-    lo, hi = min(params["sample"]["grid_steps"]), max(params["sample"]["grid_steps"])
-    sample_grids(params, results, lo, out_dir / "samples_low_nfe.png")
-    sample_grids(params, results, hi, out_dir / "samples_high_nfe.png")
-    loss_curves(params, results, out_dir / "loss_curves.png")
-    teaser(params, curv, out_dir / "teaser_denoiser_strip.png")
-    log(f"[figures] wrote {len(list(out_dir.glob('*.png')))} figures to {out_dir}")
+def write_figures(p, L, log=print):
+    fd = pd.concat([pd.read_csv(L.fd(m)) for m in p["models"]])
+    fd = fd.groupby(["model", "rho", "steps", "nfe"], as_index=False, sort=False)[["fd", "fd_low", "fd_high"]].mean()
+    floor = json.loads(L.fd_floor.read_text())
+    curv = {m: dict(np.load(L.curvature(m))) for m in p["models"]}
+    fd_vs_nfe(p, fd, floor, L.figure("fd_vs_nfe"))
+    heatmap(p, fd, L.figure("rho_steps_heatmap"))
+    curvature_plot(p, curv, L.figure("curvature_vs_sigma"))
+    truncation_plot(p, curv, L.figure("truncation_vs_nfe"))
+    guidance_plot(p, L, L.figure("guidance_fd_vs_nfe"))
+    lo, hi = min(p["sample"]["grid_steps"]), max(p["sample"]["grid_steps"])
+    sample_grids(p, L, lo, L.figure("samples_low_nfe"))
+    sample_grids(p, L, hi, L.figure("samples_high_nfe"))
+    loss_curves(p, L, L.figure("loss_curves"))
+    teaser(p, curv, L.figure("teaser_denoiser_strip"))
+    log(f"wrote {len(list(L.figures.glob('*.png')))} figures to {L.figures}")

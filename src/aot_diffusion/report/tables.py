@@ -1,14 +1,17 @@
-"""Table 1 (FID vs NFE, paper's CIFAR-10 values beside ours) and Table 3 (curvature, truncation error)."""
+"""Table 1 (sample quality vs NFE, with the real-data floor and intervals), Table 2 (Discriminator Guidance),
+Table 3 (curvature, truncation error), and results/<profile>/metrics.json, the headline numbers."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..utils import atomic_path, atomic_write_text
+from ..layout import sample_key
+from ..metrics import fd as fdm
+from ..sampling import num_function_evals
+from ..utils import AtomicPath, atomic_write_text
 
 # The AOT paper's CIFAR-10 FIDs (50k samples, EDM protocol); EDM rows from the EDM paper.
 PAPER_FID = {
@@ -16,109 +19,152 @@ PAPER_FID = {
     ("aot", False, 7.0, 18): 1.95, ("aot", False, 90.0, 14): 1.88,
     ("aot", True, 7.0, 18): 1.79, ("aot", True, 72.0, 15): 1.73,
 }
+# DG paper (EDM + DG) and AOT paper (AOT + AOT-DG) CIFAR-10 FIDs; (method, conditional) -> (rho, steps, fid).
+PAPER_DG_FID = {
+    ("EDM + DG", False): (7.0, 18, 1.77), ("EDM + DG", True): (7.0, 18, 1.64),
+    ("AOT + AOT-DG", False): (None, 15, 1.68), ("AOT + AOT-DG", True): (None, 15, 1.58),
+}
 
 
-def _kind(params, model):
-    return "aot" if params["models"][model]["aot"] else "edm"
+def metric_name(p) -> str:
+    """Inception FID only on cifar10; offline profiles report FD in the digits-classifier features."""
+    return "fid" if p["data"]["dataset"] == "cifar10" else "fd"
 
 
-def _write(df: pd.DataFrame, stem: Path, title: str):
-    with atomic_path(stem.with_suffix(".csv")) as tmp:
+def metric_label(p) -> str:
+    return ("FID (Inception, clean-fid legacy_tensorflow)" if p["data"]["dataset"] == "cifar10"
+            else "FD (digits-classifier features)")
+
+
+def _kind(p, model):
+    return "aot" if p["models"][model]["aot"] else "edm"
+
+
+def _write(df: pd.DataFrame, L, name: str, title: str):
+    with AtomicPath(L.table(name, "csv"), suffix=".csv") as tmp:
         df.to_csv(tmp, index=False)
-    atomic_write_text(stem.with_suffix(".md"), f"# {title}\n\n" + df.to_markdown(index=False, floatfmt=".4g") + "\n")
+    atomic_write_text(L.table(name, "md"), f"# {title}\n\n" + df.to_markdown(index=False, floatfmt=".4g") + "\n")
 
 
-def table1(params, fid_dir: Path) -> pd.DataFrame:
+def _summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (rho, steps): the mean over sampling seeds, with the interval of the first seed."""
+    g = df.sort_values("seed").groupby(["rho", "steps"], as_index=False)
+    return g.agg(nfe=("nfe", "first"), seeds=("seed", "count"), n=("n", "first"), fd=("fd", "mean"),
+                 fd_low=("fd_low", "first"), fd_high=("fd_high", "first"), kid=("kid", "mean"),
+                 kid_low=("kid_low", "first"), kid_high=("kid_high", "first"),
+                 disc_grad_evals=("disc_grad_evals", "first"))
+
+
+def table1(p, L, floor) -> pd.DataFrame:
+    rows = [dict(model="real held-out (floor)", conditional=np.nan, aot=np.nan, rho=np.nan, steps=np.nan, nfe=np.nan,
+                 n=floor["n"], fd=floor["fd"], fd_low=floor["low"], fd_high=floor["high"], kid=floor["kid"],
+                 kid_low=floor["kid_low"], kid_high=floor["kid_high"])]
+    for model, spec in p["models"].items():
+        for _, r in _summary(pd.read_csv(L.fd(model))).iterrows():
+            paper = PAPER_FID.get((_kind(p, model), spec["conditional"], float(r["rho"]), int(r["steps"])), np.nan)
+            rows.append(dict(model=model, conditional=spec["conditional"], aot=spec["aot"], **r.drop("disc_grad_evals"),
+                             paper_cifar10_fid=paper))
+    return pd.DataFrame(rows)
+
+
+def paired_differences(p, L) -> pd.DataFrame:
+    """EDM minus AOT at every setting, from the same latents (first sampling seed), with a paired bootstrap."""
+    ref = np.load(L.fd_reference)
+    stats, f, rows = (ref["mu"], ref["sigma"]), p["fd"], []
+    for cond in (False, True):
+        edm = [m for m, s in p["models"].items() if s["conditional"] == cond and not s["aot"]]
+        aot = [m for m, s in p["models"].items() if s["conditional"] == cond and s["aot"]]
+        if not edm or not aot:
+            continue
+        fe, fa = np.load(L.features(edm[0])), np.load(L.features(aot[0]))
+        seed = p["sample"]["seeds"][0]
+        for rho in p["sample"]["rho"]:
+            for steps in p["sample"]["steps"]:
+                key = sample_key(steps, rho, seed)
+                diff, low, high = fdm.paired_diff_ci(fe[key], fa[key], stats, n_boot=f["bootstrap"], seed=p["seed"],
+                                                     level=f["ci_level"])
+                rows.append(dict(pair="cond" if cond else "uncond", edm=edm[0], aot=aot[0], rho=rho, steps=steps,
+                                 nfe=num_function_evals(steps), diff=diff, low=low, high=high,
+                                 outside_noise=bool(low > 0 or high < 0)))
+    return pd.DataFrame(rows)
+
+
+def table2(p, L) -> pd.DataFrame:
+    g = p["guidance"]
+    settings = {(float(r), int(s)) for r in g["rho"] for s in g["steps_list"]}
+    ref = np.load(L.fd_reference)
+    stats, seed = (ref["mu"], ref["sigma"]), p["sample"]["seeds"][0]
     rows = []
-    for model, spec in params["models"].items():
-        df = pd.read_csv(fid_dir / f"{model}.csv")
-        for (rho, steps), g in df.groupby(["rho", "steps"]):
-            paper = PAPER_FID.get((_kind(params, model), spec["conditional"], float(rho), int(steps)))
-            rows.append(dict(model=model, conditional=spec["conditional"], aot=spec["aot"], rho=rho, steps=int(steps),
-                             nfe=int(g["nfe"].iloc[0]), fid_min=g["fid"].min(), fid_mean=g["fid"].mean(),
-                             fid_std=g["fid"].std(ddof=1) if len(g) > 1 else 0.0, seeds=len(g),
-                             paper_cifar10_fid=paper if paper is not None else np.nan))
-    return pd.DataFrame(rows).sort_values(["conditional", "rho", "steps", "aot"]).reset_index(drop=True)
+    for disc, dspec in g["discriminators"].items():
+        model = dspec["model"]
+        kind, cond = _kind(p, model).upper(), p["models"][model]["conditional"]
+        method = f"{kind} + {'AOT-DG' if dspec['aot'] else 'DG'}"
+        held = json.loads(L.discriminator_metrics(disc).read_text())["heldout"]
+        plain, guided = _summary(pd.read_csv(L.fd(model))), _summary(pd.read_csv(L.guided_fd(disc)))
+        fp, fg = np.load(L.features(model)), np.load(L.guided_features(disc))
+        for _, r in guided.iterrows():
+            if (float(r["rho"]), int(r["steps"])) not in settings:
+                continue
+            u = plain[(plain["rho"] == r["rho"]) & (plain["steps"] == r["steps"])].iloc[0]
+            key = sample_key(r["steps"], r["rho"], seed)
+            diff, low, high = fdm.paired_diff_ci(fp[key], fg[key], stats, n_boot=p["fd"]["bootstrap"], seed=p["seed"],
+                                                 level=p["fd"]["ci_level"])
+            paper = PAPER_DG_FID.get((method, cond))
+            match = paper is not None and paper[1] == int(r["steps"]) and paper[0] in (None, float(r["rho"]))
+            rows.append(dict(method=method, conditional=cond, discriminator=disc, rho=r["rho"], steps=int(r["steps"]),
+                             nfe=int(r["nfe"]), disc_grad_evals=int(r["disc_grad_evals"]), fd_unguided=u["fd"],
+                             fd_guided=r["fd"], gain=diff, gain_low=low, gain_high=high,
+                             outside_noise=bool(low > 0 or high < 0), disc_heldout_accuracy=held["accuracy"],
+                             **{f"acc_sigma_{b}": v["accuracy"] for b, v in held["bands"].items()},
+                             paper_cifar10_fid=paper[2] if match else np.nan))
+    return pd.DataFrame(rows)
 
 
-def table3(params, curvature_dir: Path) -> pd.DataFrame:
+def table3(p, L) -> pd.DataFrame:
     rows = []
-    for model, spec in params["models"].items():
-        m = json.loads((curvature_dir / f"{model}.json").read_text())
+    for model, spec in p["models"].items():
+        m = json.loads(L.curvature_metrics(model).read_text())
         row = dict(model=model, conditional=spec["conditional"], aot=spec["aot"], curvature_mean=m["curvature_mean"])
-        row.update({k: v for k, v in m.items() if k.startswith("trunc_err")})
+        row.update({f"trunc_err_rho{t['rho']:g}_nfe{t['nfe']}": t["error"] for t in m["truncation"]})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-# DG paper (EDM + DG) and AOT paper (AOT + AOT-DG) CIFAR-10 FIDs; (kind, conditional) -> (rho, steps, fid).
-PAPER_DG_FID = {
-    ("edm", False): (7.0, 18, 1.97), ("edm", True): (7.0, 18, 1.79),
-    ("edm+dg", False): (7.0, 18, 1.77), ("edm+dg", True): (7.0, 18, 1.64),
-    ("aot", False): (7.0, 18, 1.95), ("aot", True): (7.0, 18, 1.79),
-    ("aot+aot-dg", False): (None, 15, 1.68), ("aot+aot-dg", True): (None, 15, 1.58),
-}
-
-
-def table2(params, fid_dir: Path, dg_dir: Path) -> pd.DataFrame:
-    g = params["guidance"]
-    settings = {(float(r), int(s)) for r in g["rho"] for s in g["steps_list"]}
-    rows = []
-
-    def add(label, kind, conditional, df, disc=""):
-        acc = np.nan
-        if disc:
-            acc = json.loads((dg_dir / "discriminators" / f"{disc}.json").read_text())["heldout_accuracy"]
-        for (rho, steps), grp in df.groupby(["rho", "steps"]):
-            if (float(rho), int(steps)) not in settings:
-                continue
-            paper = PAPER_DG_FID.get((kind, conditional))
-            match = paper is not None and paper[1] == int(steps) and paper[0] in (None, float(rho))
-            rows.append(dict(method=label, conditional=conditional, discriminator=disc or "-", rho=rho,
-                             steps=int(steps), nfe=int(grp["nfe"].iloc[0]),
-                             disc_grad_evals=int(grp["disc_grad_evals"].iloc[0]) if "disc_grad_evals" in grp else 0,
-                             fid_min=grp["fid"].min(), fid_mean=grp["fid"].mean(),
-                             fid_std=grp["fid"].std(ddof=1) if len(grp) > 1 else 0.0,
-                             disc_heldout_accuracy=acc, paper_cifar10_fid=paper[2] if match else np.nan))
-
-    for model, spec in params["models"].items():
-        kind = _kind(params, model)
-        add(kind.upper(), kind, spec["conditional"], pd.read_csv(fid_dir / f"{model}.csv"))
-    for disc, dspec in g["discriminators"].items():
-        mspec = params["models"][dspec["model"]]
-        kind = _kind(params, dspec["model"])
-        label = f"{kind.upper()} + {'AOT-DG' if dspec['aot'] else 'DG'}"
-        add(label, f"{kind}+{'aot-dg' if dspec['aot'] else 'dg'}", mspec["conditional"],
-            pd.read_csv(dg_dir / "fid" / f"{disc}.csv"), disc)
-    return pd.DataFrame(rows).sort_values(["conditional", "rho", "steps", "method"]).reset_index(drop=True)
-
-
-def write_tables(params, *, fid_dir, curvature_dir, dg_dir, out_dir, metrics_path, classifier_metrics, log=print):
-    out_dir.mkdir(parents=True, exist_ok=True)
-    t1, t3 = table1(params, fid_dir), table3(params, curvature_dir)
-    t2 = table2(params, fid_dir, dg_dir)
-    _write(t2, out_dir / "table2_guidance",
-           f"Table 2: Discriminator Guidance ({params['profile']} profile; disc_grad_evals: discriminator "
-           "gradient evaluations per run, on top of the NFE; paper column: CIFAR-10)")
-    _write(t1, out_dir / "table1_fid_vs_nfe",
-           f"Table 1: FID vs NFE ({params['profile']} profile; paper column: CIFAR-10 values of the AOT paper)")
-    _write(t3, out_dir / "table3_curvature",
-           f"Table 3: ODE curvature and truncation error ({params['profile']} profile)")
-    # Flat metrics for `dvc metrics show` / `dvc exp show`.
-    metrics = json.loads(Path(classifier_metrics).read_text())
-    best = t1.loc[t1.groupby("model")["fid_min"].idxmin()]
-    for _, r in best.iterrows():
-        metrics[f"{r['model']}.best_fid"] = float(r["fid_min"])
-        metrics[f"{r['model']}.best_fid_nfe"] = int(r["nfe"])
-    for _, r in t1.iterrows():
-        metrics[f"{r['model']}.fid_rho{r['rho']:g}_nfe{r['nfe']}"] = float(r["fid_min"])
+def write_tables(p, L, log=print):
+    floor = json.loads(L.fd_floor.read_text())
+    name, label = metric_name(p), metric_label(p)
+    t1, diffs, t2, t3 = table1(p, L, floor), paired_differences(p, L), table2(p, L), table3(p, L)
+    n = int(floor["n"])
+    _write(t1, L, "table1_fd_vs_nfe", f"Table 1: {label} vs NFE ({p['profile']} profile, {n} samples per setting; "
+           f"first row: real held-out images at the same N, the metric's floor; intervals: 95% bootstrap; "
+           f"paper column: CIFAR-10 FIDs of the AOT paper)")
+    _write(t2, L, "table2_guidance", f"Table 2: Discriminator Guidance ({p['profile']} profile; gain = unguided "
+           f"minus guided {name.upper()} on the same latents with its 95% interval; outside_noise: the interval "
+           "excludes 0; disc_grad_evals: discriminator gradients per sampler run on top of the NFE)")
+    _write(t3, L, "table3_curvature", f"Table 3: ODE curvature and truncation error ({p['profile']} profile)")
+    with AtomicPath(L.fd_curves, suffix=".csv") as tmp:  # for `dvc plots diff`
+        t1[t1["rho"].notna()][["model", "rho", "nfe", "fd"]].to_csv(tmp, index=False)
+    # Headline numbers for `dvc exp show`: rho 7 (EDM's default) settings, the floor, differences, curvature.
+    metrics = {f"{name}_floor": floor["fd"], f"{name}_floor_ci": [floor["low"], floor["high"]]}
+    if L.feature_network_metrics.exists():
+        metrics.update(json.loads(L.feature_network_metrics.read_text()))
+    rho0 = p["sample"]["rho"][0]
+    for _, r in t1[t1["rho"] == rho0].iterrows():
+        suffix = f"rho{r['rho']:g}_nfe{int(r['nfe'])}"
+        metrics[f"{r['model']}.{name}_{suffix}"] = float(r["fd"])
+        metrics[f"{r['model']}.{name}_{suffix}_ci"] = [float(r["fd_low"]), float(r["fd_high"])]
+        metrics[f"{r['model']}.kid_{suffix}"] = float(r["kid"])
+    for _, r in diffs[diffs["rho"] == rho0].iterrows():
+        metrics[f"aot_vs_edm.{r['pair']}.rho{r['rho']:g}_nfe{int(r['nfe'])}"] = dict(
+            diff=float(r["diff"]), ci95=[float(r["low"]), float(r["high"])])
     for _, r in t3.iterrows():
-        for k, v in r.items():
-            if k == "curvature_mean" or k.startswith("trunc_err"):
-                metrics[f"{r['model']}.{k}"] = float(v)
-    for _, r in t2[t2["discriminator"] != "-"].iterrows():
-        metrics[f"{r['discriminator']}.fid_rho{r['rho']:g}_nfe{r['nfe']}"] = float(r["fid_min"])
-        metrics[f"{r['discriminator']}.heldout_accuracy"] = float(r["disc_heldout_accuracy"])
-    atomic_write_text(metrics_path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    log(f"[tables] wrote {out_dir}/table{{1,2,3}}_*.{{csv,md}} and {metrics_path}")
+        metrics[f"{r['model']}.curvature_mean"] = float(r["curvature_mean"])
+    for disc in p["guidance"]["discriminators"]:
+        held = json.loads(L.discriminator_metrics(disc).read_text())["heldout"]
+        metrics[f"{disc}.heldout_accuracy"] = held["accuracy"]
+        metrics[f"{disc}.heldout_accuracy_by_sigma"] = {b: v["accuracy"] for b, v in held["bands"].items()}
+    atomic_write_text(L.metrics, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    _write(diffs, L, "aot_vs_edm", f"EDM minus AOT {label} on the same latents ({p['profile']} profile, "
+           f"{n} samples; 95% paired bootstrap; outside_noise: the interval excludes 0)")
+    log(f"wrote {L.results / 'tables'} and {L.metrics}")
     return t1, t2, t3

@@ -1,0 +1,221 @@
+"""The pipeline's stages, defined once: the Snakemake rules (workflow/rules/*.smk) read them, and
+dvc.yaml is generated from them (``aot-diffusion dvc-yaml``; a test regenerates and compares).
+
+A stage runs one CLI subcommand, ``aot-diffusion <cli> [--model M | --disc D]``; the command reads
+params.yaml and takes every path from layout.Layout, so both front doors run the very same command.
+``params`` lists exactly the parameters a stage reads, so a change reruns only what it affects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import yaml
+
+from .layout import FIGURE_NAMES, TABLE_NAMES, Layout
+
+__all__ = ["Stage", "STAGES", "Context", "stage", "keys_of", "command", "dvc_yaml"]
+
+# What an output is to DVC: cached data, a metrics file, a plot, or a small file kept in git (cache: false).
+OUT, METRIC, PLOT, GIT, PERSIST = "out", "metric", "plot", "git", "persist"
+
+_SAMPLING = ["sample.num_samples", "sample.seeds", "sample.batch_size", "sample.sigma_min", "sample.sigma_max"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    cli: str
+    over: str | None                                    # "model", "disc" or None (one job)
+    deps: Callable[[Layout, Mapping, str], list]        # (layout, params, key) -> input paths
+    outs: Callable[[Layout, str], dict]                 # (layout, key) -> {path: kind}
+    params: Callable[[Mapping, str], list]              # (params, key) -> dotted parameter names
+    gpus: Callable[[Mapping], int] = field(default=lambda p: 0)
+    plots: tuple = ()                                   # (path-kind, x, y) for dvc plots of PLOT outputs
+
+
+class Context:
+    """What the stage table needs to know of the parameters; ``template=True`` gives DVC's ``${item...}``."""
+
+    def __init__(self, p: Mapping, template: bool = False):
+        self.p, self.template = p, template
+        self.models = list(p["models"])
+        self.discs = list(p["guidance"]["discriminators"])
+
+    def model_of(self, disc):
+        return "${item.model}" if self.template else self.p["guidance"]["discriminators"][disc]["model"]
+
+    def weight_key(self, disc):
+        if self.template:
+            return "${item.weight}"
+        cond = self.p["models"][self.model_of(disc)]["conditional"]
+        return "guidance.weight_cond" if cond else "guidance.weight_uncond"
+
+
+def _one_gpu(p):
+    return 1
+
+
+STAGES: list[Stage] = [
+    Stage("prepare_data", "prepare-data", None,
+          deps=lambda L, p, k: [],
+          outs=lambda L, k: {L.dataset: OUT, L.data_summary: GIT},
+          params=lambda p, k: ["seed", "data"]),
+    # offline profiles: train the FD feature classifier; cifar10: check clean-fid's Inception assets.
+    Stage("feature_network", "feature-network", None,
+          deps=lambda L, p, k: [L.dataset],
+          outs=lambda L, k: {L.feature_network: OUT, L.feature_network_metrics: GIT},
+          params=lambda p, k: ["seed", "device", "classifier", "fd.allow_download"], gpus=_one_gpu),
+    Stage("fd_reference", "fd-reference", None,
+          deps=lambda L, p, k: [L.dataset, L.feature_network],
+          outs=lambda L, k: {L.fd_reference: OUT, L.fd_floor: GIT},
+          params=lambda p, k: ["seed", "device", "sample.num_samples", "fd"], gpus=_one_gpu),
+    Stage("train", "train", "model",
+          deps=lambda L, p, k: [L.dataset],
+          outs=lambda L, k: {L.network(k): OUT, L.loss_log(k): PLOT, L.checkpoints(k): PERSIST},
+          params=lambda p, k: ["seed", "device", "train", f"models.{k}"],
+          gpus=lambda p: p.p["train"]["nproc_per_node"], plots=(("kimg", "loss"),)),
+    Stage("sample", "sample", "model",
+          deps=lambda L, p, k: [L.network(k)],
+          outs=lambda L, k: {L.samples(k): OUT},
+          params=lambda p, k: ["device", "sample.steps", "sample.rho", *_SAMPLING], gpus=_one_gpu),
+    Stage("fd", "fd", "model",
+          deps=lambda L, p, k: [L.samples(k), L.fd_reference, L.feature_network],
+          outs=lambda L, k: {L.fd(k): GIT, L.features(k): OUT},
+          params=lambda p, k: ["seed", "device", "fd"], gpus=_one_gpu),
+    Stage("curvature", "curvature", "model",
+          deps=lambda L, p, k: [L.network(k)],
+          outs=lambda L, k: {L.curvature(k): OUT, L.curvature_metrics(k): GIT},
+          params=lambda p, k: ["seed", "device", "curvature", "sample.rho", "sample.sigma_min",
+                               "sample.sigma_max"], gpus=_one_gpu),
+    Stage("fake_samples", "fake-samples", "model",
+          deps=lambda L, p, k: [L.network(k)],
+          outs=lambda L, k: {L.fakes(k): OUT},
+          params=lambda p, k: ["seed", "device", "sample.batch_size", "guidance.num_fake",
+                               "guidance.fake_steps", "guidance.fake_rho", "guidance.fake_seed_offset"],
+          gpus=_one_gpu),
+    Stage("train_encoder", "train-encoder", None,
+          deps=lambda L, p, k: [L.dataset],
+          outs=lambda L, k: {L.encoder: OUT, L.encoder_metrics: GIT},
+          params=lambda p, k: ["seed", "device", "guidance.encoder", "guidance.encoder_steps",
+                               "guidance.encoder_batch_size", "guidance.encoder_lr", "guidance.adm_classifier"],
+          gpus=_one_gpu),
+    Stage("train_discriminator", "train-discriminator", "disc",
+          deps=lambda L, p, k: [L.fakes(p.model_of(k)), L.dataset, L.encoder],
+          outs=lambda L, k: {L.discriminator(k): OUT, L.discriminator_metrics(k): GIT},
+          params=lambda p, k: ["seed", "device", f"guidance.discriminators.{k}", "guidance.heldout_fraction",
+                               "guidance.head_channels", "guidance.head_depth", "guidance.pool_size",
+                               "guidance.batch_size", "guidance.steps", "guidance.lr", "guidance.weight_decay",
+                               "train.solver"], gpus=_one_gpu),
+    Stage("guided_sample", "guided-sample", "disc",
+          deps=lambda L, p, k: [L.network(p.model_of(k)), L.discriminator(k), L.encoder],
+          outs=lambda L, k: {L.guided_samples(k): OUT},
+          params=lambda p, k: ["device", p.weight_key(k), "guidance.sigma_window", "guidance.steps_list",
+                               "guidance.rho", *_SAMPLING], gpus=_one_gpu),
+    Stage("guided_fd", "guided-fd", "disc",
+          deps=lambda L, p, k: [L.guided_samples(k), L.fd_reference, L.feature_network],
+          outs=lambda L, k: {L.guided_fd(k): GIT, L.guided_features(k): OUT},
+          params=lambda p, k: ["seed", "device", "fd"], gpus=_one_gpu),
+    Stage("tables", "tables", None,
+          deps=lambda L, p, k: [L.fd_floor, *[L.fd(m) for m in p.models], *[L.features(m) for m in p.models],
+                                *[L.curvature_metrics(m) for m in p.models],
+                                *[L.guided_fd(d) for d in p.discs],
+                                *[L.discriminator_metrics(d) for d in p.discs]]
+          + [L.feature_network_metrics],
+          outs=lambda L, k: {**{L.table(t, e): GIT for t in TABLE_NAMES for e in ("csv", "md")},
+                             L.fd_curves: PLOT, L.metrics: METRIC},
+          params=lambda p, k: ["seed", "fd", "models", "guidance.discriminators", "guidance.steps_list",
+                               "guidance.rho"], plots=(("nfe", "fd"),)),
+    Stage("figures", "figures", None,
+          deps=lambda L, p, k: [*[L.fd(m) for m in p.models], *[L.curvature(m) for m in p.models],
+                                *[L.samples(m) for m in p.models], *[L.loss_log(m) for m in p.models],
+                                *[L.guided_fd(d) for d in p.discs], L.fd_floor],
+          outs=lambda L, k: {L.figure(f): PLOT for f in FIGURE_NAMES},
+          params=lambda p, k: ["models", "sample.grid_steps", "guidance.discriminators"]),
+]
+
+
+def stage(name: str) -> Stage:
+    for st in STAGES:
+        if st.name == name:
+            return st
+    raise KeyError(f"no stage {name!r}")
+
+
+def keys_of(st: Stage, ctx: Context) -> list:
+    return {"model": ctx.models, "disc": ctx.discs}.get(st.over, [None])
+
+
+def command(st: Stage, key: str | None) -> str:
+    return f"aot-diffusion {st.cli}" + (f" --{st.over} {key}" if st.over else "")
+
+
+def _dvc_entry(st: Stage, ctx: Context, key) -> dict:
+    L = Layout("${profile}")
+    outs, metrics, plots = [], [], []
+    for path, kind in st.outs(L, key).items():
+        path = str(path)
+        if kind == OUT:
+            outs.append(path)
+        elif kind == PERSIST:
+            outs.append({path: {"persist": True, "cache": False}})
+        elif kind == GIT:
+            outs.append({path: {"cache": False}})
+        elif kind == METRIC:
+            metrics.append({path: {"cache": False}})
+        elif kind == PLOT:
+            opts = {"cache": False}
+            if path.endswith(".csv") and st.plots:
+                opts.update(x=st.plots[0][0], y=st.plots[0][1])
+            plots.append({path: opts})
+    entry = {"cmd": command(st, key)}
+    deps = [str(d) for d in st.deps(L, ctx, key)]
+    if deps:
+        entry["deps"] = deps
+    entry["params"] = st.params(ctx, key)
+    for name, items in (("outs", outs), ("metrics", metrics), ("plots", plots)):
+        if items:
+            entry[name] = items
+    return entry
+
+
+def dvc_yaml(p: Mapping) -> str:
+    """dvc.yaml for the stage table: paths per ``${profile}``, ``foreach`` over models and discriminators."""
+    ctx, tmpl = Context(p), Context(p, template=True)
+    stages = {}
+    for st in STAGES:
+        if st.over is None:
+            stages[st.name] = _dvc_entry(st, ctx, None)
+        elif st.over == "model":
+            stages[st.name] = {"foreach": ctx.models, "do": _dvc_entry(st, tmpl, "${item}")}
+        else:
+            items = {d: {"model": ctx.model_of(d), "weight": ctx.weight_key(d)} for d in ctx.discs}
+            stages[st.name] = {"foreach": items, "do": _dvc_entry(st, tmpl, "${key}")}
+    L = Layout("${profile}")
+    body = {"stages": stages, "plots": [
+        {str(L.fd_curves): {"x": "nfe", "y": "fd", "template": "linear"}},
+        *[str(L.figure(f)) for f in FIGURE_NAMES]]}
+    head = ("# GENERATED by `aot-diffusion dvc-yaml` from src/aot_diffusion/dag.py (the stage table that the\n"
+            "# Snakefile also reads); do not edit by hand. tests/test_dag.py checks it is up to date.\n")
+    return head + yaml.dump(body, Dumper=_NoAliases, sort_keys=False, width=200)
+
+
+class _NoAliases(yaml.SafeDumper):
+    def ignore_aliases(self, data):
+        return True
+
+
+def done_stages(root=".") -> list:
+    """DVC names of the stages whose outputs all exist (what `dvc commit` can record after a Snakemake run)."""
+    from .params import load_params
+
+    p = load_params(Path(root) / "params.yaml")
+    ctx, L = Context(p), Layout(p["profile"], root)
+    names = []
+    for st in STAGES:
+        for key in keys_of(st, ctx):
+            if all(Path(path).exists() for path in st.outs(L, key)):
+                names.append(st.name if key is None else f"{st.name}@{key}")
+    return names

@@ -1,0 +1,138 @@
+"""Every output path of the pipeline, once. Each profile writes under its own ``results/<profile>/`` and
+``figures/<profile>/``, so running one profile never touches another's outputs.
+
+The DAG (dag.py, hence the Snakefile and dvc.yaml), the stages and the report all take paths from here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["Layout", "FIGURE_NAMES", "TABLE_NAMES", "sample_key", "parse_sample_key"]
+
+FIGURE_NAMES = ("fd_vs_nfe", "rho_steps_heatmap", "curvature_vs_sigma", "truncation_vs_nfe", "guidance_fd_vs_nfe",
+                "samples_low_nfe", "samples_high_nfe", "loss_curves", "teaser_denoiser_strip")
+TABLE_NAMES = ("table1_fd_vs_nfe", "table2_guidance", "table3_curvature", "aot_vs_edm")
+
+
+def sample_key(steps: int, rho: float, seed: int) -> str:
+    """The key of one sampler setting inside a samples file (the one writer: stages.sample)."""
+    return f"steps{int(steps)}_rho{float(rho):g}_seed{int(seed)}"
+
+
+def parse_sample_key(key: str) -> tuple[int, float, int]:
+    steps, rho, seed = key.split("_")
+    if not (steps.startswith("steps") and rho.startswith("rho") and seed.startswith("seed")):
+        raise ValueError(f"not a sample key: {key!r}")
+    return int(steps[5:]), float(rho[3:]), int(seed[4:])
+
+
+class Layout:
+    """Paths of one profile. ``Layout("{profile}")`` gives the patterns that the DAG templates."""
+
+    def __init__(self, profile: str, root: Path | str = "."):
+        self.profile = profile
+        self.root = Path(root)
+        self.results = self.root / "results" / profile
+        self.figures = self.root / "figures" / profile
+
+    # data and the FD reference
+    @property
+    def dataset(self):
+        return self.results / "data" / "dataset.npz"
+
+    @property
+    def data_summary(self):
+        return self.results / "data" / "summary.json"
+
+    @property
+    def feature_network(self):  # digits: the trained feature classifier; cifar10: a record of Inception's assets
+        return self.results / "fd" / "feature_network.pt"
+
+    @property
+    def feature_network_metrics(self):
+        return self.results / "fd" / "feature_network.json"
+
+    @property
+    def fd_reference(self):
+        return self.results / "fd" / "reference.npz"
+
+    @property
+    def fd_floor(self):
+        return self.results / "fd" / "floor.json"
+
+    # diffusion models
+    def network(self, model):
+        return self.results / "models" / model / "network.pt"
+
+    def loss_log(self, model):
+        return self.results / "models" / model / "loss.csv"
+
+    def checkpoints(self, model):
+        return self.results / "models" / model / "checkpoints"
+
+    def samples(self, model):
+        return self.results / "samples" / f"{model}.npz"
+
+    def fd(self, model):
+        return self.results / "fd" / f"{model}.csv"
+
+    def features(self, model):
+        return self.results / "fd" / f"{model}.features.npz"
+
+    def curvature(self, model):
+        return self.results / "curvature" / f"{model}.npz"
+
+    def curvature_metrics(self, model):
+        return self.results / "curvature" / f"{model}.json"
+
+    # Discriminator Guidance
+    def fakes(self, model):
+        return self.results / "dg" / "fakes" / f"{model}.npz"
+
+    @property
+    def encoder(self):
+        return self.results / "dg" / "encoder.pt"
+
+    @property
+    def encoder_metrics(self):
+        return self.results / "dg" / "encoder.json"
+
+    def discriminator(self, disc):
+        return self.results / "dg" / "discriminators" / f"{disc}.pt"
+
+    def discriminator_metrics(self, disc):
+        return self.results / "dg" / "discriminators" / f"{disc}.json"
+
+    def guided_samples(self, disc):
+        return self.results / "dg" / "samples" / f"{disc}.npz"
+
+    def guided_fd(self, disc):
+        return self.results / "dg" / "fd" / f"{disc}.csv"
+
+    def guided_features(self, disc):
+        return self.results / "dg" / "fd" / f"{disc}.features.npz"
+
+    # report
+    def table(self, name, ext="csv"):
+        return self.results / "tables" / f"{name}.{ext}"
+
+    @property
+    def fd_curves(self):
+        return self.results / "tables" / "fd_curves.csv"
+
+    @property
+    def metrics(self):
+        return self.results / "metrics.json"
+
+    def figure(self, name):
+        return self.figures / f"{name}.png"
+
+    # released checkpoints (Snakemake target `released`, outside the default DAG)
+    @property
+    def released_samples(self):
+        return self.results / "released" / "samples.npz"
+
+    @property
+    def released_fd(self):
+        return self.results / "released" / "fd.csv"

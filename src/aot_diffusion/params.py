@@ -1,0 +1,363 @@
+"""The parameters of a run: composition (defaults + profile + overrides) and a strict schema.
+
+``params.yaml`` holds the *effective* parameters of the run, the one file that every stage reads and
+both front doors track. It is composed from ``conf/config.yaml`` (the defaults, i.e. the digits
+profile), one ``conf/profile/<name>.yaml`` and command-line overrides, by Hydra:
+
+- ``dvc exp run -S profile=smoke -S train.pool_size=128`` (DVC composes it; ``hydra.enabled``),
+- ``snakemake --config profile=smoke train='{pool_size: 128}'`` (the Snakefile calls :func:`resolve`),
+- ``aot-diffusion params --profile smoke --set train.pool_size=128`` (by hand).
+
+Overrides are applied last, so they always win over the profile. Every value is then checked
+against :data:`SCHEMA`: unknown keys (with the closest known one suggested), types (booleans are
+booleans), ranges and cross-field rules all stop the run before any stage starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+__all__ = ["ParamError", "PROFILES", "SCHEMA", "load_params", "validate", "compose", "resolve", "flatten",
+           "write_params", "select"]
+
+PROFILES = ("digits", "smoke", "cifar10")
+CONF_DIR = "conf"
+PARAMS_FILE = "params.yaml"
+HEADER = ("# The effective parameters of this run, composed from conf/config.yaml + conf/profile/<profile>.yaml\n"
+          "# + overrides (dvc exp run -S / snakemake --config / aot-diffusion params --set). Edit conf/ for\n"
+          "# lasting changes: `dvc exp run` recomposes this file from conf/.\n")
+
+
+class ParamError(ValueError):
+    """A missing, unknown, malformed or out-of-range parameter."""
+
+
+# ---------------------------------------------------------------------------------------------- schema
+
+@dataclass(frozen=True)
+class Spec:
+    kind: str                       # int | num | bool | str | list | map | any
+    lo: float | None = None         # inclusive lower bound (numbers; list items)
+    hi: float | None = None         # inclusive upper bound
+    choices: tuple = ()
+    nullable: bool = False
+    item: "Spec | None" = None      # list items / map values
+    min_len: int = 0
+    gt: bool = False                # lower bound exclusive
+
+
+def Int(lo=None, hi=None, **kw):
+    return Spec("int", lo, hi, **kw)
+
+
+def Num(lo=None, hi=None, **kw):
+    return Spec("num", lo, hi, **kw)
+
+
+def Bool(**kw):
+    return Spec("bool", **kw)
+
+
+def Str(*choices, **kw):
+    return Spec("str", choices=choices, **kw)
+
+
+def List(item, min_len=1, **kw):
+    return Spec("list", item=item, min_len=min_len, **kw)
+
+
+MODEL = {"aot": Bool(), "conditional": Bool()}
+DISCRIMINATOR = {"model": Str(), "aot": Bool()}
+NETWORK = {  # EDM's SongUNet / DhariwalUNet constructor arguments that a profile may set
+    "model_type": Str("SongUNet", "DhariwalUNet"), "embedding_type": Str("positional", "fourier"),
+    "encoder_type": Str("standard", "skip", "residual"), "decoder_type": Str("standard", "skip"),
+    "channel_mult_noise": Int(1, 8), "resample_filter": List(Int(1, 8)), "model_channels": Int(1, 1024),
+    "channel_mult": List(Int(1, 16)), "channel_mult_emb": Int(1, 16), "num_blocks": Int(1, 16),
+    "attn_resolutions": List(Int(1, 1024), min_len=0), "dropout": Num(0, 1),
+}
+ENCODER = {  # the noise-aware classifier (ADM encoder) that DG's discriminator reads features from
+    "model_channels": Int(1, 512), "channel_mult": List(Int(1, 16)), "num_res_blocks": Int(1, 8),
+    "attention_resolutions": List(Int(1, 64), min_len=0), "num_head_channels": Int(1, 256),
+}
+
+SCHEMA: dict[str, Any] = {
+    "profile": Str(*PROFILES),
+    "seed": Int(0, 2**31 - 1),
+    "device": Str("auto", "cpu", "cuda"),
+    "threads": Int(1, 256),
+    "data": {
+        "dataset": Str("digits", "cifar10"),
+        "test_fraction": Num(0, 1, gt=True),
+        "cifar10_tarball": Str(),
+        "cifar10_download": Bool(),
+    },
+    "models": Spec("map", item=Spec("model")),
+    "train": {
+        "network": NETWORK,
+        "batch_size": Int(1), "batch_per_rank": Int(1, nullable=True),
+        "pool_size": Int(1), "pool_size_cond": Int(1),
+        "pairing": Str("assignment", "knn"), "knn_k": Int(2, 64),
+        "solver": Str("auto", "lap", "scipy", "pot"),
+        "total_steps": Int(1), "lr": Num(0, 10, gt=True), "lr_rampup_kimg": Num(0),
+        "ema_halflife_kimg": Num(0, gt=True), "ema_rampup_ratio": Num(0, 10, gt=True, nullable=True),
+        "P_mean": Num(-10, 10), "P_std": Num(0, 10, gt=True), "augment_p": Num(0, 1),
+        "prefetch": Bool(), "log_every": Int(1), "checkpoint_every": Int(1),
+        "nproc_per_node": Int(1, 64), "max_nonfinite_steps": Int(1, 1000),
+    },
+    "classifier": {"steps": Int(1), "batch_size": Int(1), "lr": Num(0, 10, gt=True), "feature_dim": Int(2, 4096)},
+    "sample": {
+        "steps": List(Int(2, 1000)), "rho": List(Num(0, 1000, gt=True)),
+        "num_samples": Int(2), "seeds": List(Int(0, 2**31 - 1)), "batch_size": Int(1),
+        "sigma_min": Num(0, gt=True), "sigma_max": Num(0, 1e4, gt=True), "grid_steps": List(Int(2, 1000)),
+    },
+    "fd": {
+        "bootstrap": Int(10, 100000), "ci_level": Num(0.5, 0.999), "feature_batch": Int(1),
+        "allow_download": Bool(),
+    },
+    "curvature": {
+        "fine_steps": Int(8, 100000), "num_latents": Int(1), "sigma_grid": Int(2), "rho": Num(0, 1000, gt=True),
+        "coarse_steps": List(Int(2, 1000)), "seed_offset": Int(0),
+    },
+    "released_pickle": Str(nullable=True),
+    "guidance": {
+        "num_fake": Int(2), "fake_steps": Int(2, 1000), "fake_rho": Num(0, 1000, gt=True), "fake_seed_offset": Int(0),
+        "heldout_fraction": Num(0, 0.9, gt=True),
+        "encoder": ENCODER,
+        "encoder_steps": Int(1), "encoder_batch_size": Int(1), "encoder_lr": Num(0, 10, gt=True),
+        "adm_classifier": Str(nullable=True),
+        "head_channels": Int(1, 1024), "head_depth": Int(1, 8),
+        "pool_size": Int(1), "batch_size": Int(2), "steps": Int(1), "lr": Num(0, 10, gt=True),
+        "weight_decay": Num(0, 1), "weight_uncond": Num(0, 100), "weight_cond": Num(0, 100),
+        "sigma_window": List(Num(0, 1e4, gt=True), min_len=2, nullable=True),
+        "steps_list": List(Int(2, 1000)), "rho": List(Num(0, 1000, gt=True)),
+        "discriminators": Spec("map", item=Spec("discriminator")),
+    },
+}
+
+_RECORDS = {"model": MODEL, "discriminator": DISCRIMINATOR}
+
+
+def _fail(path: str, msg: str):
+    raise ParamError(f"parameter {path!r}: {msg}")
+
+
+def _check_value(path: str, value, spec: Spec):
+    if value is None:
+        if spec.nullable:
+            return
+        _fail(path, "must be set (got null)")
+    k = spec.kind
+    if k == "bool":
+        if not isinstance(value, bool):
+            _fail(path, f"must be true or false (a YAML boolean, not {type(value).__name__} {value!r})")
+    elif k in ("int", "num"):
+        ok = isinstance(value, int) if k == "int" else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok:
+            _fail(path, f"must be {'an integer' if k == 'int' else 'a number'}, got {value!r}")
+        if not math.isfinite(value):
+            _fail(path, f"must be finite, got {value!r}")
+        if spec.lo is not None and (value <= spec.lo if spec.gt else value < spec.lo):
+            _fail(path, f"must be {'>' if spec.gt else '>='} {spec.lo:g}, got {value!r}")
+        if spec.hi is not None and value > spec.hi:
+            _fail(path, f"must be <= {spec.hi:g}, got {value!r}")
+    elif k == "str":
+        if not isinstance(value, str):
+            _fail(path, f"must be a string, got {value!r}")
+        if spec.choices and value not in spec.choices:
+            _fail(path, f"must be one of {list(spec.choices)}, got {value!r}")
+    elif k == "list":
+        if not isinstance(value, list) or len(value) < spec.min_len:
+            _fail(path, f"must be a list of at least {spec.min_len} item(s), got {value!r}")
+        for i, v in enumerate(value):
+            _check_value(f"{path}[{i}]", v, spec.item)
+    elif k == "map":
+        if not isinstance(value, Mapping) or not value:
+            _fail(path, "must be a non-empty mapping of names to entries")
+        for name, entry in value.items():
+            _check_section(f"{path}.{name}", entry, _RECORDS[spec.item.kind], required=True)
+
+
+def _check_section(path: str, node, schema: Mapping, required: bool = True):
+    if not isinstance(node, Mapping):
+        _fail(path or "<root>", f"must be a mapping, got {node!r}")
+    for key in node:
+        if key not in schema:
+            close = difflib.get_close_matches(str(key), list(schema), n=1)
+            hint = f"; did you mean {(path + '.' if path else '') + close[0]!r}?" if close else ""
+            raise ParamError(f"unknown parameter {(path + '.' if path else '') + str(key)!r}{hint}")
+    for key, spec in schema.items():
+        sub = f"{path}.{key}" if path else key
+        if key not in node:
+            if required and not (isinstance(spec, Spec) and spec.nullable) and not (schema is NETWORK):
+                raise ParamError(f"missing parameter {sub!r} (conf/config.yaml defines every parameter)")
+            continue
+        if isinstance(spec, Mapping):
+            _check_section(sub, node[key], spec, required=schema is not NETWORK and spec is not NETWORK)
+        else:
+            _check_value(sub, node[key], spec)
+
+
+def validate(p: Mapping) -> dict:
+    """Check every value against :data:`SCHEMA` and the cross-field rules; return ``p`` as a dict."""
+    _check_section("", p, SCHEMA)
+    t, s, g, c = p["train"], p["sample"], p["guidance"], p["curvature"]
+    ranks = t["nproc_per_node"]
+    if t["batch_size"] % ranks:
+        _fail("train.batch_size", f"{t['batch_size']} is not divisible by train.nproc_per_node ({ranks})")
+    per_rank = t["batch_per_rank"] or t["batch_size"] // ranks
+    if (t["batch_size"] // ranks) % per_rank:
+        _fail("train.batch_per_rank", f"{per_rank} does not divide the per-rank batch {t['batch_size'] // ranks}")
+    for key in ("pool_size", "pool_size_cond"):
+        if t[key] < per_rank or t[key] % per_rank:
+            _fail(f"train.{key}", f"the pool ({t[key]}) must be a multiple of the per-rank mini-batch ({per_rank} = "
+                                  f"train.batch_size {t['batch_size']} / train.nproc_per_node {ranks})")
+    if s["sigma_min"] >= s["sigma_max"]:
+        _fail("sample.sigma_min", f"({s['sigma_min']}) must be below sample.sigma_max ({s['sigma_max']})")
+    for key, sub, full in (("sample.grid_steps", s["grid_steps"], s["steps"]),
+                           ("guidance.steps_list", g["steps_list"], s["steps"]),
+                           ("guidance.rho", g["rho"], s["rho"]),
+                           ("curvature.coarse_steps", c["coarse_steps"], s["steps"])):
+        if not set(sub) <= set(full):
+            _fail(key, f"{sub} must be a subset of {full} (the sweep it is compared with)")
+    if g["batch_size"] % 2:
+        _fail("guidance.batch_size", f"must be even (half real, half fake), got {g['batch_size']}")
+    half = g["batch_size"] // 2
+    if g["pool_size"] < half or g["pool_size"] % half:
+        _fail("guidance.pool_size", f"({g['pool_size']}) must be a multiple of half the batch ({half})")
+    train_fakes = g["num_fake"] - max(int(g["num_fake"] * g["heldout_fraction"]), 1)
+    if train_fakes < g["pool_size"]:
+        _fail("guidance.num_fake", f"{g['num_fake']} fakes leave {train_fakes} for training after the held-out "
+                                   f"fraction, fewer than one pool (guidance.pool_size {g['pool_size']})")
+    if g["sigma_window"] is not None:
+        lo, hi = g["sigma_window"][:2]
+        if len(g["sigma_window"]) != 2 or lo >= hi:
+            _fail("guidance.sigma_window", f"must be [low, high] with low < high, got {g['sigma_window']}")
+    for name, d in g["discriminators"].items():
+        if d["model"] not in p["models"]:
+            _fail(f"guidance.discriminators.{name}.model", f"{d['model']!r} is not one of {sorted(p['models'])}")
+    if p["data"]["dataset"] == "cifar10" and p["profile"] != "cifar10":
+        _fail("data.dataset", "cifar10 data belongs to the cifar10 profile")
+    return dict(p)
+
+
+# ---------------------------------------------------------------------------------------------- composition
+
+def flatten(tree: Mapping, prefix: str = "") -> dict:
+    """``{'a': {'b': 1}}`` -> ``{'a.b': 1}`` (lists stay values)."""
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v and k not in ("models", "discriminators"):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _hydra_value(v) -> str:
+    return yaml.safe_dump(v, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+
+def compose(profile: str | None = None, overrides: Mapping | None = None, root: Path | str = ".") -> dict:
+    """Defaults + ``conf/profile/<profile>.yaml`` + overrides, composed by Hydra as ``dvc exp run -S`` does."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    conf = (Path(root) / CONF_DIR).resolve()
+    if not (conf / "config.yaml").exists():
+        raise ParamError(f"{conf}/config.yaml not found: run from the repository root")
+    args = [] if profile is None else [f"profile={profile}"]
+    if profile is not None and profile not in PROFILES:
+        raise ParamError(f"parameter 'profile': unknown profile {profile!r}; choose from {list(PROFILES)}")
+    args += [f"{k}={_hydra_value(v)}" for k, v in flatten(overrides or {}).items()]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf), version_base=None):
+            cfg = hydra_compose(config_name="config", overrides=args)
+    except Exception as exc:  # hydra's errors name the key; keep them, as a ParamError
+        raise ParamError(f"cannot compose parameters with overrides {args}: {exc}") from None
+    finally:
+        GlobalHydra.instance().clear()
+    return validate(OmegaConf.to_container(cfg, resolve=True))
+
+
+def _merge(base: Mapping, over: Mapping) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> dict:
+    """Read and validate the effective parameter file."""
+    path = Path(path)
+    if not path.exists():
+        raise ParamError(f"parameter file {path} not found (compose it: aot-diffusion params)")
+    try:
+        p = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamError(f"parameter file {path} is not valid YAML: {exc}") from None
+    if not isinstance(p, Mapping):
+        raise ParamError(f"parameter file {path} must hold a mapping")
+    return validate(p)
+
+
+def resolve(overrides: Mapping | None, path: Path | str = PARAMS_FILE) -> dict:
+    """Snakemake's view: params.yaml + ``--config`` overrides. A change of profile recomposes from conf/
+    (as ``dvc exp run -S profile=...`` does); other overrides apply on top of params.yaml."""
+    overrides = dict(overrides or {})
+    path = Path(path)
+    if "profile" in overrides:
+        return compose(overrides.pop("profile"), overrides, root=path.resolve().parent)
+    current = load_params(path)
+    return validate(_merge(current, overrides)) if overrides else current
+
+
+def write_params(p: Mapping, path: Path | str = PARAMS_FILE) -> bool:
+    """Write ``p`` as the effective parameter file if it differs from what is there; True if written."""
+    from .utils import atomic_write_text
+
+    path = Path(path)
+    if path.exists():
+        try:
+            if yaml.safe_load(path.read_text()) == dict(p):
+                return False
+        except yaml.YAMLError:
+            pass
+    atomic_write_text(path, HEADER + yaml.safe_dump(dict(p), sort_keys=False, width=120))
+    return True
+
+
+def select(p: Mapping, keys) -> dict:
+    """The values of dotted ``keys`` (what one stage reads), for Snakemake's ``params`` trigger."""
+    out = {}
+    for key in keys:
+        node: Any = p
+        for part in key.split("."):
+            node = node[part]
+        out[key] = node
+    return out
+
+
+def device_of(p: Mapping) -> str:
+    """``device: auto`` is cuda when available; ``cuda`` without CUDA stops the stage at once."""
+    import torch
+
+    want = p["device"]
+    if want == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if want == "cuda" and not torch.cuda.is_available():
+        raise ParamError("parameter 'device': 'cuda' was requested but CUDA is not available on this machine "
+                         "(set device: auto or cpu)")
+    return want
+
+
+Check = Callable[[Mapping], None]

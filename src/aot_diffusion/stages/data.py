@@ -1,0 +1,96 @@
+"""Data stages: the dataset, the FD feature network, and the FD reference (statistics + real-data floor)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..data import load_dataset, prepare_dataset
+from ..metrics import fd as fdm
+from . import Run
+
+
+def prepare_data(run: Run) -> None:
+    summary = prepare_dataset(run.p, run.L.dataset)
+    run.write_json(run.L.data_summary, summary)
+    run.log(f"{summary['train']} train / {summary['test']} held-out images of shape {summary['shape']}")
+
+
+def feature_network(run: Run) -> None:
+    """Offline profiles train the feature classifier of the FD; cifar10 uses clean-fid's Inception instead."""
+    from ..utils import atomic_save
+
+    if run.p["data"]["dataset"] == "cifar10":
+        from ..metrics.inception import check_inception_assets
+
+        record = check_inception_assets(allow_download=run.p["fd"]["allow_download"])
+        atomic_save(dict(kind="inception", record=record), run.L.feature_network)
+        run.write_json(run.L.feature_network_metrics, dict(feature_network="inception (clean-fid legacy_tensorflow)"))
+        return
+    from ..metrics.features import train_classifier
+
+    d = load_dataset(run.L.dataset)
+    c = run.p["classifier"]
+    model, acc = train_classifier(d["train_images"], d["train_labels"], d["test_images"], d["test_labels"],
+                                  num_classes=int(d["num_classes"]), steps=c["steps"], batch_size=c["batch_size"],
+                                  lr=c["lr"], feature_dim=c["feature_dim"], seed=run.p["seed"], log=run.log)
+    atomic_save(dict(kind="classifier", config=model.config, state=model.state_dict()), run.L.feature_network)
+    run.write_json(run.L.feature_network_metrics, {"classifier_test_accuracy": acc})
+    run.log(f"feature classifier: held-out accuracy {acc:.4f}")
+
+
+class FeatureSpace:
+    """Features of images for the FD: the trained classifier's, or Inception's (cifar10)."""
+
+    def __init__(self, run: Run):
+        blob = torch.load(run.L.feature_network, map_location="cpu", weights_only=True)
+        self.kind, self.device, self.batch = blob["kind"], run.device, run.p["fd"]["feature_batch"]
+        if self.kind == "classifier":
+            from ..metrics.features import FeatureClassifier
+
+            self.model = FeatureClassifier(**blob["config"])
+            self.model.load_state_dict(blob["state"])
+            self.model.eval().to(self.device)
+
+    def __call__(self, images) -> np.ndarray:
+        if self.kind == "classifier":
+            from ..metrics.features import extract_features
+
+            return extract_features(self.model, images, batch_size=self.batch, device=self.device)
+        from ..metrics.inception import inception_features
+        from ..samples import to_uint8
+
+        pixels = images if images.dtype == np.uint8 else to_uint8(images)
+        return inception_features(pixels, device=self.device, batch_size=self.batch)
+
+
+def fd_reference(run: Run) -> None:
+    """Reference statistics (training images) and the floor: held-out real images at the sample count."""
+    d = load_dataset(run.L.dataset)
+    feats = FeatureSpace(run)
+    f = run.p["fd"]
+    if run.p["data"]["dataset"] == "cifar10":
+        from ..metrics.inception import cifar10_reference_statistics
+
+        mu, sigma = cifar10_reference_statistics()
+        ref_feats = feats(d["train_images"][:10000])  # KID's reference set
+    else:
+        ref_feats = feats(d["train_images"])
+        mu, sigma = fdm.feature_statistics(ref_feats)
+    held = feats(d["test_images"])
+    n = min(run.p["sample"]["num_samples"], len(held))
+    if n < run.p["sample"]["num_samples"]:
+        run.log(f"warning: only {len(held)} held-out images; the floor is measured at N = {n}, "
+                f"not at sample.num_samples = {run.p['sample']['num_samples']}")
+    floor = fdm.fd_floor(held, (mu, sigma), n, n_boot=f["bootstrap"], seed=run.p["seed"], level=f["ci_level"])
+    subset = held[np.random.default_rng(run.p["seed"]).permutation(len(held))[:n]]
+    floor["kid"] = fdm.kid(subset, ref_feats, (mu, sigma), seed=run.p["seed"])
+    floor["kid_low"], floor["kid_high"] = fdm.kid_ci(subset, ref_feats, (mu, sigma), n_boot=f["bootstrap"],
+                                                     seed=run.p["seed"], level=f["ci_level"])
+    from ..utils import AtomicPath
+
+    with AtomicPath(run.L.fd_reference, suffix=".npz") as tmp:
+        np.savez(tmp, mu=mu, sigma=sigma, ref_features=ref_feats)
+    run.write_json(run.L.fd_floor, floor)
+    run.log(f"FD floor (N = {n} held-out real images): {floor['fd']:.3f} [{floor['low']:.3f}, {floor['high']:.3f}], "
+            f"KID {floor['kid']:.4f}")

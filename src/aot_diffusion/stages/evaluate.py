@@ -1,0 +1,86 @@
+"""Evaluation stages: FD (with interval and KID) of every sampler setting, and PF-ODE curvature."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..layout import sample_key
+from ..metrics import fd as fdm
+from ..sampling import num_function_evals
+from ..samples import read_sweep
+from ..utils import AtomicPath
+from . import Run
+from .data import FeatureSpace
+
+
+def _score(run: Run, samples_path, csv_path, features_path, name: str) -> None:
+    ref = np.load(run.L.fd_reference)
+    stats, ref_feats = (ref["mu"], ref["sigma"]), ref["ref_features"]
+    feats, f, rows = FeatureSpace(run), run.p["fd"], []
+    kept = {}
+    for steps, rho, seed, pixels, grads in read_sweep(samples_path):
+        x = feats(pixels)
+        fd = fdm.frechet_distance(fdm.feature_statistics(x), stats)
+        low, high = fdm.fd_ci(x, stats, n_boot=f["bootstrap"], seed=run.p["seed"], level=f["ci_level"])
+        kid = fdm.kid(x, ref_feats, stats, seed=run.p["seed"])
+        kid_low, kid_high = fdm.kid_ci(x, ref_feats, stats, n_boot=f["bootstrap"], seed=run.p["seed"],
+                                       level=f["ci_level"])
+        rows.append(dict(model=name, steps=steps, rho=rho, nfe=num_function_evals(steps), seed=seed, n=len(x),
+                         disc_grad_evals=grads, fd=fd, fd_low=low, fd_high=high, kid=kid, kid_low=kid_low,
+                         kid_high=kid_high))
+        kept[sample_key(steps, rho, seed)] = x.astype(np.float32)
+        run.log(f"steps {steps} rho {rho:g} seed {seed}: FD {fd:.3f} [{low:.3f}, {high:.3f}], KID {kid:.4f}")
+    df = pd.DataFrame(rows).sort_values(["rho", "steps", "seed"])
+    with AtomicPath(features_path, suffix=".npz") as tmp:
+        np.savez(tmp, **kept)
+    with AtomicPath(csv_path, suffix=".csv") as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def fd(run: Run) -> None:
+    if run.key == "released":
+        _score(run, run.L.released_samples, run.L.released_fd, run.L.released_fd.with_suffix(".features.npz"),
+               "released")
+        return
+    run.model_spec(run.key)
+    _score(run, run.L.samples(run.key), run.L.fd(run.key), run.L.features(run.key), run.key)
+
+
+def guided_fd(run: Run) -> None:
+    run.disc_spec(run.key)
+    _score(run, run.L.guided_samples(run.key), run.L.guided_fd(run.key), run.L.guided_features(run.key), run.key)
+
+
+def curvature(run: Run) -> None:
+    from ..metrics.curvature import curvature_on_grid, curvature_profile, fine_trajectory, truncation_error
+    from ..sampling import class_labels, edm_sampler, latents
+    from .sample import image_shape, load_denoiser
+
+    c, s = run.p["curvature"], run.p["sample"]
+    net, denoise = load_denoiser(run.L.network(run.key), run.device)
+    z = latents(run.p["seed"] + c["seed_offset"], c["num_latents"], image_shape(net), run.device)
+    labels = class_labels(net.label_dim, c["num_latents"], run.device)
+    fine, traj = fine_trajectory(denoise, z, fine_steps=c["fine_steps"], rho=c["rho"], sigma_min=s["sigma_min"],
+                                 sigma_max=s["sigma_max"], class_labels=labels)
+    run.log(f"fine solve: {c['fine_steps']} Heun steps")
+    sigma, kappa = curvature_profile(fine, traj)
+    grid, kappa_grid = curvature_on_grid(sigma, kappa, c["sigma_grid"], s["sigma_min"], s["sigma_max"])
+    trunc = []
+    for rho in s["rho"]:
+        for steps in c["coarse_steps"]:
+            coarse = edm_sampler(denoise, z, num_steps=steps, rho=rho, sigma_min=s["sigma_min"],
+                                 sigma_max=s["sigma_max"], class_labels=labels)
+            trunc.append(dict(steps=steps, rho=rho, nfe=num_function_evals(steps), error=truncation_error(coarse, fine)))
+    # The teaser strip: denoiser outputs D(x_sigma; sigma) of latent 0 at 8 points along the fine path.
+    picks = np.unique(np.linspace(0, len(sigma) - 1, 8).round().astype(int))
+    trunc_table = pd.DataFrame(trunc)
+    with AtomicPath(run.L.curvature(run.key), suffix=".npz") as tmp:
+        np.savez(tmp, sigma=sigma, kappa_mean=kappa.mean(1), grid=grid, kappa_grid=kappa_grid,
+                 trunc_steps=trunc_table["steps"].to_numpy(), trunc_rho=trunc_table["rho"].to_numpy(),
+                 trunc_nfe=trunc_table["nfe"].to_numpy(), trunc_error=trunc_table["error"].to_numpy(),
+                 strip=traj["denoised"][picks, 0].float().cpu().numpy(), strip_sigma=sigma[picks],
+                 strip_x=traj["x"][picks, 0].float().cpu().numpy())
+    metrics = dict(curvature_mean=float(kappa_grid.mean()), truncation=trunc)
+    run.write_json(run.L.curvature_metrics(run.key), metrics)
+    run.log(f"mean curvature {metrics['curvature_mean']:.4f}")

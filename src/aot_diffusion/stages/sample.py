@@ -1,0 +1,81 @@
+"""Sampling stages: the NFE sweep of a model, the DG fake class, and the released-pickle sweep."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..sampling import class_labels, latents, num_function_evals, sample_batched
+from ..samples import write_sweep
+from . import Run
+
+
+def load_denoiser(path, device):
+    """A trained network (ours) or a released NVlabs/edm / EDM-AOT pickle, as (net, denoise callable)."""
+    if str(path).endswith(".pkl"):  # loaded without running code from the pickle
+        from ..edm_pickle import load_edm_pickle
+
+        net = load_edm_pickle(path, key="ema", device=device).requires_grad_(False)
+    else:
+        from ..training import load_network
+
+        net = load_network(path, map_location=device)
+
+    def denoise(x, sigma, labels):
+        with torch.no_grad():
+            return net(x.to(torch.float32), sigma.to(torch.float32), labels)
+
+    return net, denoise
+
+
+def image_shape(net):
+    return (net.img_channels, net.img_resolution, net.img_resolution)
+
+
+def sweep(run: Run, net, denoise, settings, out_path, denoise_euler=None, counter=None) -> None:
+    """Sample every (steps, rho, seed) setting from the seed's latents (shared by all models) into one file."""
+    s = run.p["sample"]
+    images, grads = {}, {}
+    for k, (steps, rho, seed) in enumerate(settings):
+        if counter is not None:
+            counter.reset()
+        z = latents(seed, s["num_samples"], image_shape(net), run.device)
+        x = sample_batched(denoise, z, class_labels(net.label_dim, s["num_samples"], run.device), s["batch_size"],
+                           num_steps=steps, rho=rho, sigma_min=s["sigma_min"], sigma_max=s["sigma_max"],
+                           denoise_euler=denoise_euler)
+        if not torch.isfinite(x).all():
+            raise FloatingPointError(f"non-finite samples at steps {steps}, rho {rho:g}, seed {seed}: the network "
+                                     f"{run.key} or the sampler settings (sample.sigma_max = {s['sigma_max']}) are broken")
+        images[(steps, rho, seed)] = x.cpu().numpy()
+        note = ""
+        if counter is not None:  # discriminator gradient evaluations per sampler run (per batch)
+            batches = -(-s["num_samples"] // s["batch_size"])
+            grads[(steps, rho, seed)] = counter.num_grad_evals // batches
+            note = f" + {grads[(steps, rho, seed)]} discriminator gradients"
+        run.log(f"{k + 1}/{len(settings)}: steps {steps} rho {rho:g} seed {seed} NFE {num_function_evals(steps)}{note}")
+    write_sweep(out_path, images, grads)
+
+
+def sample(run: Run, network=None) -> None:
+    s = run.p["sample"]
+    path = network or run.L.network(run.key)
+    net, denoise = load_denoiser(path, run.device)
+    settings = [(st, r, seed) for r in s["rho"] for st in s["steps"] for seed in s["seeds"]]
+    out = run.L.released_samples if run.key == "released" else run.L.samples(run.key)
+    sweep(run, net, denoise, settings, out)
+
+
+def fake_samples(run: Run) -> None:
+    """Samples of a trained model: the 'fake' class of its discriminators."""
+    from ..utils import AtomicPath
+
+    g, s = run.p["guidance"], run.p["sample"]
+    net, denoise = load_denoiser(run.L.network(run.key), run.device)
+    labels = class_labels(net.label_dim, g["num_fake"], run.device)
+    z = latents(run.p["seed"] + g["fake_seed_offset"], g["num_fake"], image_shape(net), run.device)
+    x = sample_batched(denoise, z, labels, s["batch_size"], num_steps=g["fake_steps"], rho=g["fake_rho"],
+                       sigma_min=s["sigma_min"], sigma_max=s["sigma_max"],
+                       progress=lambda k: run.log(f"{k}/{g['num_fake']} samples"))
+    ids = labels.argmax(1).cpu().numpy() if labels is not None else np.zeros(g["num_fake"], dtype=np.int64)
+    with AtomicPath(run.L.fakes(run.key), suffix=".npz") as tmp:
+        np.savez(tmp, images=x.cpu().numpy(), labels=ids, conditional=labels is not None)

@@ -1,0 +1,87 @@
+"""The train stage: EDM training of one model, AOT as a switch (training.py), under torchrun when asked."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+from ..data import load_dataset
+from ..training import TrainConfig, train as train_loop
+from ..utils import AtomicPath
+from . import Run
+
+# Parameters of train.* that are not TrainConfig fields: how many processes, the conditional pool.
+_LAUNCH_KEYS = ("nproc_per_node", "pool_size_cond", "network")
+
+
+def _torchrun_relaunch(nproc: int, log) -> None:
+    """Re-run this very command under torchrun when the parameters ask for several processes."""
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "aot_diffusion.cli", *sys.argv[1:]]
+        log(f"launching {nproc} processes: {' '.join(cmd)}")
+        sys.exit(subprocess.call(cmd))
+
+
+def train_config(run: Run, model: str, data: dict) -> TrainConfig:
+    spec, t = run.model_spec(model), run.p["train"]
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    kwargs = {k: v for k, v in t.items() if k in fields and k not in _LAUNCH_KEYS}
+    unused = set(t) - fields - set(_LAUNCH_KEYS)
+    if t["pairing"] == "assignment":  # the default: knn's k is unused, and older loops pair by assignment only
+        unused -= {"pairing", "knn_k"}
+    unused = sorted(unused)
+    if unused:
+        raise RuntimeError(f"train.{unused[0]} has no TrainConfig field: the training loop would ignore it")
+    if spec["conditional"]:
+        kwargs["pool_size"] = t["pool_size_cond"]
+    net = dict(t["network"], img_channels=int(data["train_images"].shape[1]),
+               img_resolution=int(data["train_images"].shape[2]))
+    if spec["conditional"]:
+        net["label_dim"] = int(data["num_classes"])
+    if t["augment_p"] > 0:
+        from ..augment import EDM_CIFAR10_AUGMENT, augment_dim
+
+        net["augment_dim"] = augment_dim(**EDM_CIFAR10_AUGMENT)
+    return TrainConfig(network=net, aot=spec["aot"], conditional=spec["conditional"], seed=run.p["seed"],
+                       device=run.device, **kwargs)
+
+
+def _loss_csv(jsonl, out) -> None:
+    """The loss log as CSV, which `dvc plots` reads (x: kimg, y: loss)."""
+    rows = [json.loads(line) for line in open(jsonl) if line.strip()]
+    cols = list(rows[0]) if rows else ["step", "kimg", "loss"]
+    with AtomicPath(out, suffix=".csv") as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def train(run: Run, stop_after: int | None = None) -> None:
+    model = run.key
+    run.model_spec(model)
+    _torchrun_relaunch(run.p["train"]["nproc_per_node"], run.log)
+    d = load_dataset(run.L.dataset)
+    cfg = train_config(run, model, d)
+    augment = None
+    if cfg.augment_p > 0:
+        from ..augment import EDM_CIFAR10_AUGMENT, AugmentPipe
+
+        augment = AugmentPipe(**dict(EDM_CIFAR10_AUGMENT, p=cfg.augment_p))
+    run.log(f"aot={cfg.aot} conditional={cfg.conditional} steps={cfg.total_steps} batch={cfg.batch_size} "
+            f"pool={cfg.pool_size} device={cfg.device}")
+    ckpt = run.L.checkpoints(model)
+    result = train_loop(cfg, torch.as_tensor(d["train_images"]), torch.as_tensor(d["train_labels"]),
+                        out_path=run.L.network(model), checkpoint_dir=ckpt, num_classes=int(d["num_classes"]),
+                        augment=augment, log=run.log, stop_after=stop_after)
+    if result.get("stopped"):
+        run.log(f"stopped after step {result['step']} (--stop-after); rerun to resume")
+        return
+    if int(os.environ.get("RANK", "0")) == 0:
+        _loss_csv(ckpt / "loss.jsonl", run.L.loss_log(model))
