@@ -1,20 +1,27 @@
-"""Discriminator Guidance: discriminators, AOT-paired training batches, guided denoiser, ADM loader."""
+"""Discriminator Guidance: DG parity, noise-aware classifier, discriminators, AOT-paired batches, guidance."""
 
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
 
-import aot_diffusion.guidance as guidance
+import aot_diffusion.guidance.training as guidance_training
 from aot_diffusion.guidance import (
-    ADMDiscriminator, ADMEncoderUNet, NoiseConditionedDiscriminator, discriminator_batches,
-    evaluate_discriminator, guided_denoiser, load_adm_classifier, log_ratio_grad, sigma_to_vp_time,
-    train_discriminator, vp_time_to_sigma,
+    ADM_CLASSIFIER_32, DG_SIGMA_WINDOW, DIGITS_CLASSIFIER_CONFIG, DIGITS_HEAD_CONFIG, ADMDiscriminator,
+    ADMEncoderUNet, GuidedDenoiser, NoiseConditionedDiscriminator, adm_config_from_dg_args, build_discriminator,
+    discriminator_batches, draw_sigma, evaluate_classifier, evaluate_discriminator, fit_discriminator,
+    load_adm_classifier, load_adm_state_dict, load_dg_classifier, load_discriminator, log_ratio_grad,
+    save_discriminator, sigma_to_vp_time, train_discriminator, train_noise_aware_classifier, vp_input,
+    vp_time_to_sigma,
 )
 from aot_diffusion.sampling import edm_sampler
 
-from conftest import gaussian_mixture_denoiser
+from conftest import FIXTURES, gaussian_mixture_denoiser
+
+DG_GOLDEN = FIXTURES / "dg_reference" / "dg_discriminator_cond_golden.npz"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -40,45 +47,143 @@ def randomize(module, seed=0, scale=0.3):
     return module
 
 
+# A digits-sized classifier / head, smaller still so that tests take seconds.
+TINY_CLASSIFIER = dict(DIGITS_CLASSIFIER_CONFIG, model_channels=8, num_head_channels=8, norm_groups=4, out_channels=3)
+TINY_HEAD = dict(DIGITS_HEAD_CONFIG, model_channels=8, num_head_channels=8, norm_groups=4)
+
+
+def dg_log_ratio(logits, clip=1e-5):
+    """DG's get_log_ratio on the probability: d = clip(sigmoid(logit)), log(d / (1 - d))."""
+    d = torch.sigmoid(logits).clamp(clip, 1 - clip)
+    return torch.log(d / (1 - d))
+
+
+# ---------------------------------------------------------------------------------------------- DG parity
+
+
+def _golden_discriminator():
+    z = np.load(DG_GOLDEN)
+    clf_cfg = adm_config_from_dg_args(json.loads(str(z["classifier_args"])))
+    head_cfg = adm_config_from_dg_args(json.loads(str(z["discriminator_args"])))
+    encoder = load_adm_state_dict(ADMEncoderUNet(**clf_cfg), {k[11:]: torch.from_numpy(z[k]) for k in z.files
+                                                             if k.startswith("classifier/")})
+    head_num_classes = head_cfg.pop("num_classes")
+    for k in ("image_size", "in_channels"):  # the head reads the encoder's feature map
+        assert head_cfg.pop(k) == {"image_size": encoder.feature_resolution,
+                                   "in_channels": encoder.feature_channels}[k]
+    disc = ADMDiscriminator(encoder, label_dim=z["class_labels"].shape[1], head_num_classes=head_num_classes,
+                            **head_cfg)
+    load_adm_state_dict(disc.head, {k[14:]: torch.from_numpy(z[k]) for k in z.files if k.startswith("discriminator/")})
+    inputs = {k: torch.from_numpy(z[k]) for k in ("x", "sigma", "class_labels", "d", "dg_score")}
+    return disc.eval(), inputs
+
+
+def test_dg_discriminator_reproduces_dg_probability_and_guidance_term():
+    disc, g = _golden_discriminator()
+    assert disc.head.label_emb.num_embeddings == 1000  # guided-diffusion's NUM_CLASSES
+    with torch.no_grad():
+        d = torch.sigmoid(disc(g["x"], g["sigma"], g["class_labels"]))
+    assert (d - g["d"]).abs().max() < 1e-5
+    # dg_score = -sigma^2 grad_x log(d / (1 - d)), per sample to 1e-3 of its largest entry.
+    score = -g["sigma"].reshape(-1, 1, 1, 1) ** 2 * log_ratio_grad(disc, g["x"], g["sigma"], g["class_labels"])
+    err = (score - g["dg_score"]).flatten(1).abs().max(dim=1).values
+    assert (err <= 1e-3 * g["dg_score"].flatten(1).abs().max(dim=1).values).all()
+    # GuidedDenoiser adds exactly -w * dg_score (DG's correction) to the denoiser output.
+    guided = GuidedDenoiser(lambda x, s, c=None: torch.zeros_like(x), disc, 1.0, sigma_window=None)
+    assert torch.allclose(guided(g["x"], g["sigma"], g["class_labels"]), -g["dg_score"],
+                          atol=1e-3 * g["dg_score"].abs().max().item())
+    # The labels matter: other classes give other probabilities (a label-blind head would not).
+    with torch.no_grad():
+        d_other = torch.sigmoid(disc(g["x"], g["sigma"], g["class_labels"].roll(1, dims=1)))
+    assert (d_other - g["d"]).abs().max() > 1e-3
+
+
+def test_vp_mapping_matches_dg_vpsde():
+    for t in (1e-5, 0.01, 0.3, 1.0):
+        s = vp_time_to_sigma(t)
+        assert abs(float(sigma_to_vp_time(torch.tensor(s, dtype=torch.float64))) - t) < 1e-9
+    lo, hi = DG_SIGMA_WINDOW
+    assert 0.04 < lo < 0.05 and hi > 80
+    # vp_input = DG's marginal mean exp(-B(tau)/2) times the input, at tau * 999.
+    sigma = torch.tensor([0.002, 0.5, 3.0, 80.0])
+    x = torch.randn(4, 1, 2, 2)
+    x_vp, t = vp_input(x, sigma)
+    tau = sigma_to_vp_time(sigma.double())
+    mean = torch.exp(-0.25 * tau ** 2 * (20 - 0.1) - 0.5 * tau * 0.1)
+    assert torch.allclose(x_vp, x * mean.float().reshape(-1, 1, 1, 1), rtol=1e-5)
+    assert torch.allclose(t, (tau * 999).float())
+
+
+def test_dg_sigma_draw_follows_dg_importance_sampling():
+    n = 20000
+    s = draw_sigma(n, distribution="dg", generator=torch.Generator().manual_seed(0))
+    # DG's vpsde.get_diffusion_time(importance_sampling=True), written out independently.
+    b0, b1, t_min = 0.1, 20.0, 1e-5
+
+    def antiderivative(t):
+        integral = 0.5 * t ** 2 * (b1 - b0) + t * b0
+        return math.log(1 - math.exp(-integral)) + integral
+    z = antiderivative(1.0) - antiderivative(t_min)
+    u = torch.rand(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    log_sigma2 = z * u + antiderivative(t_min)
+    tau = (-b0 + torch.sqrt(b0 ** 2 + 2 * (b1 - b0) * torch.log1p(torch.exp(log_sigma2)))) / (b1 - b0)
+    q = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
+    ours, dg = sigma_to_vp_time(s.double()).quantile(q), tau.quantile(q)
+    assert (ours - dg).abs().max() < 0.01
+    uniform = sigma_to_vp_time(draw_sigma(n, distribution="vp_uniform", generator=torch.Generator().manual_seed(2)))
+    assert (uniform.double().quantile(q) - q).abs().max() < 0.01  # ADM's classifier draw: tau uniform
+
+
 # ---------------------------------------------------------------------------------------------- log-ratio gradient
 
 
 @pytest.mark.parametrize("label_dim", [0, 3])
-def test_log_ratio_grad_matches_finite_differences(label_dim):
+def test_log_ratio_grad_matches_finite_differences_of_dg_log_ratio(label_dim):
     disc = randomize(small_disc(label_dim), scale=0.2).eval()
     g = torch.Generator().manual_seed(1)
     x = torch.randn(3, 1, 8, 8, generator=g, dtype=torch.float64)
     sigma = torch.tensor([0.3, 1.0, 2.5], dtype=torch.float64)
     labels = torch.tensor([0, 2, 1]) if label_dim else None
-    grad64 = log_ratio_grad(disc, x, sigma, labels, compute_dtype=torch.float64)
-    assert grad64.dtype == torch.float64 and grad64.shape == x.shape
-    # Central differences of the logit (= log(d / (1 - d))) along 12 random pixels, float64.
-    eps = 1e-5
-    flat = x.reshape(3, -1)
-    idx = torch.randint(0, 64, (12,), generator=g)
-    for k in idx.tolist():
-        xp, xm = flat.clone(), flat.clone()
-        xp[:, k] += eps
-        xm[:, k] -= eps
+    grad = log_ratio_grad(disc, x, sigma, labels, compute_dtype=torch.float64)
+    assert grad.dtype == torch.float64 and grad.shape == x.shape
+
+    def log_ratio(z):
         with torch.no_grad():
-            lp = disc(xp.reshape(x.shape), sigma, labels)
-            lm = disc(xm.reshape(x.shape), sigma, labels)
-            d = torch.sigmoid(lp)  # same thing as log(d / (1 - d)) on the probabilities
-            assert torch.allclose(torch.log(d / (1 - d)), lp, atol=1e-8)
-        fd = (lp - lm) / (2 * eps)
-        assert torch.allclose(grad64.reshape(3, -1)[:, k], fd, rtol=1e-5, atol=1e-7)
+            return dg_log_ratio(disc(z, sigma, labels))
+
+    # Directional derivatives of DG's log(d / (1 - d)) along random directions cover every pixel:
+    # a wrong gradient anywhere (sign, scale, a missing path) moves them.
+    eps = 1e-5
+    for _ in range(4):
+        v = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        fd = (log_ratio(x + eps * v) - log_ratio(x - eps * v)) / (2 * eps)
+        assert torch.allclose((grad * v).flatten(1).sum(1), fd, rtol=1e-5, atol=1e-8)
+    # ... and single pixels.
+    for k in torch.randint(0, 64, (6,), generator=g).tolist():
+        e = torch.zeros_like(x).reshape(3, -1)
+        e[:, k] = eps
+        e = e.reshape(x.shape)
+        fd = (log_ratio(x + e) - log_ratio(x - e)) / (2 * eps)
+        assert torch.allclose(grad.reshape(3, -1)[:, k], fd, rtol=1e-5, atol=1e-8)
     # Default path: float32 autograd, returned in x's dtype.
     grad32 = log_ratio_grad(disc, x, sigma, labels)
     assert grad32.dtype == torch.float64
-    assert torch.allclose(grad32, grad64, rtol=1e-3, atol=1e-4 * grad64.abs().max().item())
+    assert torch.allclose(grad32, grad, rtol=1e-3, atol=1e-4 * grad.abs().max().item())
+    if label_dim:  # the class changes the gradient
+        other = log_ratio_grad(disc, x, sigma, (labels + 1) % 3, compute_dtype=torch.float64)
+        assert (other - grad).abs().max() > 1e-3 * grad.abs().max()
 
 
-def test_log_ratio_grad_clip_zeroes_saturated_samples():
+def test_log_ratio_grad_follows_dg_probability_clip():
     disc = small_disc().eval()
     x = torch.randn(2, 1, 8, 8)
     with torch.no_grad():
-        disc.fc_out.bias.fill_(50.0)  # d ~= 1 everywhere: DG's clip to [1e-5, 1 - 1e-5] kills the gradient
-    assert torch.count_nonzero(log_ratio_grad(disc, x, 1.0, logit_clip=math.log(99999))) == 0
+        disc.fc_out.bias.fill_(50.0)  # d ~= 1: DG's clip to [1e-5, 1 - 1e-5] kills the gradient
+    assert torch.count_nonzero(log_ratio_grad(disc, x, 1.0)) == 0
+    assert torch.count_nonzero(log_ratio_grad(disc, x, 1.0, prob_clip=None)) > 0
+    with torch.no_grad():
+        disc.fc_out.bias.fill_(math.log(99999) - 1.0)  # just inside the clip: gradient kept
+    assert torch.count_nonzero(log_ratio_grad(disc, x, 1.0)) > 0
 
 
 # ---------------------------------------------------------------------------------------------- guided sampling
@@ -95,7 +200,7 @@ def test_weight_zero_guidance_is_exactly_unguided():
     disc = randomize(small_disc(), scale=0.2)
     latents = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     plain = edm_sampler(denoise, latents, num_steps=6)
-    guided = guided_denoiser(denoise, disc, 0.0, sigma_window=(0.0, math.inf))
+    guided = GuidedDenoiser(denoise, disc, 0.0, sigma_window=(0.0, math.inf))
     out = edm_sampler(denoise, latents, num_steps=6, denoise_euler=guided)
     assert torch.equal(out, plain)
     assert guided.num_grad_evals == 0 and guided.num_calls == 6
@@ -105,7 +210,7 @@ def test_guidance_applies_formula_inside_window_and_counts_evaluations():
     denoise = _mixture()
     disc = randomize(small_disc(), scale=0.2)
     lo, hi = 0.05, 10.0
-    guided = guided_denoiser(denoise, disc, 2.0, sigma_window=(lo, hi))
+    guided = GuidedDenoiser(denoise, disc, 2.0, sigma_window=(lo, hi))
     x = torch.randn(4, 1, 8, 8, dtype=torch.float64)
     for s in (0.01, 100.0):  # outside: D unchanged, no discriminator call
         assert torch.equal(guided(x, torch.tensor(s, dtype=torch.float64)), denoise(x, s))
@@ -127,29 +232,22 @@ def test_guidance_applies_formula_inside_window_and_counts_evaluations():
     assert not torch.equal(out, edm_sampler(denoise, latents, num_steps=steps))
 
 
-def test_guidance_raises_log_ratio_and_passes_labels_only_to_conditional_disc():
-    # Guidance should move samples toward higher discriminator logits (first order).
+def test_guidance_raises_log_ratio_with_the_sampler_labels():
+    # A small guided step moves samples toward higher discriminator logits of *their* class.
     disc = randomize(small_disc(label_dim=3), scale=0.2).eval()
     x = torch.randn(6, 1, 8, 8, dtype=torch.float64)
     labels = F.one_hot(torch.arange(6) % 3, 3).double()
     sigma = torch.tensor(0.5, dtype=torch.float64)
-    identity = lambda x, s, c=None: torch.zeros_like(x)  # noqa: E731
-    guided = guided_denoiser(identity, disc, 1e-3, sigma_window=None)
+    zero = lambda x, s, c=None: torch.zeros_like(x)  # noqa: E731
+    guided = GuidedDenoiser(zero, disc, 1e-3, sigma_window=None)
     step = guided(x, sigma, labels)
     with torch.no_grad():
         before, after = disc(x, sigma, labels), disc(x + step, sigma, labels)
     assert (after > before).all()
-    uncond = guided_denoiser(identity, small_disc(), 1.0, sigma_window=None)
+    assert (guided(x, sigma, labels.roll(1, dims=1)) - step).abs().max() > 1e-3 * step.abs().max()
+    uncond = GuidedDenoiser(zero, small_disc(), 1.0, sigma_window=None)
     uncond(x, sigma, labels)  # an unconditional discriminator ignores the sampler's labels
     assert uncond.num_grad_evals == 1
-
-
-def test_vp_time_mapping_roundtrip():
-    for t in (1e-5, 0.01, 0.3, 1.0):
-        s = vp_time_to_sigma(t)
-        assert abs(float(sigma_to_vp_time(torch.tensor(s, dtype=torch.float64))) - t) < 1e-9
-    lo, hi = guidance.DG_SIGMA_WINDOW
-    assert 0.04 < lo < 0.05 and hi > 80
 
 
 # ---------------------------------------------------------------------------------------------- AOT-DG batches
@@ -177,8 +275,7 @@ def test_aot_batches_pair_noise_lowering_image_noise_distance():
     assert _mean_real_distance(paired) < _mean_real_distance(random) - 0.05
     b = paired[0]
     assert b["x"].shape == (16, 1, 8, 8) and b["target"].tolist() == [1.0] * 8 + [0.0] * 8
-    sig = b["sigma"].reshape(-1, 1, 1, 1)
-    assert torch.allclose(b["x"], b["images"] + sig * b["noise"])
+    assert torch.allclose(b["x"], b["images"] + b["sigma"].reshape(-1, 1, 1, 1) * b["noise"])
     # Each pool's pairing is the exact assignment: no swap of two noises lowers the total distance.
     pool_imgs = torch.cat([p["images"][p["is_real"]] for p in paired[:6]])
     pool_noise = torch.cat([p["noise"][p["is_real"]] for p in paired[:6]])
@@ -191,20 +288,20 @@ def test_aot_batches_pair_noise_lowering_image_noise_distance():
 def test_aot_pairing_is_classwise_and_actually_used(monkeypatch):
     real, fake, real_labels, fake_labels = _toy_sets()
     calls = []
-    original = guidance.pair_noise
+    original = guidance_training.pair_noise
 
     def spy(images, noise, labels=None, solver="scipy"):
         out = original(images, noise, labels=labels, solver=solver)
         calls.append(dict(images=images, noise=noise, labels=labels, out=out))
         return out
 
-    monkeypatch.setattr(guidance, "pair_noise", spy)
+    monkeypatch.setattr(guidance_training, "pair_noise", spy)
     batches = list(discriminator_batches(real, fake, real_labels=real_labels, fake_labels=fake_labels, aot=True,
                                          pool_size=48, batch_size=16, steps=6, seed=1))
     assert len(calls) == 2  # one real pool and one fake pool
     for call, side in zip(calls, (True, False)):
-        assert call["labels"] is not None
         ids = call["labels"]
+        assert ids is not None
         # Every noise row stays within the class of the image it was drawn for.
         for i in range(ids.shape[0]):
             src = (call["noise"] == call["out"][i]).all(dim=(1, 2, 3)).nonzero().flatten()
@@ -220,76 +317,143 @@ def test_aot_pairing_is_classwise_and_actually_used(monkeypatch):
     assert calls == []  # random noise: no pairing
 
 
-def test_discriminator_learns_separable_toy_distributions():
+# ---------------------------------------------------------------------------------------------- training / evaluation
+
+
+def test_discriminator_learns_and_is_evaluated_per_sigma_band():
     real, fake, _, _ = _toy_sets(n=256, seed=2)
     held_real, held_fake, _, _ = _toy_sets(n=200, seed=3)
     disc = small_disc(seed=4)
     before = evaluate_discriminator(disc, held_real, held_fake, seed=5)
     history = train_discriminator(disc, real, fake, aot=True, pool_size=128, batch_size=64, steps=60, lr=3e-3,
-                                  seed=6, log_every=20)
+                                  seed=6, log_every=20, sigma_distribution="lognormal")
     assert [h["step"] for h in history] == [20, 40, 60]
     assert set(history[0]) >= {"step", "loss", "accuracy", "noise_distance"}
-    after = evaluate_discriminator(disc, held_real, held_fake, seed=5)
-    assert after["accuracy"] > 0.8 and after["accuracy"] > before["accuracy"] + 0.2
-    assert after["bce"] < math.log(2) and after["n"] == 400
-    # At a small fixed sigma the two clouds are trivially separable.
-    assert evaluate_discriminator(disc, held_real, held_fake, sigma=0.1)["accuracy"] > 0.97
+    after = evaluate_discriminator(disc, held_real, held_fake, seed=5, repeats=2)
+    assert after == evaluate_discriminator(disc, held_real, held_fake, seed=5, repeats=2)  # fixed seed
+    bands = after["bands"]
+    assert list(bands) == ["<0.1", "0.1-1", "1-10", ">10"] and sum(b["n"] for b in bands.values()) == after["n"] == 800
+    assert after["bce"] < before["bce"] and after["accuracy"] > before["accuracy"] + 0.1
+    # The two clouds are trivially separable at small sigma, and indistinguishable at large sigma.
+    assert bands["<0.1"]["accuracy"] > 0.97 and bands["<0.1"]["bce"] < 0.2
+    assert bands[">10"]["accuracy"] < 0.8
+    assert evaluate_discriminator(disc, held_real, held_fake, sigma=0.05)["bands"]["<0.1"]["n"] == 400
 
 
-def test_conditional_training_runs_and_uses_labels():
-    real, fake, real_labels, fake_labels = _toy_sets()
-    disc = small_disc(label_dim=3)
-    history = train_discriminator(disc, real, fake, real_labels=real_labels, fake_labels=F.one_hot(fake_labels, 3),
-                                  aot=True, pool_size=48, batch_size=16, steps=6, log_every=3)
-    assert len(history) == 2 and all(math.isfinite(h["loss"]) for h in history)
-    res = evaluate_discriminator(disc, real, fake, real_labels=real_labels, fake_labels=fake_labels)
-    assert 0 <= res["accuracy"] <= 1
+def _label_only_sets(n, seed):
+    """Real: class 0 bright, class 1 dark; fake: the reverse. The images alone are identically
+    distributed, so only a discriminator that uses the labels can tell real from fake."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 2
+    sign = (1 - 2 * labels).float().reshape(-1, 1, 1, 1)
+    real = sign * 0.5 + 0.2 * torch.randn(n, 1, 8, 8, generator=g)
+    fake = -sign * 0.5 + 0.2 * torch.randn(n, 1, 8, 8, generator=g)
+    return real, fake, labels
+
+
+def test_conditional_discriminator_learns_from_labels():
+    real, fake, labels = _label_only_sets(128, seed=0)
+    disc = small_disc(label_dim=2, seed=1)
+    train_discriminator(disc, real, fake, real_labels=labels, fake_labels=F.one_hot(labels, 2), aot=True,
+                        pool_size=64, batch_size=32, steps=60, lr=3e-3, log_every=20, sigma_distribution="lognormal")
+    held_real, held_fake, held = _label_only_sets(100, seed=2)
+    right = evaluate_discriminator(disc, held_real, held_fake, real_labels=held, fake_labels=held, sigma=0.1)
+    wrong = evaluate_discriminator(disc, held_real, held_fake, real_labels=1 - held, fake_labels=1 - held, sigma=0.1)
+    assert right["accuracy"] > 0.9 and wrong["accuracy"] < 0.1
     with pytest.raises(ValueError, match="needs real_labels"):
         train_discriminator(disc, real, fake, steps=1, pool_size=48, batch_size=16)
 
 
-# ---------------------------------------------------------------------------------------------- input errors
+def test_noise_aware_classifier_is_deterministic_and_trained_on_noisy_inputs():
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.zeros(64, 1, 8, 8), torch.randint(0, 3, (64,), generator=g)
+    seen = []
+
+    def spy(module, args):
+        if isinstance(module, ADMEncoderUNet) and module.training:
+            seen.append((args[0].detach().clone(), args[1].detach().clone()))
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(spy)
+    try:
+        model, metrics = train_noise_aware_classifier(images, labels, config=TINY_CLASSIFIER, steps=4, batch_size=32,
+                                                      seed=3, log=None, log_every=2)
+    finally:
+        handle.remove()
+    assert len(seen) == 4
+    x, t = torch.cat([s[0] for s in seen]), torch.cat([s[1] for s in seen])
+    # Clean images are all zero, so what the classifier sees is pure VP noise: std sqrt(1 - alpha(tau)^2).
+    alpha = 1 / torch.sqrt(1 + vp_time_to_sigma(t.double() / 999) ** 2)
+    expected, observed = torch.sqrt(1 - alpha ** 2), x.flatten(1).double().std(dim=1)
+    assert (observed - expected).abs().max() < 0.35 and abs((observed / expected).mean() - 1) < 0.05
+    assert t.min() < 200 and t.max() > 800  # VP times over [0, 1], embedded as tau * 999
+    assert [h["step"] for h in metrics["history"]] == [2, 4]
+    assert set(metrics["bands"]) == {"<0.1", "0.1-1", "1-10", ">10"} and 0 <= metrics["train_accuracy"] <= 1
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    # Seeds are set before the model is built: the same seed gives bitwise the same weights.
+    again, _ = train_noise_aware_classifier(images, labels, config=TINY_CLASSIFIER, steps=4, batch_size=32, seed=3,
+                                            log=None)
+    other, _ = train_noise_aware_classifier(images, labels, config=TINY_CLASSIFIER, steps=4, batch_size=32, seed=4,
+                                            log=None)
+    a, b, c = model.state_dict(), again.state_dict(), other.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    held = evaluate_classifier(model, torch.randn(20, 1, 8, 8), labels[:20], seed=1, repeats=2)
+    assert held["n"] == 40 and sum(b["n"] for b in held["bands"].values()) == 40
 
 
-def test_clear_errors_on_bad_input():
-    real, fake, real_labels, fake_labels = _toy_sets()
-    disc = small_disc()
-    with pytest.raises(ValueError, match="shape"):
-        disc(torch.randn(2, 3, 8, 8), 1.0)
-    with pytest.raises(ValueError, match="sigma"):
-        disc(torch.randn(2, 1, 8, 8), torch.ones(3))
-    with pytest.raises(ValueError, match="unconditional"):
-        disc(torch.randn(2, 1, 8, 8), 1.0, torch.tensor([0, 1]))
-    cond = small_disc(label_dim=3)
-    with pytest.raises(ValueError, match="rows"):
-        cond(torch.randn(2, 1, 8, 8), 1.0, torch.tensor([0, 1, 2]))
-    with pytest.raises(ValueError, match="required"):
-        cond(torch.randn(2, 1, 8, 8), 1.0)
-    with pytest.raises(ValueError, match="class ids"):
-        cond(torch.randn(2, 1, 8, 8), 1.0, torch.tensor([0, 5]))
-    with pytest.raises(ValueError, match="same per-image shape"):
-        next(discriminator_batches(real, torch.randn(96, 1, 4, 4)))
-    with pytest.raises(ValueError, match="labels have 95 rows"):
-        next(discriminator_batches(real, fake, real_labels=real_labels[:95], fake_labels=fake_labels))
-    with pytest.raises(ValueError, match="both"):
-        next(discriminator_batches(real, fake, real_labels=real_labels))
-    with pytest.raises(ValueError, match="pool_size"):
-        next(discriminator_batches(real, fake, pool_size=200, batch_size=16))
-    with pytest.raises(ValueError, match="even"):
-        next(discriminator_batches(real, fake, pool_size=48, batch_size=15))
-    with pytest.raises(ValueError, match="sigma distribution"):
-        next(discriminator_batches(real, fake, pool_size=48, batch_size=16, sigma_distribution="uniform"))
-    with pytest.raises(ValueError, match="sigma"):
-        log_ratio_grad(disc, torch.randn(2, 1, 8, 8), torch.ones(3))
-    with pytest.raises(ValueError, match="sigma_window"):
-        guided_denoiser(lambda x, s, c=None: x, disc, 1.0, sigma_window=(2.0, 1.0))
+def _tiny_encoder(seed=0):
+    torch.manual_seed(seed)
+    return randomize(ADMEncoderUNet(**TINY_CLASSIFIER), seed=seed, scale=0.1).requires_grad_(False).eval()
 
 
-def test_dg_sigma_distribution_is_loguniform_over_vp_times():
-    s = guidance.draw_sigma(20000, distribution="dg", generator=torch.Generator().manual_seed(0))
-    lo, hi = vp_time_to_sigma(1e-5), vp_time_to_sigma(1.0)
-    assert s.min() >= lo * 0.999 and s.max() <= hi * 1.001
-    assert abs(s.log().mean().item() - 0.5 * (math.log(lo) + math.log(hi))) < 0.1
+def test_dg_discriminator_trains_head_only_and_is_reproducible():
+    encoder = _tiny_encoder()
+    frozen = {k: v.clone() for k, v in encoder.state_dict().items()}
+    real, fake, labels = _label_only_sets(32, seed=0)
+    kw = dict(real_labels=labels, fake_labels=labels, label_dim=2, aot=True, pool_size=16, batch_size=16, steps=4,
+              lr=1e-3, weight_decay=1e-2, seed=5, head_config=TINY_HEAD, log_every=2)
+    disc, history = fit_discriminator(encoder, real, fake, **kw)
+    assert len(history) == 2 and disc.head.in_channels == encoder.feature_channels
+    assert all(torch.equal(frozen[k], v) for k, v in disc.encoder.state_dict().items())  # bitwise frozen
+    assert not disc.encoder.training and not any(p.requires_grad for p in disc.encoder.parameters())
+    initial = build_discriminator(_tiny_encoder(), label_dim=2, head_config=TINY_HEAD, seed=5)
+    assert not all(torch.equal(v, initial.head.state_dict()[k]) for k, v in disc.head.state_dict().items())
+    twin_encoder = _tiny_encoder()
+    torch.rand(7)  # whatever happened to the global RNG before, the seed decides the head
+    twin, _ = fit_discriminator(twin_encoder, real, fake, **kw)
+    assert all(torch.equal(v, twin.head.state_dict()[k]) for k, v in disc.head.state_dict().items())
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    grad = log_ratio_grad(disc, x, 0.7, torch.tensor([0, 1]))
+    assert grad.shape == x.shape and grad.dtype == torch.float64 and grad.abs().sum() > 0
+    assert (log_ratio_grad(disc, x, 0.7, torch.tensor([1, 0])) - grad).abs().max() > 0
+
+
+def test_save_and_load_discriminator(tmp_path):
+    encoder = _tiny_encoder(1)
+    disc = randomize(build_discriminator(encoder, label_dim=2, head_config=TINY_HEAD, seed=2), seed=3, scale=0.1)
+    x, sigma, labels = torch.randn(3, 1, 8, 8), torch.tensor([0.1, 1.0, 5.0]), torch.tensor([0, 1, 1])
+    with torch.no_grad():
+        expected = disc(x, sigma, labels)
+    save_discriminator(tmp_path / "d.pt", disc)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.pt"]  # atomic: no temporary left behind
+    blob = torch.load(tmp_path / "d.pt", weights_only=True)
+    assert blob["kind"] == "adm" and "encoder_state" in blob
+    loaded = load_discriminator(tmp_path / "d.pt")
+    with torch.no_grad():
+        assert torch.equal(loaded(x, sigma, labels), expected)
+    # Referenced encoder: the discriminator file holds the head only.
+    torch.save(encoder.state_dict(), tmp_path / "encoder.pt")
+    save_discriminator(tmp_path / "ref.pt", disc, encoder_path=tmp_path / "encoder.pt")
+    assert "encoder_state" not in torch.load(tmp_path / "ref.pt", weights_only=True)
+    with torch.no_grad():
+        assert torch.equal(load_discriminator(tmp_path / "ref.pt")(x, sigma, labels), expected)
+    cnn = randomize(small_disc(label_dim=2), seed=4, scale=0.1).eval()
+    save_discriminator(tmp_path / "cnn.pt", cnn)
+    with torch.no_grad():
+        assert torch.equal(load_discriminator(tmp_path / "cnn.pt")(x, sigma, labels), cnn(x, sigma, labels))
+    torch.save({"state": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a discriminator"):
+        load_discriminator(tmp_path / "other.pt")
 
 
 # ---------------------------------------------------------------------------------------------- ADM classifier
@@ -319,18 +483,16 @@ def _reference_adm_forward(sd, x, timesteps, features=False):
         skip = conv(h, p + ".skip_connection", pad=0) if p + ".skip_connection.weight" in sd else h
         return skip + a
 
-    def attention(h, p, legacy=True):
+    def attention(h, p):
         b, c, hh, ww = h.shape
         t = h.reshape(b, c, -1)
         qkv = F.conv1d(gn(t, p + ".norm"), sd[p + ".qkv.weight"], sd[p + ".qkv.bias"])
-        heads = c // 16
-        q, k, v = qkv.reshape(b * heads, 3 * 16, -1).split(16, dim=1)
+        q, k, v = qkv.reshape(b * (c // 16), 3 * 16, -1).split(16, dim=1)
         w = torch.softmax(torch.einsum("bct,bcs->bts", q, k) / math.sqrt(16), dim=-1)
         a = torch.einsum("bts,bcs->bct", w, v).reshape(b, c, -1)
         return (t + F.conv1d(a, sd[p + ".proj_out.weight"], sd[p + ".proj_out.bias"])).reshape(b, c, hh, ww)
 
-    half = 16
-    freqs = torch.exp(-math.log(10000) * torch.arange(half) / half)
+    freqs = torch.exp(-math.log(10000) * torch.arange(16) / 16)
     args = timesteps[:, None].float() * freqs[None]
     temb = torch.cat([args.cos(), args.sin()], dim=1)
     emb = F.linear(F.silu(F.linear(temb, sd["time_embed.0.weight"], sd["time_embed.0.bias"])),
@@ -371,14 +533,13 @@ def test_adm_classifier_loads_original_key_names(tmp_path):
                         "out.2.qkv_proj.weight": (192, 64, 1), "out.2.c_proj.weight": (5, 64, 1)}.items():
         assert tuple(sd[name].shape) == shape, name
     assert len(sd) == 77
-    path = tmp_path / "32x32_classifier.pt"
+    path = tmp_path / "classifier.pt"
     torch.save(sd, path)
     loaded = load_adm_classifier(path, **TINY_ADM).eval()
     x = torch.randn(3, 3, 8, 8)
     t = torch.tensor([0.0, 250.5, 999.0])
     with torch.no_grad():
-        expected = _reference_adm_forward(sd, x, t)
-        assert torch.allclose(loaded(x, t), expected, atol=1e-4, rtol=1e-4)
+        assert torch.allclose(loaded(x, t), _reference_adm_forward(sd, x, t), atol=1e-4, rtol=1e-4)
         assert torch.allclose(loaded(x, t, features=True), _reference_adm_forward(sd, x, t, features=True),
                               atol=1e-4, rtol=1e-4)
     # DDP-prefixed keys load too; wrong names fail loudly, naming the keys.
@@ -391,22 +552,81 @@ def test_adm_classifier_loads_original_key_names(tmp_path):
         load_adm_classifier(sd, **{**TINY_ADM, "out_channels": 7})
 
 
-def test_adm_discriminator_trains_head_only_and_guides():
-    encoder = load_adm_classifier(randomize(ADMEncoderUNet(**TINY_ADM), seed=2, scale=0.1).state_dict(),
-                                  **TINY_ADM)
-    frozen = {k: v.clone() for k, v in encoder.state_dict().items()}
-    disc = ADMDiscriminator(encoder, label_dim=3, model_channels=32, num_head_channels=16, num_res_blocks=1)
-    assert disc.head.in_channels == 64 and disc.head.image_size == 4
-    g = torch.Generator().manual_seed(0)
-    real = torch.randn(32, 3, 8, 8, generator=g) * 0.3 + 0.4
-    fake = torch.randn(32, 3, 8, 8, generator=g) * 0.3 - 0.4
-    labels = torch.arange(32) % 3
-    history = train_discriminator(disc, real, fake, real_labels=labels, fake_labels=labels, aot=True,
-                                  pool_size=16, batch_size=16, steps=4, lr=1e-3, log_every=2,
-                                  sigma_distribution="dg")
-    assert len(history) == 2
-    assert all(torch.equal(frozen[k], v) for k, v in disc.encoder.state_dict().items())
-    assert not disc.encoder.training
-    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
-    grad = log_ratio_grad(disc, x, 0.7, torch.tensor([0, 2]))
-    assert grad.shape == x.shape and grad.dtype == torch.float64 and grad.abs().sum() > 0
+def test_load_dg_classifier_checks_the_published_config(tmp_path):
+    missing = tmp_path / "checkpoints" / "32x32_classifier.pt"
+    with pytest.raises(FileNotFoundError) as err:
+        load_dg_classifier(missing)
+    for needle in (str(missing), "alsdudrla10/DG", "README", "32x32_classifier.pt", "guidance.adm_classifier"):
+        assert needle in str(err.value)
+    torch.save(ADMEncoderUNet(**TINY_ADM).state_dict(), tmp_path / "tiny.pt")
+    with pytest.raises(ValueError, match=r"model_channels is 32 \(expected 128\).*out_channels is 5"):
+        load_dg_classifier(tmp_path / "tiny.pt")
+    # A file with DG's published layout (zeros in half precision keep the test light) loads, frozen.
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in ADMEncoderUNet(**ADM_CLASSIFIER_32).state_dict().items()}
+    torch.save({k: torch.full(s, 0.01, dtype=torch.float16) for k, s in shapes.items()}, tmp_path / "dg.pt")
+    clf = load_dg_classifier(tmp_path / "dg.pt")
+    assert clf.feature_channels == 512 and clf.feature_resolution == 8 and not clf.training
+    assert not any(p.requires_grad for p in clf.parameters())
+    assert float(clf.time_embed[0].weight[0, 0]) == pytest.approx(0.01, rel=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------- input errors
+
+
+def test_clear_errors_on_bad_input():
+    real, fake, real_labels, fake_labels = _toy_sets()
+    disc = small_disc()
+    with pytest.raises(ValueError, match="shape"):
+        disc(torch.randn(2, 3, 8, 8), 1.0)
+    with pytest.raises(ValueError, match="sigma"):
+        disc(torch.randn(2, 1, 8, 8), torch.ones(3))
+    with pytest.raises(ValueError, match="unconditional"):
+        disc(torch.randn(2, 1, 8, 8), 1.0, torch.tensor([0, 1]))
+    cond = small_disc(label_dim=3)
+    with pytest.raises(ValueError, match="rows"):
+        cond(torch.randn(2, 1, 8, 8), 1.0, torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="required"):
+        cond(torch.randn(2, 1, 8, 8), 1.0)
+    with pytest.raises(ValueError, match="class ids"):
+        cond(torch.randn(2, 1, 8, 8), 1.0, torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match="same per-image shape"):
+        next(discriminator_batches(real, torch.randn(96, 1, 4, 4)))
+    with pytest.raises(ValueError, match="labels have 95 rows"):
+        next(discriminator_batches(real, fake, real_labels=real_labels[:95], fake_labels=fake_labels))
+    with pytest.raises(ValueError, match="both"):
+        next(discriminator_batches(real, fake, real_labels=real_labels))
+    with pytest.raises(ValueError, match="pool_size"):
+        next(discriminator_batches(real, fake, pool_size=200, batch_size=16))
+    with pytest.raises(ValueError, match="even"):
+        next(discriminator_batches(real, fake, pool_size=48, batch_size=15))
+    with pytest.raises(ValueError, match="sigma distribution"):
+        next(discriminator_batches(real, fake, pool_size=48, batch_size=16, sigma_distribution="uniform"))
+    with pytest.raises(ValueError, match="sigma"):
+        log_ratio_grad(disc, torch.randn(2, 1, 8, 8), torch.ones(3))
+    with pytest.raises(ValueError, match="sigma_window"):
+        GuidedDenoiser(lambda x, s, c=None: x, disc, 1.0, sigma_window=(2.0, 1.0))
+    with pytest.raises(ValueError, match="needs class labels"):
+        train_noise_aware_classifier(real, None, config=TINY_CLASSIFIER, steps=1)
+    with pytest.raises(ValueError, match="out_channels=3"):
+        train_noise_aware_classifier(real, torch.arange(96) % 5, config=TINY_CLASSIFIER, steps=1)
+    with pytest.raises(ValueError, match="do not fit"):
+        train_noise_aware_classifier(torch.randn(4, 3, 8, 8), torch.zeros(4), config=TINY_CLASSIFIER, steps=1)
+    with pytest.raises(TypeError, match="ADMEncoderUNet"):
+        ADMDiscriminator(disc)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_everything_stays_on_the_cuda_device():
+    real, fake, labels = _label_only_sets(32, seed=0)
+    encoder, _ = train_noise_aware_classifier(real, labels, config=TINY_CLASSIFIER, steps=2, batch_size=16,
+                                              device="cuda", log=None)
+    assert next(encoder.parameters()).is_cuda
+    disc, _ = fit_discriminator(encoder, real, fake, real_labels=labels, fake_labels=labels, label_dim=2, aot=True,
+                                pool_size=16, batch_size=16, steps=2, head_config=TINY_HEAD, device="cuda")
+    assert all(p.is_cuda for p in disc.parameters())
+    res = evaluate_discriminator(disc, real, fake, real_labels=labels, fake_labels=labels)
+    assert 0 <= res["accuracy"] <= 1
+    x = torch.randn(2, 1, 8, 8, device="cuda")
+    out = GuidedDenoiser(lambda x, s, c=None: x, disc, 1.0, sigma_window=None)(x, 0.5, labels[:2].cuda())
+    assert out.is_cuda

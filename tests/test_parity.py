@@ -6,15 +6,21 @@ import numpy as np
 import pytest
 import torch
 
+from aot_diffusion.augment import AugmentPipe
 from aot_diffusion.networks import build_network, load_edm_state_dict
 from aot_diffusion.sampling import edm_sampler
 from conftest import REFERENCE, gaussian_mixture_denoiser
 
-NETWORK_FILES = sorted(p.name for p in REFERENCE.glob("songunet_*_golden.npz"))
+NETWORK_FILES = sorted(p.name for p in REFERENCE.glob("*unet_*_golden.npz"))
+
+
+def test_network_fixtures_cover_both_architectures():
+    assert {"dhariwalunet_cond_golden.npz", "songunet_ddpmpp_golden.npz", "songunet_ncsnpp_cond_golden.npz"} <= \
+        set(NETWORK_FILES)
 
 
 @pytest.mark.parametrize("name", NETWORK_FILES)
-def test_songunet_matches_edm(name):
+def test_network_matches_edm(name):
     ref = np.load(REFERENCE / name)
     net = build_network(json.loads(str(ref["config"])))
     load_edm_state_dict(net, {k: ref[k] for k in ref.files if k.startswith("param/")})
@@ -48,3 +54,23 @@ def test_sampler_matches_edm(sampler_golden, key):
     assert out.dtype == torch.float64
     err = np.abs(out.numpy() - g[key]).max()
     assert err <= 1e-8, f"{key}: max abs error {err}"
+
+
+AUGMENT = np.load(REFERENCE / "edm_augment_golden.npz")
+AUGMENT_CASES = sorted({k.split("/")[0] for k in AUGMENT.files})
+
+
+def test_augment_fixture_has_cases():
+    assert len(AUGMENT_CASES) >= 2
+
+
+@pytest.mark.parametrize("case", AUGMENT_CASES)
+def test_augment_pipe_matches_edm(case):
+    ref = {k.split("/", 1)[1]: AUGMENT[k] for k in AUGMENT.files if k.startswith(case + "/")}
+    pipe = AugmentPipe(**json.loads(str(ref["kwargs"])))
+    # EDM drew from the global CPU stream after torch.manual_seed(seed); a generator seeded alike draws the same.
+    out, labels = pipe(torch.as_tensor(ref["images"]), generator=torch.Generator().manual_seed(int(ref["seed"])))
+    img_err = np.abs(out.numpy() - ref["out"]).max()
+    lab_err = np.abs(labels.numpy() - ref["labels"]).max()
+    assert img_err <= 1e-4, f"{case}: images max abs error {img_err}"
+    assert lab_err <= 1e-5, f"{case}: labels max abs error {lab_err}"

@@ -1,5 +1,5 @@
-"""The pipeline: Snakefile and dvc.yaml describe the same DAG, and the smoke profile runs end to end
-through both front doors in a temporary copy of the repository, with its outputs checked."""
+"""The pipeline: one stage table drives both front doors (Snakemake rules, generated dvc.yaml); the smoke
+profile runs end to end in a temporary copy of the repository, with its outputs and shared state checked."""
 
 import json
 import re
@@ -11,159 +11,112 @@ import pandas as pd
 import pytest
 import yaml
 
+from aot_diffusion.dag import dvc_yaml
+from aot_diffusion.layout import FIGURE_NAMES, Layout
+from aot_diffusion.params import compose
+
 ROOT = Path(__file__).resolve().parents[1]
-FIGURES = ["fid_vs_nfe", "rho_steps_heatmap", "curvature_vs_sigma", "truncation_vs_nfe", "guidance_fid_vs_nfe", "samples_low_nfe",
-           "samples_high_nfe", "loss_curves", "teaser_denoiser_strip"]
 
 
 def copy_repo(dst: Path) -> Path:
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split()
     for f in files:
-        if (ROOT / f).is_file():
+        if (ROOT / f).is_file() and not f.startswith(("results/", "figures/")):
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, dst / f)
-    run(["git", "init", "-q"], dst)  # DVC works inside a Git repository
+    run(["git", "init", "-q"], dst)
+    run(["git", "add", "-A"], dst)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"], dst)
     return dst
 
 
-def run(cmd, cwd, check=True, timeout=900):
+def run(cmd, cwd, check=True, timeout=1200):
     out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     if check and out.returncode != 0:
         raise AssertionError(f"{cmd} failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
     return out
 
 
-def _norm_cmd(cmd: str) -> str:
-    return re.sub(r"--threads \d+", "--threads N", " ".join(cmd.split()))
+def test_dvc_yaml_is_generated_from_the_stage_table():
+    assert (ROOT / "dvc.yaml").read_text() == dvc_yaml(compose(root=ROOT))
 
 
-def snakemake_jobs(cwd, profile="smoke"):
-    out = run(["snakemake", "-n", "-F", "-p", "--config", f"profile={profile}"], cwd).stdout
-    jobs = {}
-    for block in re.split(r"\n(?=\[.*\]\nrule )", out):
-        m = re.search(r"^rule (\w+):", block, re.M)
-        if not m or m.group(1) == "all":
-            continue
-        wc = re.search(r"wildcards: \w+=(\w+)", block)
-        name = m.group(1) + (f"@{wc.group(1)}" if wc else "")
-        inputs = re.search(r"input: (.*)", block)
-        jobs[name] = dict(
-            cmd=_norm_cmd(re.search(r"Shell command: (.*)", block).group(1)),
-            deps=set(inputs.group(1).split(", ")) if inputs else set(),
-            outs=set(re.search(r"output: (.*)", block).group(1).split(", ")),
-        )
-    return jobs
+def snakemake_commands(cwd, *config):
+    out = run(["snakemake", "-n", "-F", "-p", "--config", *config], cwd).stdout
+    return sorted(re.findall(r"^Shell command: (aot-diffusion [^\n]*)$", out, re.M))
 
 
-def dvc_stages(cwd, profile="smoke"):
-    from dvc.repo import Repo
-
-    params = cwd / "params.yaml"
-    p = yaml.safe_load(params.read_text())
-    p["profile"] = profile
-    params.write_text(yaml.safe_dump(p, sort_keys=False))
-    stages = {}
-    with Repo(str(cwd)) as repo:
-        for st in repo.index.stages:
-            if not getattr(st, "cmd", None):
-                continue
-            rel = lambda o: str(Path(o.fs_path).relative_to(cwd))
-            stages[st.name] = dict(cmd=_norm_cmd(st.cmd), deps={rel(d) for d in st.deps} - {"params.yaml"}, outs={rel(o) for o in st.outs})
-    return stages
+def dvc_commands(cwd):
+    out = run(["dvc", "repro", "--dry", "-f"], cwd).stdout
+    return sorted(re.findall(r"^> (aot-diffusion [^\n]*)$", out, re.M))
 
 
-def test_snakefile_and_dvc_yaml_describe_the_same_dag(tmp_path):
+@pytest.mark.parametrize("profile", ["digits", "smoke", "cifar10"])
+def test_both_front_doors_plan_the_same_commands(tmp_path, profile):
     proj = copy_repo(tmp_path)
-    smk, dvc = snakemake_jobs(proj), dvc_stages(proj)
-    assert set(smk) == set(dvc), f"stages differ: {set(smk) ^ set(dvc)}"
-    for name in smk:
-        assert smk[name]["cmd"] == dvc[name]["cmd"], name
-        assert smk[name]["outs"] == dvc[name]["outs"], name
-        # dvc may depend on a directory holding the Snakemake inputs.
-        expanded = {d for d in smk[name]["deps"] if not any(d.startswith(x + "/") for x in dvc[name]["deps"])}
-        covered = {x for x in dvc[name]["deps"] if any(d.startswith(x + "/") for d in smk[name]["deps"])}
-        assert expanded | covered == dvc[name]["deps"], name
-    kinds = {n.split("@")[0] for n in smk}
-    assert kinds >= {"prepare_data", "train_classifier", "train", "sample", "fid", "curvature", "fake_samples",
-                     "train_discriminator", "guided_sample", "guided_fid", "tables", "figures"}
+    run(["aot-diffusion", "params", "--profile", profile], proj)
+    smk, dvc = snakemake_commands(proj, f"profile={profile}"), dvc_commands(proj)
+    assert smk and smk == dvc
+    assert len(smk) == 45
 
 
-def check_outputs(proj: Path, params_models):
-    t1 = pd.read_csv(proj / "results/tables/table1_fid_vs_nfe.csv")
-    assert set(t1["model"]) == set(params_models)
-    assert len(t1) == len(params_models) * 4  # smoke: 2 steps x 2 rho
-    assert t1[["fid_min", "fid_mean", "fid_std"]].notna().all().all()
-    assert (t1["fid_min"] > 0).all() and (t1["fid_min"] <= t1["fid_mean"] + 1e-12).all()
-    assert (t1["seeds"] == 3).all()
-    t3 = pd.read_csv(proj / "results/tables/table3_curvature.csv")
-    assert set(t3["model"]) == set(params_models)
-    trunc = [c for c in t3.columns if c.startswith("trunc_err")]
-    assert trunc and t3[["curvature_mean", *trunc]].notna().all().all()
-    assert ((t3["curvature_mean"] >= 0) & (t3["curvature_mean"] <= 2)).all()
-    assert "| model" in (proj / "results/tables/table1_fid_vs_nfe.md").read_text()
-    t2 = pd.read_csv(proj / "results/tables/table2_guidance.csv")
-    methods = set(t2["method"])
-    assert {"EDM", "EDM + DG", "AOT", "AOT + AOT-DG", "AOT + DG"} <= methods
-    assert t2["fid_min"].notna().all() and (t2["fid_min"] > 0).all()
-    guided = t2[t2["discriminator"] != "-"]
-    assert (guided["disc_grad_evals"] > 0).all() and guided["disc_heldout_accuracy"].between(0, 1).all()
-    metrics = json.loads((proj / "results/metrics.json").read_text())
-    assert 0 <= metrics["classifier_test_accuracy"] <= 1
-    for name in FIGURES:
-        png = (proj / "figures" / f"{name}.png").read_bytes()
-        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000, name
-
-
-@pytest.mark.slow
-def test_smoke_profile_through_snakemake(tmp_path):
+def test_typo_in_params_stops_both_front_doors_naming_it(tmp_path):
     proj = copy_repo(tmp_path)
-    run(["snakemake", "--cores", "2", "--config", "profile=smoke"], proj)
-    check_outputs(proj, yaml.safe_load((proj / "params.yaml").read_text())["models"])
-    again = run(["snakemake", "--cores", "2", "--config", "profile=smoke", "-n"], proj)
-    assert "Nothing to be done" in again.stdout + again.stderr
-
-
-@pytest.mark.slow
-def test_smoke_profile_through_dvc_repro(tmp_path):
-    proj = copy_repo(tmp_path)
-    p = yaml.safe_load((proj / "params.yaml").read_text())
-    p["profile"] = "smoke"
-    (proj / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    run(["dvc", "repro"], proj)
-    check_outputs(proj, p["models"])
-    again = run(["dvc", "repro"], proj)
-    assert "Running stage" not in again.stdout
-    status = run(["dvc", "status"], proj).stdout
-    assert "changed" not in status
-
-
-@pytest.mark.parametrize("edit,match", [
-    (("profile", "nonesuch"), "profile"),
-    (("sample.steps", [1, 4]), "sample.steps"),
-    (("train.pool_size", 16), "train.pool_size"),
-    (("train.total_steps", "many"), "train.total_steps"),
-])
-def test_bad_parameters_stop_before_any_stage(tmp_path, edit, match):
-    proj = copy_repo(tmp_path)
-    p = yaml.safe_load((proj / "params.yaml").read_text())
-    key, value = edit
-    node = p
-    *path, last = key.split(".")
-    for part in path:
-        node = node[part]
-    node[last] = value
-    (proj / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    out = run(["snakemake", "--cores", "1", "-n"], proj, check=False)
-    assert out.returncode != 0
-    assert match in out.stdout + out.stderr
+    text = (proj / "params.yaml").read_text().replace("  pool_size: 512", "  pool_sise: 512", 1)
+    (proj / "params.yaml").write_text(text)
+    out = run(["snakemake", "-n"], proj, check=False)
+    assert out.returncode != 0 and "pool_sise" in out.stdout + out.stderr
+    out = run(["dvc", "repro", "--dry"], proj, check=False)
+    assert out.returncode != 0 and "train.pool_size" in out.stdout + out.stderr
     assert not (proj / "results").exists()
 
 
-def test_missing_parameter_is_named(tmp_path):
+def check_outputs(proj: Path, p):
+    L = Layout("smoke", proj)
+    t1 = pd.read_csv(L.table("table1_fd_vs_nfe"))
+    floor = t1[t1["model"].str.startswith("real")]
+    assert len(floor) == 1 and floor["fd"].iloc[0] > 0
+    rows = t1[~t1["model"].str.startswith("real")]
+    assert set(rows["model"]) == set(p["models"]) and len(rows) == len(p["models"]) * 4  # 2 steps x 2 rho
+    assert ((rows["fd_low"] <= rows["fd"]) & (rows["fd"] <= rows["fd_high"])).all()
+    t2 = pd.read_csv(L.table("table2_guidance"))
+    assert {"EDM + DG", "AOT + AOT-DG", "AOT + DG"} <= set(t2["method"])
+    assert (t2["disc_grad_evals"] > 0).all() and t2["outside_noise"].isin([True, False]).all()
+    metrics = json.loads(L.metrics.read_text())
+    assert "fd_floor" in metrics and "edm_uncond.fd_rho7_nfe3" in metrics and "aot_vs_edm.uncond.rho7_nfe3" in metrics
+    assert not any(k.startswith("fid") or ".fid_" in k for k in metrics)  # offline: FD, never FID
+    for disc in p["guidance"]["discriminators"]:
+        assert set(metrics[f"{disc}.heldout_accuracy_by_sigma"]) == {"<0.1", "0.1-1", "1-10", ">10"}
+    for name in FIGURE_NAMES:
+        png = L.figure(name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000, name
+
+
+def planned_jobs(out: str) -> dict:
+    table = re.search(r"Job stats:\n(.*?)\n\n", out, re.S)
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table.group(1), re.M)} if table else {}
+
+
+@pytest.mark.slow
+def test_smoke_profile_end_to_end_and_shared_state(tmp_path):
     proj = copy_repo(tmp_path)
+    run(["dvc", "init", "-q", "-f"], proj)
+    run(["snakemake", "--cores", "2", "--config", "profile=smoke", "train={pool_size: 32}"], proj)
     p = yaml.safe_load((proj / "params.yaml").read_text())
-    del p["sample"]["rho"]
-    (proj / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    out = run(["aot-diffusion", "check-params"], proj, check=False)
-    assert out.returncode == 2 and "sample.rho" in out.stderr
+    assert p["profile"] == "smoke" and p["train"]["pool_size"] == 32  # the override reached params.yaml...
+    log = (proj / ".snakemake" / "log").glob("*.log")
+    assert any("pool=32" in f.read_text() for f in log)  # ... and the training stage
+    check_outputs(proj, p)
+    assert "up to date" in run(["dvc", "status"], proj).stdout  # the Snakemake run is recorded in dvc.lock
+    again = run(["snakemake", "-n"], proj)
+    assert "Nothing to be done" in again.stdout + again.stderr
+    # A guidance weight reruns only the guided runs of the unconditional models, and the report.
+    out = run(["snakemake", "-n", "--config", "guidance={weight_uncond: 3.0}"], proj).stdout
+    assert planned_jobs(out) == {"check_params": 1, "guided_sample": 3, "guided_fd": 3, "tables": 1, "figures": 1,
+                                 "all": 1, "total": 10}
+    # Profiles keep their own outputs; the report lists tables and figures.
+    assert not (proj / "results" / "digits").exists()
+    run(["snakemake", "--report", "report.html"], proj)
+    html = (proj / "report.html").read_text(errors="replace")
+    assert "table1_fd_vs_nfe" in html and "fd_vs_nfe" in html

@@ -1,73 +1,179 @@
-"""Training engine: resume after a kill is bitwise exact, DDP under torchrun stays in sync, input errors."""
+"""Training engine: bitwise-exact resume, visible recovery from corrupt state, numeric faults that stop
+the run, labels that reach the network, input errors. Tiny networks, in process (a few seconds each)."""
 
 import json
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from aot_diffusion.training import PoolSource, TrainConfig
+from aot_diffusion.training import NonFiniteTrainingError, PoolSource, TrainConfig, train
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def make_project(tmp_path, **train_overrides):
-    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
-    shutil.copytree(ROOT / "config", tmp_path / "config")
-    overlay = tmp_path / "config" / "profiles" / "smoke.yaml"
-    o = yaml.safe_load(overlay.read_text())
-    o["train"].update(train_overrides)
-    overlay.write_text(yaml.safe_dump(o))
-    cli(tmp_path, "prepare-data", "--out", "data.npz", "--summary", "summary.json")
-    return tmp_path
+NET = dict(img_resolution=8, img_channels=1, model_channels=8, channel_mult=[1, 2], channel_mult_emb=2,
+           num_blocks=1, attn_resolutions=[], dropout=0.0, embedding_type="positional")
+TIMING = ("sec_per_kimg", "pair_ms")  # wall-clock fields of the loss log
 
 
-def cli(cwd, *args, check=True):
-    cmd = [sys.executable, "-m", "aot_diffusion.cli", args[0], "--profile", "smoke", "--threads", "1", *args[1:]]
-    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
-    if check and out.returncode != 0:
-        raise AssertionError(f"{cmd} failed:\n{out.stdout}\n{out.stderr}")
-    return out
+def _data(seed=0, n=64, classes=4):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 8, 8, generator=g) * 2 - 1, torch.arange(n) % classes
 
 
-def train(cwd, model, out, ckpt, *extra):
-    return cli(cwd, "train", "--model", model, "--data", "data.npz", "--out", out, "--checkpoint-dir", ckpt,
-               "--loss-log", out + ".loss.jsonl", *extra)
+def _cfg(**kw):
+    base = dict(network={**NET, "label_dim": 4}, batch_size=16, pool_size=32, total_steps=6, lr=1e-3,
+                lr_rampup_kimg=0, conditional=True, aot=True, log_every=1, checkpoint_every=2, ema_halflife_kimg=0.5)
+    if not kw.get("conditional", True):
+        base["network"] = dict(NET)
+    return TrainConfig(**{**base, **kw})
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("model", ["aot_cond"])
-def test_resume_after_kill_is_bitwise_exact(tmp_path, model):
-    proj = make_project(tmp_path, total_steps=8, checkpoint_every=3, log_every=1)
-    train(proj, model, "full.pt", "ck_full")
-    stopped = train(proj, model, "resumed.pt", "ck_resume", "--stop-after", "5")  # checkpoint at 3, dies at 5
-    assert "stopped after step 5" in stopped.stdout
-    assert not (proj / "resumed.pt").exists()
-    resumed = train(proj, model, "resumed.pt", "ck_resume")  # a fresh process
-    assert "resumed from" in resumed.stdout and "at step 6" not in resumed.stdout
-    full = torch.load(proj / "full.pt", weights_only=True)["ema"]
-    res = torch.load(proj / "resumed.pt", weights_only=True)["ema"]
-    assert full.keys() == res.keys()
-    for k in full:
-        assert torch.equal(full[k], res[k]), k
-    # The loss log of the resumed run has each step once, as the uninterrupted run's.
-    steps = [json.loads(line)["step"] for line in (proj / "resumed.pt.loss.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 9))
+def _run(tmp_path, name, cfg=None, data=None, **kw):
+    images, labels = data if data is not None else _data()
+    lines = []
+    out = tmp_path / name / "net.pt"
+    result = train(cfg or _cfg(), images, labels, out_path=out, checkpoint_dir=tmp_path / name / "ck", num_classes=4,
+                   log=lines.append, **kw)
+    return result, "\n".join(lines)
 
 
-@pytest.mark.slow
-def test_torchrun_ddp_two_ranks_stay_in_sync(tmp_path):
-    proj = make_project(tmp_path, total_steps=4, nproc_per_node=2, checkpoint_every=2, log_every=2)
-    out = train(proj, "aot_uncond", "ddp.pt", "ck_ddp")
-    assert "launching 2 processes" in out.stdout
-    line = next(l for l in out.stdout.splitlines() if "rank EMA checksums" in l)
-    sums = json.loads(line.split(":", 1)[1].strip())
-    assert len(sums) == 2 and sums[0] == sums[1]
-    assert (proj / "ddp.pt").exists()
+def _rows(path):
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in path.read_text().splitlines()]
+
+
+def _ema(tmp_path, name):
+    return torch.load(tmp_path / name / "net.pt", weights_only=True)["ema"]
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """An uninterrupted run: its EMA weights and loss log are what every resumed run must reproduce."""
+    tmp = tmp_path_factory.mktemp("full")
+    torch.set_num_threads(1)
+    _run(tmp, "full")
+    return _ema(tmp, "full"), _rows(tmp / "full" / "ck" / "loss.jsonl")
+
+
+def test_resume_after_stop_is_bitwise_exact(tmp_path, full_run):
+    ema, rows = full_run
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    stopped, _ = _run(tmp_path, "r", stop_after=5)  # checkpoints at 2 and 4, stops at 5
+    assert stopped == dict(step=5, stopped=True) and not (tmp_path / "r" / "net.pt").exists()
+    assert torch.load(tmp_path / "r" / "ck" / "checkpoint.prev.pt", weights_only=True)["step"] == 2
+    _, log = _run(tmp_path, "r")
+    assert f"resumed from {tmp_path / 'r' / 'ck' / 'checkpoint.pt'} at step 4" in log
+    _assert_same(_ema(tmp_path, "r"), ema)
+    assert _rows(tmp_path / "r" / "ck" / "loss.jsonl") == rows  # each step once, same losses
+
+
+@pytest.mark.parametrize("damage", ["truncated_checkpoint", "partial_last_log_line", "corrupt_early_log_line"])
+def test_corrupt_state_is_set_aside_and_recovered(tmp_path, full_run, damage):
+    ema, rows = full_run
+    _run(tmp_path, "r", stop_after=5)
+    ck = tmp_path / "r" / "ck"
+    if damage == "truncated_checkpoint":
+        bad, blob = ck / "checkpoint.pt", (ck / "checkpoint.pt").read_bytes()
+        bad.write_bytes(blob[: len(blob) // 2])
+        expect = f"resumed from {ck / 'checkpoint.prev.pt'} at step 2"
+    elif damage == "partial_last_log_line":
+        bad = ck / "loss.jsonl"
+        with open(bad, "a") as f:
+            f.write('{"step": 6, "lo')
+        expect = f"resumed from {ck / 'checkpoint.pt'} at step 4"
+    else:  # rows 2.. lost: neither checkpoint's history is complete, so start from scratch
+        bad = ck / "loss.jsonl"
+        lines = bad.read_text().splitlines()
+        bad.write_text("\n".join([lines[0], "{not json", *lines[2:]]) + "\n")
+        expect = "not resuming from"
+    _, log = _run(tmp_path, "r")
+    assert str(bad) in log and expect in log
+    assert bad.with_name(bad.name + ".corrupt").exists()
+    if damage == "corrupt_early_log_line":
+        assert "resumed from" not in log
+    _assert_same(_ema(tmp_path, "r"), ema)
+    assert _rows(ck / "loss.jsonl") == rows
+
+
+def test_changed_data_does_not_reuse_the_checkpoint(tmp_path):
+    _run(tmp_path, "r", stop_after=3)
+    new_data = _data(seed=1)
+    _, log = _run(tmp_path, "r", data=new_data)
+    ck = tmp_path / "r" / "ck"
+    assert "different training data" in log and "resumed from" not in log
+    assert (ck / "checkpoint.pt.stale").exists() and (ck / "loss.jsonl.stale").exists()
+    _run(tmp_path, "fresh", data=new_data)
+    _assert_same(_ema(tmp_path, "r"), _ema(tmp_path, "fresh"))
+    # Labels are part of the data too.
+    images, labels = new_data
+    _, log = _run(tmp_path, "r", data=(images, labels.roll(1)))
+    assert "different training data" in log and "resumed from" not in log
+
+
+def test_diverging_run_stops_loudly_and_writes_no_network(tmp_path):
+    with pytest.raises(NonFiniteTrainingError) as err:
+        _run(tmp_path, "r", cfg=_cfg(lr=1e6, total_steps=20, max_nonfinite_steps=3, checkpoint_every=100))
+    msg = str(err.value)
+    assert "3 consecutive steps" in msg and "steps 3 to 5" in msg and "nan" in msg.lower()
+    assert "learning rate is too high" in msg and "lr=1e+06" in msg and "[-1, 1]" in msg
+    assert not (tmp_path / "r" / "net.pt").exists() and not (tmp_path / "r" / "ck" / "checkpoint.pt").exists()
+
+
+def test_non_finite_ema_stops_the_run(tmp_path, monkeypatch):
+    from aot_diffusion import training
+
+    monkeypatch.setattr(training, "_ema_beta", lambda cfg, nimg: float("nan"))
+    with pytest.raises(NonFiniteTrainingError, match="at step 1 the EMA weights hold NaN"):
+        _run(tmp_path, "r")
+    assert not (tmp_path / "r" / "net.pt").exists() and not (tmp_path / "r" / "ck" / "checkpoint.pt").exists()
+
+
+def test_conditional_training_uses_the_labels(tmp_path):
+    """Without AOT the labels reach training only through the network: permuting them must change the
+    weights, and the trained network's output must depend on the label; unconditional runs ignore them."""
+    images, labels = _data()
+    permuted = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(3))]
+    cond = _cfg(aot=False, total_steps=3, log_every=3, checkpoint_every=3)
+    _run(tmp_path, "a", cfg=cond, data=(images, labels))
+    _run(tmp_path, "b", cfg=cond, data=(images, permuted))
+    a, b = _ema(tmp_path, "a"), _ema(tmp_path, "b")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    from aot_diffusion.training import load_network
+
+    net = load_network(tmp_path / "a" / "net.pt")
+    x, sigma = torch.randn(2, 1, 8, 8), torch.tensor([1.0, 1.0])
+    onehot = torch.eye(4)
+    with torch.no_grad():
+        assert not torch.allclose(net(x, sigma, onehot[[0, 0]]), net(x, sigma, onehot[[1, 1]]))
+    uncond = _cfg(aot=False, conditional=False, total_steps=3, log_every=3, checkpoint_every=3)
+    _run(tmp_path, "c", cfg=uncond, data=(images, labels))
+    _run(tmp_path, "d", cfg=uncond, data=(images, permuted))
+    _assert_same(_ema(tmp_path, "c"), _ema(tmp_path, "d"))
+
+
+def test_bad_training_data_refused(tmp_path):
+    images, labels = _data()
+    bad = images.clone()
+    bad[3, 0, 2, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        _run(tmp_path, "r", data=(bad, labels))
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        _run(tmp_path, "r", data=(images * 3, labels))
+    with pytest.raises(ValueError, match="label"):
+        _run(tmp_path, "r", data=(images, labels + 4))
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("field", ["aot", "conditional", "prefetch"])
+def test_switches_must_be_real_booleans(tmp_path, field):
+    with pytest.raises(ValueError, match=f"'{field}': must be true or false, got 'false'"):
+        _run(tmp_path, "r", cfg=_cfg(**{field: "false"}))
+    assert not (tmp_path / "r").exists()
 
 
 def test_pool_source_is_deterministic_and_pairs():
@@ -94,8 +200,38 @@ def test_pool_source_is_deterministic_and_pairs():
     (dict(pool_size=16, batch_size=32), "smaller than"),
     (dict(pool_size=48, batch_size=32), "not divisible"),
     (dict(solver="auction"), "solver"),
+    (dict(max_nonfinite_steps=0), "max_nonfinite_steps"),
+    (dict(lr=float("inf")), "lr"),
 ])
 def test_bad_training_config(overrides, match):
     cfg = TrainConfig(network={}, **{**dict(batch_size=32, pool_size=64), **overrides})
     with pytest.raises(ValueError, match=match):
         cfg.validate()
+
+
+# ---------------------------------------------------------------------------------------------- DDP
+
+DDP_SCRIPT = """
+import json, sys, torch
+torch.set_num_threads(1)
+from aot_diffusion.training import TrainConfig, train
+net = dict(img_resolution=8, img_channels=1, model_channels=8, channel_mult=[1, 2], channel_mult_emb=2, num_blocks=1,
+           attn_resolutions=[], dropout=0.0)
+images = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+cfg = TrainConfig(network=net, batch_size=16, pool_size=16, total_steps=4, lr=1e-3, lr_rampup_kimg=0, aot=True,
+                  log_every=2, checkpoint_every=2)
+train(cfg, images, None, out_path=sys.argv[1] + "/ddp.pt", checkpoint_dir=sys.argv[1] + "/ck")
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_two_ranks_stay_in_sync(tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script), str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    line = next(line for line in out.stdout.splitlines() if "rank EMA checksums" in line)
+    sums = json.loads(line.split(":", 1)[1].strip())
+    assert len(sums) == 2 and sums[0] == sums[1]
+    assert (tmp_path / "ddp.pt").exists() and [r["step"] for r in _rows(tmp_path / "ck" / "loss.jsonl")] == [2, 4]

@@ -1,9 +1,9 @@
 """CIFAR-10 from the official python tarball (``cifar-10-python.tar.gz``), read in place.
 
 The tarball is never extracted to disk: each batch member is read from the gzip stream and
-unpickled with a restricted unpickler that only rebuilds the plain containers and the numpy
-arrays those files hold (they are protocol-2 pickles written by Python 2, so they are read
-with ``encoding="bytes"``). Anything else in a batch pickle is refused.
+unpickled with :mod:`aot_diffusion.safe_pickle`, which only rebuilds the plain containers and the
+numpy arrays those files hold (they are protocol-2 pickles written by Python 2, so they are read
+with ``encoding="bytes"``) and bounds their size. Anything else in a batch pickle is refused.
 
 Public API: :data:`CIFAR10_URL`, :data:`CIFAR10_MD5`, :data:`CIFAR10_CLASSES`,
 :func:`verify_md5`, :func:`ensure_cifar10`, :func:`load_cifar10`, :func:`load_label_names`.
@@ -11,11 +11,8 @@ Public API: :data:`CIFAR10_URL`, :data:`CIFAR10_MD5`, :data:`CIFAR10_CLASSES`,
 
 from __future__ import annotations
 
-import _compat_pickle
 import hashlib
-import io
 import os
-import pickle
 import tarfile
 import tempfile
 import urllib.request
@@ -23,9 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .safe_pickle import BASIC_GLOBALS, restricted_load
+
 __all__ = [
     "CIFAR10_URL", "CIFAR10_MD5", "CIFAR10_FILENAME", "CIFAR10_CLASSES", "verify_md5", "md5sum",
-    "ensure_cifar10", "load_cifar10", "load_label_names", "RestrictedBatchUnpickler",
+    "ensure_cifar10", "load_cifar10", "load_label_names",
 ]
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -111,68 +110,16 @@ def _download(url: str, path: Path, expected_md5: str | None) -> None:
 # ---------------------------------------------------------------------------------------------
 # Safe unpickling of the batch files.
 
-def _numpy_reconstruct():
-    try:  # numpy >= 2
-        from numpy._core.multiarray import _reconstruct
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import _reconstruct
-    return _reconstruct
+_MAX_MEMBER_BYTES = 256 << 20   # a real batch file is 31 MB
+_MAX_MEMBER_OBJECTS = 1_000_000  # ... and about 40,000 opcodes
 
 
-def _numpy_scalar():
-    try:
-        from numpy._core.multiarray import scalar
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import scalar
-    return scalar
-
-
-def _latin1_encode(text, encoding="latin1"):
-    """``_codecs.encode`` as used by Python 3 protocol-2 pickles for bytes; only latin-1 is allowed."""
-    if not isinstance(text, str) or encoding.lower().replace("_", "-") not in ("latin1", "latin-1"):
-        raise pickle.UnpicklingError(f"refusing _codecs.encode with encoding {encoding!r}")
-    return text.encode("latin1")
-
-
-def _py2_name(module: str, name: str) -> tuple[str, str]:
-    """Map Python 2 global names (``__builtin__.set``, ...) to their Python 3 names."""
-    if (module, name) in _compat_pickle.NAME_MAPPING:
-        return _compat_pickle.NAME_MAPPING[(module, name)]
-    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
-
-
-_ALLOWED_BATCH_GLOBALS = {
-    ("_codecs", "encode"): lambda: _latin1_encode,
-    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
-    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy", "ndarray"): lambda: np.ndarray,
-    ("numpy", "dtype"): lambda: np.dtype,
-    ("builtins", "list"): lambda: list,
-    ("builtins", "dict"): lambda: dict,
-    ("builtins", "tuple"): lambda: tuple,
-    ("builtins", "set"): lambda: set,
-    ("builtins", "frozenset"): lambda: frozenset,
-    ("builtins", "bytearray"): lambda: bytearray,
-}
-
-
-class RestrictedBatchUnpickler(pickle.Unpickler):
-    """Unpickler for CIFAR-10 batch files: only containers and numpy array reconstruction."""
-
-    def find_class(self, module, name):
-        key = _py2_name(module, name)
-        factory = _ALLOWED_BATCH_GLOBALS.get(key)
-        if factory is None:
-            raise pickle.UnpicklingError(
-                f"refusing to load global {module}.{name} from a CIFAR-10 batch file: only numpy arrays and "
-                f"plain containers are allowed (the file is not an official CIFAR-10 batch)")
-        return factory()
-
-
-def _safe_unpickle(data: bytes):
-    return RestrictedBatchUnpickler(io.BytesIO(data), encoding="bytes").load()
+def _safe_unpickle(data: bytes, where: str):
+    """Only numpy arrays and plain containers; Python 2 pickles, hence ``encoding="bytes"``."""
+    return restricted_load(data, BASIC_GLOBALS, source=where, encoding="bytes", max_bytes=_MAX_MEMBER_BYTES,
+                           max_objects=_MAX_MEMBER_OBJECTS,
+                           kind="CIFAR-10 batch files (numpy arrays and plain containers; the file is not an "
+                                "official CIFAR-10 batch)")
 
 
 def _get(d: dict, key: str):
@@ -192,10 +139,12 @@ def _read_member(tar: tarfile.TarFile, member_name: str, path: Path):
                          f"tarball? {_where_to_get(path)}") from None
     if not info.isfile():
         raise ValueError(f"{path}: {info.name} is not a regular file")
+    if info.size > _MAX_MEMBER_BYTES:
+        raise ValueError(f"{path}: {info.name} is {info.size:,} bytes, too large for a CIFAR-10 batch")
     f = tar.extractfile(info)
     assert f is not None
     with f:
-        obj = _safe_unpickle(f.read())
+        obj = _safe_unpickle(f.read(), f"{path}:{info.name}")
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: {info.name} does not hold a dict (got {type(obj).__name__})")
     return obj

@@ -11,6 +11,7 @@ import sys
 
 # subcommand -> (module in aot_diffusion.stages, function, what it is keyed by)
 STAGES = {
+    "check-params": ("data", "check_params", None),
     "prepare-data": ("data", "prepare_data", None),
     "feature-network": ("data", "feature_network", None),
     "fd-reference": ("data", "fd_reference", None),
@@ -97,6 +98,8 @@ def main(argv=None) -> None:
         module, func, key = STAGES[args.command]
         run = Run(args.command, getattr(args, key) if key else None, params_path=args.params)
         set_threads(run.p["threads"])
+        if module not in ("report",) and func not in ("prepare_data", "check_params"):
+            run.device  # a stage that runs a network checks its device before any work
         extra = {k: v for k, v in (("stop_after", getattr(args, "stop_after", None)),
                                    ("network", getattr(args, "network", None))) if v is not None}
         getattr(importlib.import_module(f".stages.{module}", __package__), func)(run, **extra)

@@ -36,6 +36,10 @@ class Layout:
         self.results = self.root / "results" / profile
         self.figures = self.root / "figures" / profile
 
+    @property
+    def effective_params(self):  # the validated parameters of the run that wrote these results
+        return self.results / "params.yaml"
+
     # data and the FD reference
     @property
     def dataset(self):

@@ -11,6 +11,9 @@ Determinism and resume: pool k of rank r is a pure function of (seed, r, k), and
 sigma) is re-seeded from (seed, r, step) at every step, so a resumed run replays exactly what an
 uninterrupted one would have done. Pools are prepared and paired by a background thread while the
 previous pool trains, which keeps pairing off the critical path.
+
+Failing loudly, losing nothing: non-finite losses or weights raise :class:`NonFiniteTrainingError` before
+anything more is written; checkpoint and loss-log recovery are in :mod:`aot_diffusion.train_state`.
 """
 
 from __future__ import annotations
@@ -34,9 +37,11 @@ import torch.distributed as dist
 from . import aot
 from .loss import EDMLoss
 from .networks import build_network
+from .train_state import NonFiniteTrainingError, NumericWatch, resume_state, save_checkpoint
 from .utils import atomic_save, atomic_write_text
 
-__all__ = ["TrainConfig", "PoolSource", "Pool", "train", "load_network"]
+__all__ = ["TrainConfig", "PoolSource", "Pool", "train", "load_network", "data_fingerprint",
+           "NonFiniteTrainingError"]
 
 
 @dataclass
@@ -60,6 +65,7 @@ class TrainConfig:
     sigma_data: float = 0.5
     augment_p: float = 0.0
     prefetch: bool = True               # pair the next pool in a background thread
+    max_nonfinite_steps: int = 3        # stop after this many consecutive non-finite losses
     seed: int = 0
     log_every: int = 50
     checkpoint_every: int = 500
@@ -71,7 +77,11 @@ class TrainConfig:
     def validate(self, world_size: int = 1) -> None:
         def fail(name, msg):
             raise ValueError(f"training parameter {name!r}: {msg}")
-        for name in ("batch_size", "pool_size", "total_steps", "log_every", "checkpoint_every"):
+        for name in ("aot", "conditional", "prefetch"):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, f"must be true or false, got {getattr(self, name)!r}")
+        for name in ("batch_size", "pool_size", "total_steps", "log_every", "checkpoint_every",
+                     "max_nonfinite_steps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 fail(name, f"must be a positive integer, got {v!r}")
@@ -87,15 +97,29 @@ class TrainConfig:
             fail("pool_size", f"pool ({self.pool_size}) is not divisible by the per-rank mini-batch ({bpr})")
         if self.solver not in aot.SOLVERS:
             fail("solver", f"must be one of {aot.SOLVERS}, got {self.solver!r}")
-        if not self.lr > 0:
+        if not 0 < self.lr < float("inf"):
             fail("lr", f"must be positive, got {self.lr!r}")
         if not 0 <= self.augment_p <= 1:
             fail("augment_p", f"must be in [0, 1], got {self.augment_p!r}")
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes the result (resuming across a different config is refused)."""
-        keys = {k: v for k, v in asdict(self).items() if k not in ("log_every", "checkpoint_every", "prefetch")}
+        """Hash of every setting that changes the result (a checkpoint of another config is not resumed)."""
+        ignored = ("log_every", "checkpoint_every", "prefetch", "max_nonfinite_steps")
+        keys = {k: v for k, v in asdict(self).items() if k not in ignored}
         return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def data_fingerprint(images: torch.Tensor, labels: Optional[torch.Tensor]) -> str:
+    """Hash of the training data (shape, dtype and bytes of images and labels)."""
+    h = hashlib.sha256()
+    for t in (images, labels):
+        if t is None:
+            h.update(b"none")
+            continue
+        a = np.ascontiguousarray(t.detach().cpu().numpy())
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.reshape(-1).view(np.uint8))
+    return h.hexdigest()[:16]
 
 
 def _seed(*parts) -> int:
@@ -245,23 +269,40 @@ def _ema_beta(cfg: TrainConfig, cur_nimg: int) -> float:
 
 
 def load_network(path, map_location="cpu") -> torch.nn.Module:
-    """Load a network written by ``train`` (EMA weights and the config that builds it)."""
+    """Load a network written by ``train`` (EMA weights and the config that builds it); runs no code."""
     blob = torch.load(path, map_location=map_location, weights_only=True)
     net = build_network(blob["network_config"])
     net.load_state_dict(blob["ema"])
     return net.eval().requires_grad_(False)
 
 
-def train(cfg: TrainConfig, images: torch.Tensor, labels: Optional[torch.Tensor], *, out_path,
-          checkpoint_dir, num_classes: int = 0, augment: Optional[Callable] = None,
-          log: Callable[[str], None] = print, stop_after: Optional[int] = None) -> dict:
-    """Train and write the EMA network to ``out_path``; resume from ``checkpoint_dir`` if it holds a
-    checkpoint of the same config. ``images`` are float in [-1, 1], [N, C, H, W]; ``labels`` int ids.
+def _check_data(images, labels, num_classes, conditional):
+    if images.ndim != 4 or not images.is_floating_point():
+        raise ValueError(f"training images must be float [N, C, H, W], got {images.dtype} {list(images.shape)}")
+    if not bool(images.isfinite().all()) or images.min() < -1 - 1e-6 or images.max() > 1 + 1e-6:
+        raise ValueError(f"training images must be finite and in [-1, 1] (no NaN/inf), found "
+                         f"[{images.min():.4g}, {images.max():.4g}]")
+    if conditional and (labels is None or labels.shape != images.shape[:1] or labels.is_floating_point()
+                        or (len(labels) and (labels.min() < 0 or labels.max() >= num_classes))):
+        raise ValueError(f"conditional training needs one integer label in [0, {num_classes}) per image")
+
+
+def train(cfg: TrainConfig, images: torch.Tensor, labels: Optional[torch.Tensor], *, out_path, checkpoint_dir,
+          num_classes: int = 0, augment: Optional[Callable] = None, log: Callable[[str], None] = print,
+          stop_after: Optional[int] = None) -> dict:
+    """Train and write the EMA network to ``out_path``; ``images`` float in [-1, 1], [N, C, H, W], ``labels``
+    int ids. Resumes from ``checkpoint_dir`` (checkpoint.pt, else checkpoint.prev.pt) when it holds a
+    checkpoint of the same config *and* training data; a stale one (other config or data) is moved aside
+    as ``*.stale`` with a log line and training starts afresh; an unreadable checkpoint or a corrupt line
+    in loss.jsonl is moved aside as ``*.corrupt`` and training resumes from the previous good state.
     ``stop_after`` ends the process early after that many steps (tests of resume) without writing out_path.
+    Raises :class:`NonFiniteTrainingError` (writing nothing more) when the loss or weights stop being finite.
     """
     rank, world = init_distributed(cfg.device)
     cfg.validate(world)
-    device = torch.device(cfg.device if not cfg.device.startswith("cuda") else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    _check_data(images, labels, num_classes, cfg.conditional)
+    local = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    device = torch.device(local if cfg.device.startswith("cuda") else cfg.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     per_rank = cfg.batch_size // world
@@ -271,6 +312,7 @@ def train(cfg: TrainConfig, images: torch.Tensor, labels: Optional[torch.Tensor]
     checkpoint_dir = Path(checkpoint_dir)
     ckpt_path = checkpoint_dir / "checkpoint.pt"
     log_path = checkpoint_dir / "loss.jsonl"
+    data_fp = data_fingerprint(images, labels)
 
     torch.manual_seed(_seed("init", cfg.seed))  # same initial weights on every rank
     net = build_network(cfg.network).to(device).train().requires_grad_(True)
@@ -278,20 +320,27 @@ def train(cfg: TrainConfig, images: torch.Tensor, labels: Optional[torch.Tensor]
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
     loss_fn = EDMLoss(P_mean=cfg.P_mean, P_std=cfg.P_std, sigma_data=cfg.sigma_data)
 
+    if world > 1 and rank != 0:  # rank 0 repairs the checkpoint folder first; the others read what it left
+        dist.barrier()
+    state, rows = resume_state(ckpt_path, log_path, fingerprint=cfg.fingerprint(), data_fingerprint=data_fp,
+                               log_every=cfg.log_every, device=device, repair=rank == 0, log=log)
     step = 0
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if state.get("fingerprint") != cfg.fingerprint():
-            log(f"[train] ignoring checkpoint {ckpt_path}: it was written with a different config")
-        else:
-            net.load_state_dict(state["net"])
-            ema.load_state_dict(state["ema"])
-            optimizer.load_state_dict(state["optimizer"])
-            step = state["step"]
-            log(f"[train] resumed from {ckpt_path} at step {step}")
+    if state is not None:
+        net.load_state_dict(state["net"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+        log(f"[train] resumed from {state['path']} at step {step}")
     if rank == 0:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        _truncate_log(log_path, step)
+        atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in rows))
+    if world > 1 and rank == 0:  # the others may now read the repaired folder
+        dist.barrier()
+    if world > 1:  # every rank must resume at the same step
+        steps = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(world)]
+        dist.all_gather(steps, torch.tensor([step], device=device))
+        if len({int(s) for s in steps}) != 1:
+            raise RuntimeError(f"ranks resumed from different steps {[int(s) for s in steps]}")
 
     ddp = net
     if world > 1:
@@ -309,10 +358,12 @@ def train(cfg: TrainConfig, images: torch.Tensor, labels: Optional[torch.Tensor]
     stats = dict(loss=0.0, n=0, pair_ms=[], paired=[], random=[])
     t_log = time.perf_counter()
     history = []
+    watch = NumericWatch(cfg.max_nonfinite_steps, cfg.lr, device, ckpt_path, start_step=step)
     try:
         while step < cfg.total_steps:
             torch.manual_seed(_seed("step", cfg.seed, rank, step))  # dropout and sigma
             optimizer.zero_grad(set_to_none=True)
+            step_loss = 0.0
             for r in range(rounds):
                 if offset == steps_per_pool:
                     pool, offset = prefetch.get(), 0
@@ -329,8 +380,10 @@ def train(cfg: TrainConfig, images: torch.Tensor, labels: Optional[torch.Tensor]
                 with ctx:
                     loss = loss_fn(ddp, pool.images[sl], pool.noise[sl], batch_labels, augment_labels=aug)
                     loss.sum().mul(1.0 / per_rank).backward()
-                stats["loss"] += loss.detach().mean() / rounds  # stays on the device: no sync per step
+                step_loss = step_loss + loss.detach().mean() / rounds  # stays on the device: no sync per step
+            stats["loss"] += step_loss
             stats["n"] += 1
+            watch.update(step_loss)
 
             cur_nimg = step * cfg.batch_size
             for g in optimizer.param_groups:
@@ -345,7 +398,11 @@ def train(cfg: TrainConfig, images: torch.Tensor, labels: Optional[torch.Tensor]
                     p_ema.copy_(p_net.detach().lerp(p_ema, beta))
             step += 1
 
-            if step % cfg.log_every == 0 or step == cfg.total_steps:
+            stopping = stop_after is not None and stop_after <= step < cfg.total_steps
+            logging, saving = step % cfg.log_every == 0, step % cfg.checkpoint_every == 0
+            if logging or saving or stopping or step == cfg.total_steps:
+                watch.check(step, net, ema, world)  # before anything is written
+            if logging or step == cfg.total_steps:
                 elapsed = time.perf_counter() - t_log
                 row = dict(step=step, kimg=step * cfg.batch_size / 1000, loss=float(stats["loss"]) / max(stats["n"], 1),
                            sec_per_kimg=elapsed / max(stats["n"] * cfg.batch_size / 1000, 1e-9),
@@ -363,13 +420,14 @@ def train(cfg: TrainConfig, images: torch.Tensor, labels: Optional[torch.Tensor]
                 stats = dict(loss=0.0, n=0, pair_ms=[], paired=[], random=[])
                 t_log = time.perf_counter()
 
-            if step % cfg.checkpoint_every == 0 or step == cfg.total_steps:
+            if saving or step == cfg.total_steps:
                 if rank == 0:
-                    atomic_save(dict(net=net.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(),
-                                     step=step, fingerprint=cfg.fingerprint()), ckpt_path)
+                    save_checkpoint(dict(net=net.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(),
+                                         step=step, fingerprint=cfg.fingerprint(), data_fingerprint=data_fp),
+                                    ckpt_path)
                 if world > 1:
                     dist.barrier()
-            if stop_after is not None and step >= stop_after and step < cfg.total_steps:
+            if stopping:
                 return dict(step=step, stopped=True)
     finally:
         prefetch.close()
@@ -384,16 +442,9 @@ def train(cfg: TrainConfig, images: torch.Tensor, labels: Optional[torch.Tensor]
         if len(set(sums)) != 1:
             raise RuntimeError(f"DDP ranks diverged: EMA checksums {sums}")
     if rank == 0:
-        atomic_save(dict(network_config=cfg.network, ema=ema.state_dict(), train_config=asdict(cfg), step=step),
-                    out_path)
+        atomic_save(dict(network_config=cfg.network, ema=ema.state_dict(), train_config=asdict(cfg), step=step,
+                         data_fingerprint=data_fp), out_path)
     if world > 1:
         dist.barrier()
     return dict(step=step, history=history, ema=ema)
 
-
-def _truncate_log(path: Path, step: int):
-    """Drop loss-log rows past the checkpoint a run resumes from (a killed run may have logged further)."""
-    if not path.exists():
-        return
-    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    atomic_write_text(path, "".join(r + "\n" for r in rows))

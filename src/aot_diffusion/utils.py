@@ -1,18 +1,33 @@
-"""Small shared helpers: atomic writes, thread settings."""
+"""Small shared helpers: atomic, byte-reproducible writes that honour the umask; thread settings."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
 
-__all__ = ["atomic_save", "atomic_write_text", "atomic_path", "set_threads"]
+__all__ = ["AtomicPath", "atomic_save", "atomic_write_text", "set_threads"]
+
+_UMASK_LOCK = threading.Lock()
 
 
-class atomic_path:
-    """Context manager yielding a temporary path next to ``path``; renamed onto it only on success."""
+def _current_umask() -> int:
+    with _UMASK_LOCK:  # os.umask can only be read by setting it
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+class AtomicPath:
+    """Context manager yielding a temporary path next to ``path``; renamed onto it only on success.
+
+    A reader never sees a half-written ``path``; on an exception the temporary file is removed and
+    ``path`` is left as it was. The result gets the permissions an ordinary ``open(path, "w")`` would
+    give (``0o666 & ~umask``), not mkstemp's private 0600.
+    """
 
     def __init__(self, path, suffix: str = ""):
         self.path = Path(path)
@@ -27,6 +42,7 @@ class atomic_path:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
+            os.chmod(self.tmp, 0o666 & ~_current_umask())
             os.replace(self.tmp, self.path)
         else:
             self.tmp.unlink(missing_ok=True)
@@ -34,12 +50,14 @@ class atomic_path:
 
 
 def atomic_save(obj, path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """``torch.save`` to ``path`` atomically. Saving through an open handle fixes the zip's root folder
+    ("archive"; a path would record the random temporary name), so equal content gives equal bytes."""
+    with AtomicPath(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def atomic_write_text(path, text: str) -> None:
-    with atomic_path(path) as tmp:
+    with AtomicPath(path) as tmp:
         tmp.write_text(text)
 
 

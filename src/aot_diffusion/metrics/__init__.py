@@ -1,1 +1,2 @@
-"""Measurements: Frechet distance (clean-fid), ODE curvature and truncation error."""
+"""Measurements: features (small classifier), fd (FD, KID, floor, confidence intervals),
+inception (paper-scale FID through clean-fid), curvature (kappa, truncation error)."""

@@ -1,4 +1,4 @@
-"""ODE-trajectory curvature and truncation error (definitions in SPEC.md, "Measurements").
+"""ODE-trajectory curvature and truncation error (definitions: docs/method.md, "Curvature").
 
 kappa(sigma) = 1 - cos(angle between d(x_sigma, sigma) = (x_sigma - D(x_sigma; sigma)) / sigma and
 x_sigma - x_end): 0 for a straight trajectory whatever its speed. The fine solve (>= 256 Heun steps)
@@ -18,12 +18,17 @@ __all__ = ["fine_trajectory", "curvature_profile", "curvature_on_grid", "truncat
 
 def fine_trajectory(denoise, latents, *, fine_steps=256, rho=7.0, sigma_min=0.002, sigma_max=80.0,
                     class_labels=None):
+    """The reference solve (Heun, ``fine_steps`` steps): (samples, trajectory of every evaluation)."""
     return edm_sampler(denoise, latents, num_steps=fine_steps, rho=rho, sigma_min=sigma_min, sigma_max=sigma_max,
                        class_labels=class_labels, return_trajectory=True)
 
 
 def curvature_profile(samples, trajectory):
-    """kappa at every evaluation of the fine solve: returns (sigma [E], kappa [E, N])."""
+    """kappa at every evaluation of the fine solve: returns (sigma [E], kappa [E, N]).
+
+    The chord x_sigma - x_end points from the end of the path to the current point, as the
+    tangent d = dx/dsigma does on a straight path (x = y + sigma n): cos = 1, kappa = 0.
+    """
     sigma = trajectory["sigma"].double()
     x = trajectory["x"].double()
     d = (x - trajectory["denoised"].double()) / sigma.reshape(-1, *[1] * (x.ndim - 1))
@@ -41,4 +46,5 @@ def curvature_on_grid(sigma, kappa, grid_size, sigma_min=0.002, sigma_max=80.0):
 
 
 def truncation_error(coarse_samples, fine_samples) -> float:
+    """RMS distance between a coarse solve's samples and the fine solve's, from the same latents."""
     return float(torch.sqrt(torch.mean((coarse_samples.double() - fine_samples.double()) ** 2)).item())

@@ -10,6 +10,16 @@ from ..metrics import fd as fdm
 from . import Run
 
 
+def check_params(run: Run) -> None:
+    """Validated already (Run loads params.yaml through the schema); record them beside the results."""
+    from ..params import HEADER
+    from ..utils import atomic_write_text
+    import yaml
+
+    atomic_write_text(run.L.effective_params, HEADER + yaml.safe_dump(run.p, sort_keys=False, width=120))
+    run.log(f"parameters of profile {run.p['profile']}: OK")
+
+
 def prepare_data(run: Run) -> None:
     summary = prepare_dataset(run.p, run.L.dataset)
     run.write_json(run.L.data_summary, summary)

@@ -1,4 +1,4 @@
-"""Safe loading of NVlabs/edm network pickles (aot_diffusion.checkpoints).
+"""Safe loading of NVlabs/edm network pickles (aot_diffusion.edm_pickle).
 
 The pickles are written inside the tests in EDM's format: a fake ``torch_utils/persistence.py``
 (which, like EDM's, would exec the pickled module source and leaves a marker file when called)
@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from aot_diffusion.augment import AugmentPipe
-from aot_diffusion.checkpoints import (EDMUnpickler, PersistentObject, edm_state_dict, load_edm_pickle,
-                                       load_edm_pickle_data, network_config)
+from aot_diffusion.edm_pickle import (PersistentObject, edm_state_dict, load_edm_pickle, load_edm_pickle_data,
+                                      network_config)
 from aot_diffusion.networks import build_network
 
 CONFIG = dict(img_resolution=16, img_channels=3, label_dim=10, use_fp16=False, model_type="SongUNet",
@@ -182,7 +182,7 @@ def test_reduce_payload_refused(tmp_path, fake_edm):
                 return g
         blob = pickle.dumps({"ema": Gadget()}, protocol=4)
         with pytest.raises(pickle.UnpicklingError, match="refusing"):
-            EDMUnpickler(io.BytesIO(blob)).load()
+            load_edm_pickle_data(blob)
     assert not payload.exists()
 
 
@@ -223,7 +223,7 @@ def test_malicious_embedded_storage_refused(tmp_path):
 
     blob = pickle.dumps({"w": Storage()}, protocol=4)
     with pytest.raises(pickle.UnpicklingError, match="embedded tensor storage"):
-        EDMUnpickler(io.BytesIO(blob)).load()
+        load_edm_pickle_data(blob)
     assert not payload.exists()
 
 
@@ -237,7 +237,7 @@ def test_tensor_formats():
     obj["np"] = np.arange(4, dtype=np.float32)
     obj["npf"] = np.float64(1.5)
     for protocol in (2, 4, 5):
-        out = EDMUnpickler(io.BytesIO(pickle.dumps(obj, protocol=protocol))).load()
+        out = load_edm_pickle_data(pickle.dumps(obj, protocol=protocol))
         assert torch.equal(out["t"], obj["t"]) and isinstance(out["p"], torch.nn.Parameter)
         assert out["h"].dtype == torch.float16 and out["i"].dtype == torch.int64
         assert out["s"] == {1, 2} and out["c"] == 1 + 2j and out["sl"] == slice(1, 5, 2)
@@ -253,5 +253,5 @@ def test_persistent_id_refused():
     f = io.BytesIO()
     P(f, protocol=2).dump(["ref"])
     with pytest.raises(pickle.UnpicklingError, match="persistent id"):
-        EDMUnpickler(io.BytesIO(f.getvalue())).load()
+        load_edm_pickle_data(f.getvalue())
 

@@ -6,26 +6,24 @@ the pickle: each such object is pickled as a call ``_reconstruct_persistent_obj(
 and unpickling it normally ``exec``\\ s ``module_src``. A pickle from an untrusted source can of
 course also call any other global (``os.system``, ...).
 
-:class:`EDMUnpickler` reads such files with an explicit allow-list of globals: torch's tensor /
-parameter / storage rebuild functions, tensor dtypes, ``collections.OrderedDict``, numpy array and
-scalar reconstruction, a few inert builtins, and EDM's ``dnnlib.util.EasyDict`` (as a plain dict).
+:func:`load_edm_pickle_data` reads such files with :mod:`aot_diffusion.safe_pickle` (bounded in bytes
+and objects) and an allow-list of globals: torch's tensor / parameter / storage rebuild functions, tensor
+dtypes, numpy values, inert containers, and EDM's ``dnnlib.util.EasyDict`` (as a plain dict).
 ``torch_utils.persistence._reconstruct_persistent_obj`` is replaced by a function that returns a
 :class:`PersistentObject` stand-in (class name, state, init args); ``module_src`` is kept as an
 inert string and never executed. torch's ``nn.ModuleDict``/``ModuleList``/``Sequential``, which
 EDM pickles by reference, become :class:`ModuleStandIn` objects. Storage bytes embedded by
 ``torch.storage._load_from_bytes`` are read with ``torch.load(..., weights_only=True)``.
-Any other global raises ``pickle.UnpicklingError`` naming it.
 
-:func:`load_edm_pickle` then rebuilds the network with :func:`aot_diffusion.networks.build_network`
-from the stand-in's init kwargs and loads the weights, collected by walking the nested
-``_modules``/``_parameters``/``_buffers`` into an EDM-named state dict, with
-:func:`aot_diffusion.networks.load_edm_state_dict`.
+:func:`load_edm_pickle` then checks the recorded constructor arguments against :data:`NETWORK_LIMITS`,
+refuses arguments that need more parameters than the pickle holds (:func:`min_parameters`, a lower
+bound), and only then builds the network and loads the weights (EDM names and shapes checked by
+:func:`aot_diffusion.networks.load_edm_state_dict`). A small file can therefore not make it allocate a
+network much larger (about 2x for EDM's networks) than the weights it actually holds.
 """
 
 from __future__ import annotations
 
-import _compat_pickle
-import collections
 import inspect
 import io
 import pickle
@@ -36,11 +34,20 @@ import numpy as np
 import torch
 
 from . import networks
+from .safe_pickle import BASIC_GLOBALS, restricted_load
 
 __all__ = [
-    "EDMUnpickler", "PersistentObject", "ModuleStandIn", "EasyDict", "load_edm_pickle_data",
-    "edm_state_dict", "network_config", "load_edm_pickle",
+    "PersistentObject", "ModuleStandIn", "EasyDict", "EDM_GLOBALS", "NETWORK_LIMITS", "load_edm_pickle_data",
+    "edm_state_dict", "network_config", "check_network_config", "min_parameters", "load_edm_pickle",
 ]
+
+MAX_PICKLE_BYTES = 4 << 30      # the largest released EDM pickle (ImageNet-64 ADM) is about 1.2 GB
+MAX_PICKLE_OBJECTS = 5_000_000  # a released network pickle has some 10^4-10^5 opcodes
+
+# Sane upper bounds on the recorded constructor arguments (EDM's largest networks sit well inside).
+NETWORK_LIMITS = dict(img_resolution=1024, img_channels=16, label_dim=100_000, augment_dim=64,
+                      model_channels=1024, channel_mult=16, channel_mult_emb=16, channel_mult_noise=16,
+                      num_blocks=16, levels=8, attn_resolutions=8, resample_filter=8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,18 +117,14 @@ class ModuleStandIn:
         return f"ModuleStandIn({self.class_name})"
 
 
-def _container(name):
-    return type(f"{name}StandIn", (ModuleStandIn,), {"class_name": name})
-
-
-_CONTAINERS = {name: _container(name) for name in ("ModuleDict", "ModuleList", "Sequential", "ParameterDict",
-                                                   "ParameterList")}
+_CONTAINERS = {name: type(f"{name}StandIn", (ModuleStandIn,), {"class_name": name})
+               for name in ("ModuleDict", "ModuleList", "Sequential", "ParameterDict", "ParameterList")}
 
 
 # ---------------------------------------------------------------------------------------------
 # Safe replacements for the globals an EDM pickle calls.
 
-def _safe_reconstruct_persistent_obj(meta):
+def _reconstruct_persistent_obj(meta):
     """Replacement for ``torch_utils.persistence._reconstruct_persistent_obj``: never runs module_src."""
     if not isinstance(meta, dict):
         raise pickle.UnpicklingError(f"persistent object meta must be a dict, got {type(meta).__name__}")
@@ -152,17 +155,12 @@ def _check_storage(storage):
         raise pickle.UnpicklingError(f"tensor rebuild got {type(storage).__name__} instead of a storage")
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
-                       metadata=None):
+def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
+    """``torch._utils._rebuild_tensor(_v2)``: a view of an existing storage (torch checks the bounds)."""
     _check_storage(storage)
     tensor = torch._utils._rebuild_tensor(storage, int(storage_offset), tuple(size), tuple(stride))
     tensor.requires_grad = bool(requires_grad)
     return tensor
-
-
-def _rebuild_tensor(storage, storage_offset, size, stride):
-    _check_storage(storage)
-    return torch._utils._rebuild_tensor(storage, int(storage_offset), tuple(size), tuple(stride))
 
 
 def _rebuild_parameter(data, requires_grad, backward_hooks=None, state=None):
@@ -171,12 +169,9 @@ def _rebuild_parameter(data, requires_grad, backward_hooks=None, state=None):
     return torch.nn.Parameter(data, requires_grad=bool(requires_grad))
 
 
-_SAFE_TENSOR_FUNCS = (_rebuild_tensor_v2, _rebuild_tensor, _rebuild_parameter)
-
-
 def _rebuild_from_type_v2(func, new_type, args, state):
     """``torch._tensor._rebuild_from_type_v2`` restricted to plain tensors and parameters."""
-    if func not in _SAFE_TENSOR_FUNCS or new_type not in (torch.Tensor, torch.nn.Parameter):
+    if func not in (_rebuild_tensor, _rebuild_parameter) or new_type not in (torch.Tensor, torch.nn.Parameter):
         raise pickle.UnpicklingError(f"refusing tensor rebuild of type {new_type!r} via {func!r}")
     tensor = func(*args)
     if new_type is torch.nn.Parameter and not isinstance(tensor, torch.nn.Parameter):
@@ -184,104 +179,40 @@ def _rebuild_from_type_v2(func, new_type, args, state):
     return tensor
 
 
-def _latin1_encode(text, encoding="latin1"):
-    """``_codecs.encode`` as Python 3 protocol-2 pickles use it for bytes; latin-1 only."""
-    if not isinstance(text, str) or str(encoding).lower().replace("_", "-") not in ("latin1", "latin-1"):
-        raise pickle.UnpicklingError(f"refusing _codecs.encode with encoding {encoding!r}")
-    return text.encode("latin1")
-
-
-def _numpy_attr(name):
-    try:  # numpy >= 2
-        from numpy._core import multiarray
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core import multiarray
-    return getattr(multiarray, name)
-
-
-def _numpy_numeric_frombuffer():
-    try:  # numpy >= 2
-        from numpy._core.numeric import _frombuffer
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.numeric import _frombuffer
-    return _frombuffer
+def _size(dims=()):
+    if not isinstance(dims, (list, tuple)):
+        raise pickle.UnpicklingError(f"refusing torch.Size of a {type(dims).__name__}")
+    return torch.Size(dims)
 
 
 _TORCH_DTYPES = ("float16", "float32", "float64", "bfloat16", "half", "float", "double", "uint8", "int8",
                  "int16", "int32", "int64", "short", "int", "long", "bool", "complex64", "complex128")
-_STORAGE_TYPES = ("FloatStorage", "DoubleStorage", "HalfStorage", "BFloat16Storage", "ByteStorage", "CharStorage",
-                  "ShortStorage", "IntStorage", "LongStorage", "BoolStorage", "UntypedStorage")
 
-
-def _allowed_globals() -> dict[tuple[str, str], Any]:
-    allowed: dict[tuple[str, str], Any] = {
-        ("torch_utils.persistence", "_reconstruct_persistent_obj"): _safe_reconstruct_persistent_obj,
-        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-        ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-        ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-        ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
-        ("torch.storage", "_load_from_bytes"): _load_storage_from_bytes,
-        ("torch", "Size"): torch.Size,
-        ("torch", "device"): torch.device,
-        ("collections", "OrderedDict"): collections.OrderedDict,
-        ("_codecs", "encode"): _latin1_encode,
-        ("dnnlib.util", "EasyDict"): EasyDict,
-        ("dnnlib", "EasyDict"): EasyDict,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-    }
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed[(module, "_reconstruct")] = _numpy_attr("_reconstruct")
-        allowed[(module, "scalar")] = _numpy_attr("scalar")
-    for module in ("numpy.core.numeric", "numpy._core.numeric"):
-        allowed[(module, "_frombuffer")] = _numpy_numeric_frombuffer()
-    for name in ("set", "frozenset", "slice", "complex", "list", "dict", "tuple", "bytearray", "range"):
-        allowed[("builtins", name)] = getattr(__import__("builtins"), name)
-    for name in _TORCH_DTYPES:
-        allowed[("torch", name)] = getattr(torch, name)
-    for name in _STORAGE_TYPES:
-        if hasattr(torch, name):
-            allowed[("torch", name)] = getattr(torch, name)
-    for name, cls in _CONTAINERS.items():
-        allowed[("torch.nn.modules.container", name)] = cls
-    return allowed
-
-
-_ALLOWED = _allowed_globals()
-
-
-class EDMUnpickler(pickle.Unpickler):
-    """``pickle.Unpickler`` that resolves only allow-listed globals (see the module docstring)."""
-
-    def __init__(self, file, *, source: str = "pickle", **kwargs):
-        super().__init__(file, **kwargs)
-        self._source = source
-
-    def find_class(self, module, name):
-        # Protocol < 3 pickles name some globals the Python 2 way (``__builtin__.set``).
-        key = _compat_pickle.NAME_MAPPING.get((module, name),
-                                              (_compat_pickle.IMPORT_MAPPING.get(module, module), name))
-        target = _ALLOWED.get(key)
-        if target is None:
-            raise pickle.UnpicklingError(
-                f"refusing to load global '{module}.{name}' from {self._source}: it is not on the allow-list "
-                f"for EDM network pickles (tensors, storages, containers, EDM persistent objects); "
-                f"the file may contain code")
-        return target
-
-    def persistent_load(self, pid):
-        raise pickle.UnpicklingError(f"refusing persistent id {pid!r} in {self._source}: EDM network pickles "
-                                     f"have none (is this a torch.save file? use torch.load(weights_only=True))")
+EDM_GLOBALS: dict[tuple[str, str], Any] = {
+    **BASIC_GLOBALS,
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
+    ("torch.storage", "_load_from_bytes"): _load_storage_from_bytes,
+    ("torch", "Size"): _size,
+    ("torch", "device"): torch.device,
+    ("dnnlib.util", "EasyDict"): EasyDict,
+    ("dnnlib", "EasyDict"): EasyDict,
+    **{("torch", name): getattr(torch, name) for name in _TORCH_DTYPES},
+    **{("torch.nn.modules.container", name): cls for name, cls in _CONTAINERS.items()},
+}
 
 
 # ---------------------------------------------------------------------------------------------
 # Public API.
 
-def load_edm_pickle_data(path) -> Any:
+def load_edm_pickle_data(path, *, max_bytes: int = MAX_PICKLE_BYTES, max_objects: int = MAX_PICKLE_OBJECTS) -> Any:
     """Safely unpickle an EDM network pickle; persistent objects become :class:`PersistentObject`."""
-    with open(path, "rb") as f:
-        return EDMUnpickler(f, source=str(path)).load()
+    return restricted_load(path, EDM_GLOBALS, kind="EDM network pickles (tensors, storages, containers, "
+                           "EDM persistent objects)", max_bytes=max_bytes, max_objects=max_objects)
 
 
 def edm_state_dict(obj, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -317,7 +248,7 @@ def _as_tensor(value, name):
 
 def _accepted_keys(model_type) -> set[str]:
     precond = set(inspect.signature(networks.EDMPrecond.__init__).parameters) - {"self", "model_kwargs"}
-    backbone = getattr(networks, "_BACKBONES", {}).get(model_type) or getattr(networks, str(model_type), None)
+    backbone = networks._BACKBONES.get(model_type) if isinstance(model_type, str) else None
     if backbone is None:
         return precond
     return precond | (set(inspect.signature(backbone.__init__).parameters)
@@ -337,8 +268,8 @@ def network_config(obj: PersistentObject) -> dict:
     if obj.state.get("_init_kwargs") is None and obj.state.get("_init_args") is None:
         raise ValueError("the pickled EDMPrecond has no recorded init arguments (_init_kwargs)")
     config = dict(obj.init_kwargs)
-    positional = [p for p in inspect.signature(networks.EDMPrecond.__init__).parameters if p not in ("self",
-                                                                                                    "model_kwargs")]
+    positional = [p for p in inspect.signature(networks.EDMPrecond.__init__).parameters
+                  if p not in ("self", "model_kwargs")]
     if len(obj.init_args) > len(positional):
         raise ValueError(f"too many positional init args for EDMPrecond: {obj.init_args!r}")
     for name, value in zip(positional, obj.init_args):
@@ -352,10 +283,57 @@ def network_config(obj: PersistentObject) -> dict:
     return {k: v for k, v in config.items() if k in accepted}
 
 
+def _bounded_int(name, value, limit, minimum=0):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not minimum <= value <= limit:
+        raise ValueError(f"recorded network argument {name}={value!r} is outside the sane range "
+                         f"[{minimum}, {limit}]; refusing to build the network")
+
+
+def check_network_config(config: Mapping, limits: Mapping = NETWORK_LIMITS) -> None:
+    """Refuse constructor arguments beyond ``limits`` (sizes, list lengths) before anything is built."""
+    if config.get("model_type", "SongUNet") not in networks._BACKBONES:
+        raise ValueError(f"recorded model_type {config.get('model_type')!r} is not one of "
+                         f"{sorted(networks._BACKBONES)}")
+    for name in ("img_resolution", "img_channels"):
+        _bounded_int(name, config.get(name), limits[name], minimum=1)
+    for name in ("label_dim", "augment_dim", "model_channels", "channel_mult_emb", "channel_mult_noise",
+                 "num_blocks"):
+        if name in config:
+            _bounded_int(name, config[name], limits[name])
+    for name, item_limit, length_limit in (("channel_mult", limits["channel_mult"], limits["levels"]),
+                                           ("attn_resolutions", limits["img_resolution"], limits["attn_resolutions"]),
+                                           ("resample_filter", 1 << 16, limits["resample_filter"])):
+        value = config.get(name, ())
+        if not isinstance(value, (list, tuple)) or len(value) > length_limit:
+            raise ValueError(f"recorded network argument {name}={value!r} must be a list of at most "
+                             f"{length_limit} entries; refusing to build the network")
+        for i, item in enumerate(value):
+            _bounded_int(f"{name}[{i}]", item, item_limit)
+
+
+def min_parameters(config: Mapping) -> int:
+    """A lower bound on the parameter count of the U-Net ``config`` describes, from its 3x3 convolutions
+    alone: per level of c channels, nb encoder blocks (conv1 c->c; conv0 c->c but for the first) and nb + 1
+    decoder blocks (conv0 from >= c channels, conv1 c->c), i.e. 9 c^2 (4 nb + 1). EDM's ddpmpp has 1.85x this."""
+    defaults = inspect.signature(networks._BACKBONES[config.get("model_type", "SongUNet")].__init__).parameters
+    get = lambda name: config.get(name, defaults[name].default)  # noqa: E731
+    return sum(9 * (get("model_channels") * m) ** 2 * (4 * get("num_blocks") + 1) for m in get("channel_mult"))
+
+
+def _check_weights_match(config: dict, weights: Mapping[str, torch.Tensor]) -> None:
+    """Refuse to build a network that needs more values than the pickle holds (checked before allocating)."""
+    present, needed = sum(w.numel() for w in weights.values()), min_parameters(config)
+    if needed > present:
+        raise ValueError(f"the pickled weights do not match the recorded constructor arguments: those describe "
+                         f"a network of at least {needed:,} parameters, the pickle holds {present:,} values; "
+                         f"refusing to build the network")
+
+
 def load_edm_pickle(path, key: str = "ema", device="cpu") -> torch.nn.Module:
     """Load the network under ``key`` (``"ema"``, or ``"net"``) of an EDM pickle into ``build_network``.
 
-    No code from the pickle runs. Returns the network (``EDMPrecond``) on ``device`` in eval mode.
+    No code from the pickle runs, and no network larger than the pickled weights is allocated.
+    Returns the network (``EDMPrecond``) on ``device`` in eval mode.
     """
     data = load_edm_pickle_data(path)
     if isinstance(data, PersistentObject):
@@ -368,6 +346,13 @@ def load_edm_pickle(path, key: str = "ema", device="cpu") -> torch.nn.Module:
         raise ValueError(f"{path} does not hold an EDM network pickle (top level is {type(data).__name__})")
     if not isinstance(obj, PersistentObject):
         raise ValueError(f"{path}[{key!r}] is not a persistent EDM network (got {type(obj).__name__})")
-    net = networks.build_network(network_config(obj))
-    networks.load_edm_state_dict(net, edm_state_dict(obj))
+    config = network_config(obj)
+    weights = edm_state_dict(obj)
+    try:
+        check_network_config(config)
+        _check_weights_match(config, weights)
+    except ValueError as exc:
+        raise ValueError(f"{path}[{key!r}]: {exc}") from None
+    net = networks.build_network(config)
+    networks.load_edm_state_dict(net, weights)
     return net.to(device).eval()

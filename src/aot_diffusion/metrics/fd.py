@@ -1,0 +1,257 @@
+"""Frechet distance (FD), KID, the real-data floor, and bootstrap confidence intervals that state
+the resolution of each number (definitions and the measured coverage: docs/method.md, "FD protocol").
+
+An FD from N samples is biased upward (the mean term alone carries tr(Sigma)/N) and the bias,
+not the model, dominates at small N. We therefore report, at the same N:
+- the FD of the samples against the reference (train) statistics,
+- the floor: the FD of as many held-out *real* images against the same statistics,
+- a confidence interval for the FD this N-sample protocol measures, and for paired differences.
+
+Intervals. Resampling with replacement duplicates rows, which inflates the covariance, so the
+bootstrap distribution of FD sits above the estimate (a naive percentile interval often excludes
+its own estimate). We keep the bootstrap's *spread* and put it back around the estimate:
+[theta + q_lo - median*, theta + q_hi - median*], where q are the bootstrap quantiles. The interval
+always holds the estimate; its coverage of the median FD at this N is checked on real data by
+:func:`interval_coverage` (numbers in docs/method.md).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+__all__ = ["feature_statistics", "frechet_distance", "kid", "fd_ci", "paired_diff_ci", "kid_ci", "fd_floor",
+           "bootstrap_fd", "interval_coverage"]
+
+
+def _check_features(features, what="features", min_rows=2) -> np.ndarray:
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D array [N, D], got shape {list(f.shape)}")
+    if f.shape[0] < min_rows:
+        raise ValueError(f"{what} needs at least {min_rows} rows, got {f.shape[0]}")
+    if not np.isfinite(f).all():
+        raise ValueError(f"{what} contain NaN or infinite values")
+    return f
+
+
+def _check_stats(stats, dim: int, what="ref_stats"):
+    mu, sigma = (np.asarray(s, dtype=np.float64) for s in stats)
+    if mu.shape != (dim,) or sigma.shape != (dim, dim):
+        raise ValueError(f"{what} are for {mu.shape[0] if mu.ndim == 1 else mu.shape}-dim features "
+                         f"(mu {list(mu.shape)}, sigma {list(sigma.shape)}) but the features are {dim}-dim")
+    return mu, sigma
+
+
+def _check_ci_args(n_boot, level):
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 20:
+        raise ValueError(f"n_boot must be an integer >= 20, got {n_boot!r}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+
+
+def feature_statistics(features):
+    """(mean [D], covariance [D, D]) of features [N, D], as clean-fid computes them."""
+    f = _check_features(features)
+    return np.mean(f, axis=0), np.cov(f, rowvar=False)
+
+
+def frechet_distance(stats_a, stats_b) -> float:
+    """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)), by clean-fid."""
+    from cleanfid.fid import frechet_distance as cleanfid_fd
+
+    mu_a, sigma_a = _check_stats(stats_a, np.shape(stats_a[0])[0], "stats_a")
+    mu_b, sigma_b = _check_stats(stats_b, mu_a.shape[0], "stats_b")
+    with warnings.catch_warnings():  # clean-fid passes scipy's deprecated sqrtm(disp=...)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return float(cleanfid_fd(mu_a, sigma_a, mu_b, sigma_b))
+
+
+# ----------------------------------------------------------------------------------------------
+# Batched FD of reweighted samples (the bootstrap engine)
+
+def _psd_sqrt(sigma):
+    w, v = np.linalg.eigh(sigma)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def _weighted_fd(features, weights, ref_stats, chunk=100):
+    """FD of each reweighted sample (weights [B, N], row sums = sample size) against ref_stats.
+
+    tr (S S_r)^(1/2) = sum sqrt(eig(R S R)) with R = S_r^(1/2): one batched symmetric
+    eigendecomposition per chunk instead of a general matrix square root per draw.
+    """
+    mu_r, sigma_r = ref_stats
+    n, dim = features.shape
+    center = features.mean(axis=0)  # centring first keeps the second moments well conditioned
+    x = features - center
+    outer = (x[:, :, None] * x[:, None, :]).reshape(n, dim * dim) if n * dim * dim <= 2 ** 25 else None
+    root = _psd_sqrt(sigma_r)
+    out = np.empty(weights.shape[0])
+    for s in range(0, weights.shape[0], chunk):
+        w = weights[s:s + chunk]
+        total = w.sum(axis=1)
+        mean = (w @ x) / total[:, None]
+        second = ((w @ outer).reshape(-1, dim, dim) if outer is not None
+                  else np.stack([(x.T * wi) @ x for wi in w]))
+        cov = (second - total[:, None, None] * mean[:, :, None] * mean[:, None, :]) / (total - 1)[:, None, None]
+        eig = np.linalg.eigvalsh(root @ cov @ root)
+        diff = mean + center - mu_r
+        out[s:s + chunk] = ((diff ** 2).sum(1) + np.trace(cov, axis1=1, axis2=2) + np.trace(sigma_r)
+                            - 2 * np.sqrt(np.clip(eig, 0, None)).sum(1))
+    return out
+
+
+def _resample_weights(n, n_boot, seed):
+    """Multiplicity of each row in n_boot resamples of n rows with replacement: [n_boot, n]."""
+    return np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
+
+
+def bootstrap_fd(features, ref_stats, *, n_boot=500, seed=0) -> np.ndarray:
+    """FD of n_boot resamples (with replacement) of the features against ref_stats."""
+    f = _check_features(features)
+    stats = _check_stats(ref_stats, f.shape[1])
+    return _weighted_fd(f, _resample_weights(len(f), n_boot, seed), stats)
+
+
+def _centred_interval(estimate, boot, level):
+    """The bootstrap's spread put back around the estimate: median* moves onto the estimate."""
+    lo, med, hi = np.quantile(boot, [(1 - level) / 2, 0.5, (1 + level) / 2])
+    return float(estimate + lo - med), float(estimate + hi - med)
+
+
+def fd_ci(features, ref_stats, *, n_boot=500, seed=0, level=0.95):
+    """(low, high): confidence interval for the FD of N samples against ref_stats (N = len(features))."""
+    _check_ci_args(n_boot, level)
+    f = _check_features(features)
+    estimate = frechet_distance(feature_statistics(f), ref_stats)
+    return _centred_interval(estimate, bootstrap_fd(f, ref_stats, n_boot=n_boot, seed=seed), level)
+
+
+def paired_diff_ci(feats_a, feats_b, ref_stats, *, n_boot=500, seed=0, level=0.95):
+    """(diff, low, high) for FD(a) - FD(b), where row i of a and of b come from the same latent.
+
+    Both sets are resampled with the same indices, so what the latents share cancels.
+    """
+    _check_ci_args(n_boot, level)
+    a, b = _check_features(feats_a, "feats_a"), _check_features(feats_b, "feats_b")
+    if a.shape != b.shape:
+        raise ValueError(f"paired features must have the same shape, got {list(a.shape)} and {list(b.shape)}")
+    stats = _check_stats(ref_stats, a.shape[1])
+    diff = frechet_distance(feature_statistics(a), stats) - frechet_distance(feature_statistics(b), stats)
+    weights = _resample_weights(len(a), n_boot, seed)
+    boot = _weighted_fd(a, weights, stats) - _weighted_fd(b, weights, stats)
+    return (float(diff), *_centred_interval(diff, boot, level))
+
+
+def fd_floor(heldout_features, ref_stats, n: int, *, n_boot=500, seed=0, level=0.95, ref_features=None) -> dict:
+    """FD of n held-out real images (a seeded random subset) against ref_stats, and its interval.
+
+    The resolution of an n-sample FD: a model whose FD lies within the floor's interval is not
+    distinguishable from real data by this protocol. With ``ref_features`` the same subset's KID
+    and its interval are added (keys kid, kid_low, kid_high).
+    """
+    pool = _check_features(heldout_features, "heldout_features")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 2 <= n <= len(pool):
+        raise ValueError(f"floor needs 2 <= n <= {len(pool)} held-out images (as many as the samples), got n={n!r}")
+    subset = pool[np.random.default_rng(seed).permutation(len(pool))[:n]]
+    low, high = fd_ci(subset, ref_stats, n_boot=n_boot, seed=seed, level=level)
+    floor = dict(fd=frechet_distance(feature_statistics(subset), ref_stats), low=low, high=high, n=int(n))
+    if ref_features is not None:
+        floor["kid"] = kid(subset, ref_features, ref_stats, seed=seed)
+        floor["kid_low"], floor["kid_high"] = kid_ci(subset, ref_features, ref_stats, n_boot=n_boot, seed=seed,
+                                                     level=level)
+    return floor
+
+
+# ----------------------------------------------------------------------------------------------
+# KID on standardised features
+
+def _standardise(features, ref_stats):
+    # clean-fid's cubic kernel (x.y / D + 1)^3 assumes Inception-scale features (entries ~ 1);
+    # raw classifier features (trace of covariance ~ 2000) put KID in the cubic's tails, where the
+    # unbiased estimate swings to large negative or positive values. Standardising with the
+    # *reference* mean/std puts both sets on the same, unit scale.
+    mu, sigma = ref_stats
+    std = np.sqrt(np.clip(np.diag(sigma), 1e-12, None))
+    return (features - mu) / std
+
+
+def _cubic_kernel(x, y):
+    k = x @ y.T / x.shape[1] + 1
+    return k * k * k
+
+
+def kid(features, ref_features, ref_stats, *, num_subsets=100, seed=0) -> float:
+    """clean-fid's kernel distance (unbiased MMD^2, cubic kernel) on reference-standardised features.
+
+    clean-fid averages over ``num_subsets`` random subsets of min(N, N_ref, 1000) rows each; when
+    both sets have that many rows every subset is a permutation of all rows, so one suffices.
+    """
+    from cleanfid.fid import kernel_distance
+
+    f, r = _check_features(features), _check_features(ref_features, "ref_features")
+    stats = _check_stats(ref_stats, f.shape[1])
+    if r.shape[1] != f.shape[1]:
+        raise ValueError(f"ref_features are {r.shape[1]}-dim but features are {f.shape[1]}-dim")
+    if len(f) == len(r) <= 1000:
+        num_subsets = 1
+    state = np.random.get_state()  # clean-fid draws its subsets from numpy's global generator
+    np.random.seed(seed)
+    try:
+        return kernel_distance(_standardise(f, stats), _standardise(r, stats), num_subsets=num_subsets)
+    finally:
+        np.random.set_state(state)
+
+
+def kid_ci(features, ref_features, ref_stats, *, n_boot=500, seed=0, level=0.95, num_subsets=100):
+    """(low, high) for KID of N samples (as :func:`kid` computes it): samples resampled, the reference fixed."""
+    _check_ci_args(n_boot, level)
+    f, r = _check_features(features), _check_features(ref_features, "ref_features")
+    stats = _check_stats(ref_stats, f.shape[1])
+    x, y = _standardise(f, stats), _standardise(r, stats)
+    kxx, kxy, kyy = _cubic_kernel(x, x), _cubic_kernel(x, y).mean(1), _cubic_kernel(y, y)
+    m = len(y)
+    ref_term = (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+    n = len(x)
+    w = _resample_weights(n, n_boot, seed)
+    # sum over pairs of distinct draws a != b of k(x_{i_a}, x_{i_b}) = w K w - sum_i w_i K_ii
+    xx = (((w @ kxx) * w).sum(1) - w @ np.diag(kxx)) / (n * (n - 1))
+    boot = xx + ref_term - 2 * (w @ kxy) / n
+    return _centred_interval(kid(f, r, stats, num_subsets=num_subsets, seed=seed), boot, level)
+
+
+# ----------------------------------------------------------------------------------------------
+# Coverage check
+
+def interval_coverage(pool, ref_stats, n: int, *, trials=200, truth_draws=2000, replace=False, n_boot=300,
+                      seed=0, level=0.95) -> dict:
+    """How often fd_ci on n rows drawn from ``pool`` contains the median FD of n-row draws.
+
+    ``replace=False`` draws random subsets of the pool (real held-out data); ``replace=True`` draws
+    i.i.d. from the pool's empirical distribution (what the bootstrap assumes; allows n = len(pool)).
+    Returns the coverage, the target, and the mean interval width.
+    """
+    pool = _check_features(pool, "pool")
+    stats = _check_stats(ref_stats, pool.shape[1])
+    if not replace and n >= len(pool):
+        raise ValueError(f"subsets without replacement need n < {len(pool)}, got n={n}")
+    rng = np.random.default_rng(seed)
+
+    def draw(k):
+        if replace:
+            return rng.multinomial(n, np.full(len(pool), 1.0 / len(pool)), size=k).astype(np.float64)
+        w = np.zeros((k, len(pool)))
+        for row in w:
+            row[rng.choice(len(pool), n, replace=False)] = 1
+        return w
+
+    target = float(np.median(_weighted_fd(pool, draw(truth_draws), stats)))
+    hits, widths = 0, []
+    for w in draw(trials):
+        sample = np.repeat(pool, w.astype(int), axis=0)
+        low, high = fd_ci(sample, stats, n_boot=n_boot, seed=int(rng.integers(2 ** 31)), level=level)
+        hits += low <= target <= high
+        widths.append(high - low)
+    return dict(coverage=hits / trials, target=target, mean_width=float(np.mean(widths)), n=n, trials=trials)

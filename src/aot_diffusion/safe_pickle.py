@@ -1,0 +1,194 @@
+"""Restricted, bounded unpickling for the foreign pickles the pipeline reads (CIFAR-10 batches,
+released NVlabs/edm networks). No code from a file ever runs.
+
+A pickle is a program: ``GLOBAL`` names a callable and ``REDUCE`` calls it. :class:`RestrictedUnpickler`
+resolves only the names on an explicit allow-list (anything else raises ``pickle.UnpicklingError``
+naming it), and :func:`restricted_load` bounds what a small file can make the loader do:
+
+* the file may hold at most ``max_bytes`` bytes, and at most ``max_objects`` opcodes (each makes at
+  most one object), counted by a dry scan (``pickletools.genops``) before anything is built;
+* no allow-listed callable allocates from a number: ``bytearray`` accepts bytes only, ``set`` and
+  ``frozenset`` a list or tuple, numpy's ``_reconstruct`` only the empty array numpy pickles first, and
+  ``numpy.ndarray`` itself is not callable.
+
+The helpers every loader needs are here once: latin-1 ``_codecs.encode`` (how Python 3 writes bytes
+in protocol 2), numpy's array/scalar reconstruction under its numpy 1 and 2 module names, and the
+Python 2 name mapping (``__builtin__.set`` -> ``builtins.set``).
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import collections
+import io
+import os
+import pickle
+import pickletools
+from typing import Any, Mapping
+
+import numpy as np
+
+__all__ = ["RestrictedUnpickler", "restricted_load", "latin1_encode", "python3_name", "numpy_globals",
+           "container_globals", "BASIC_GLOBALS"]
+
+
+def latin1_encode(text, encoding="latin1"):
+    """``_codecs.encode`` as Python 3 protocol-2 pickles use it for bytes; latin-1 only."""
+    if not isinstance(text, str) or str(encoding).lower().replace("_", "-") not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"refusing _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+def python3_name(module: str, name: str) -> tuple[str, str]:
+    """Map a Python 2 global name (``__builtin__.set``, ``copy_reg...``) to its Python 3 name."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[(module, name)]
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+
+
+def _numpy_multiarray():
+    try:  # numpy >= 2
+        from numpy._core import multiarray
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core import multiarray
+    return multiarray
+
+
+def _numpy_frombuffer():
+    try:
+        from numpy._core.numeric import _frombuffer
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.numeric import _frombuffer
+    return _frombuffer
+
+
+class _NdarrayName:
+    """What the global ``numpy.ndarray`` resolves to: an argument for ``_reconstruct``, not a constructor
+    (``ndarray((2_000_000_000,))`` would allocate from a number)."""
+
+    def __call__(self, *args, **kwargs):
+        raise pickle.UnpicklingError("refusing to call numpy.ndarray(...) from a pickle: it allocates from a number")
+
+
+_NDARRAY = _NdarrayName()
+
+
+def _numpy_reconstruct(subtype, shape, dtype):
+    """numpy pickles an array as ``_reconstruct(ndarray, (0,), b'b')`` + ``__setstate__`` with the data;
+    a pickle asking for any other shape would allocate memory from a number."""
+    if subtype is not _NDARRAY or tuple(shape) != (0,):
+        raise pickle.UnpicklingError(f"refusing numpy _reconstruct({getattr(subtype, '__name__', subtype)}, "
+                                     f"{shape!r}): only the empty array numpy itself pickles is allowed")
+    return _numpy_multiarray()._reconstruct(np.ndarray, shape, dtype)
+
+
+def numpy_globals() -> dict[tuple[str, str], Any]:
+    """numpy array, scalar and dtype reconstruction, under numpy 1 and numpy 2 module names."""
+    out: dict[tuple[str, str], Any] = {("numpy", "ndarray"): _NDARRAY, ("numpy", "dtype"): np.dtype}
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        out[(module, "_reconstruct")] = _numpy_reconstruct
+        out[(module, "scalar")] = _numpy_multiarray().scalar
+    for module in ("numpy.core.numeric", "numpy._core.numeric"):
+        out[(module, "_frombuffer")] = _numpy_frombuffer()
+    return out
+
+
+def _from_items(cls):
+    def build(items=()):
+        if not isinstance(items, (list, tuple, set, frozenset)):
+            raise pickle.UnpicklingError(f"refusing {cls.__name__}() of a {type(items).__name__}: "
+                                         f"only a list or tuple of items is allowed")
+        return cls(items)
+    return build
+
+
+def _bytearray(data=b"", encoding=None):
+    """bytearray from bytes (protocol 3-4) or a latin-1 str (protocol 2), never from a length."""
+    if isinstance(data, str) and encoding is not None:
+        return bytearray(latin1_encode(data, encoding))
+    if isinstance(data, (bytes, bytearray)) and encoding is None:
+        return bytearray(data)
+    raise pickle.UnpicklingError(f"refusing bytearray({type(data).__name__}): only bytes are allowed "
+                                 f"(a number would allocate that many bytes)")
+
+
+def _complex(real=0.0, imag=0.0):
+    if not all(isinstance(v, (int, float)) for v in (real, imag)):
+        raise pickle.UnpicklingError("refusing complex() of non-numbers")
+    return complex(real, imag)
+
+
+def container_globals() -> dict[tuple[str, str], Any]:
+    """Inert builtins some pickles name: set, frozenset, bytearray, complex, slice, OrderedDict."""
+    return {("builtins", "set"): _from_items(set), ("builtins", "frozenset"): _from_items(frozenset),
+            ("builtins", "bytearray"): _bytearray, ("builtins", "complex"): _complex,
+            ("builtins", "slice"): slice, ("collections", "OrderedDict"): collections.OrderedDict}
+
+
+BASIC_GLOBALS: dict[tuple[str, str], Any] = {("_codecs", "encode"): latin1_encode, **numpy_globals(),
+                                             **container_globals()}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` that resolves only the globals in ``allowed`` ((module, name) -> object)."""
+
+    def __init__(self, file, allowed: Mapping[tuple[str, str], Any], *, source: str = "pickle",
+                 kind: str = "this kind of file", **kwargs):
+        super().__init__(file, **kwargs)
+        self._allowed, self._source, self._kind = allowed, source, kind
+
+    def find_class(self, module, name):
+        target = self._allowed.get(python3_name(module, name))
+        if target is None:
+            raise pickle.UnpicklingError(
+                f"refusing to load global '{module}.{name}' from {self._source}: it is not on the allow-list "
+                f"for {self._kind}; the file may contain code")
+        return target
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError(f"refusing persistent id {pid!r} in {self._source}: {self._kind} have none "
+                                     f"(is this a torch.save file? use torch.load(weights_only=True))")
+
+
+def _size(f) -> int:
+    pos = f.tell()
+    end = f.seek(0, os.SEEK_END)
+    f.seek(pos)
+    return end - pos
+
+
+def _count_opcodes(f, max_objects: int, source: str) -> None:
+    start, n = f.tell(), 0
+    try:
+        for _ in pickletools.genops(f):
+            n += 1
+            if n > max_objects:
+                raise pickle.UnpicklingError(f"{source} holds more than {max_objects:,} pickle opcodes "
+                                             f"(objects); refusing it as too large")
+    except (ValueError, EOFError) as exc:  # genops' complaints about a malformed stream
+        raise pickle.UnpicklingError(f"{source} is not a valid pickle (truncated or corrupt?): {exc}") from None
+    f.seek(start)
+
+
+def restricted_load(file, allowed: Mapping[tuple[str, str], Any], *, source: str | None = None,
+                    kind: str = "this kind of file", max_bytes: int = 1 << 30, max_objects: int = 1_000_000,
+                    encoding: str = "ASCII") -> Any:
+    """Unpickle ``file`` (a path, bytes, or a seekable binary file) resolving only ``allowed`` globals.
+
+    Refuses files over ``max_bytes`` bytes or ``max_objects`` opcodes before building anything.
+    ``encoding="bytes"`` reads Python 2 pickles (CIFAR-10). Errors are ``pickle.UnpicklingError``
+    naming ``source`` (default: the path).
+    """
+    if isinstance(file, (bytes, bytearray, memoryview)):
+        return restricted_load(io.BytesIO(file), allowed, source=source or "pickle data", kind=kind,
+                               max_bytes=max_bytes, max_objects=max_objects, encoding=encoding)
+    if isinstance(file, (str, os.PathLike)):
+        with open(file, "rb") as f:
+            return restricted_load(f, allowed, source=source or str(file), kind=kind, max_bytes=max_bytes,
+                                   max_objects=max_objects, encoding=encoding)
+    source = source or getattr(file, "name", "pickle data")
+    size = _size(file)
+    if size > max_bytes:
+        raise pickle.UnpicklingError(f"{source} is {size:,} bytes, over the {max_bytes:,}-byte limit for {kind}")
+    _count_opcodes(file, max_objects, source)
+    return RestrictedUnpickler(file, allowed, source=source, kind=kind, encoding=encoding).load()

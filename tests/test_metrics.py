@@ -1,0 +1,200 @@
+"""FD, KID, floor and confidence intervals (metrics.fd), the feature network (metrics.features),
+sample storage (samples), and the Inception preflight (metrics.inception)."""
+
+import numpy as np
+import pytest
+import threadpoolctl
+import torch
+
+from aot_diffusion.metrics import fd as M
+from aot_diffusion.metrics.features import FeatureClassifier, extract_features, train_classifier
+from aot_diffusion.metrics.inception import check_inception_assets, inception_features
+from aot_diffusion.samples import from_uint8, to_uint8
+
+
+def _gaussian(n, dim=8, seed=0, shift=0.0, scale=1.0):
+    rng = np.random.default_rng(seed)
+    mix = np.linalg.qr(rng.standard_normal((dim, dim)))[0] * np.linspace(0.5, 2, dim)
+    return scale * (rng.standard_normal((n, dim)) @ mix + shift)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_blas_thread():
+    with threadpoolctl.threadpool_limits(1):  # the CPUs are shared; BLAS threads only contend
+        yield
+
+
+@pytest.fixture(scope="module")
+def ref():
+    feats = _gaussian(4000, seed=1)
+    return feats, M.feature_statistics(feats)
+
+
+# ----------------------------------------------------------------------------------------------
+# Frechet distance
+
+def test_frechet_distance_closed_form_for_diagonal_covariances():
+    a = (np.array([0.0, 1.0]), np.diag([1.0, 4.0]))
+    b = (np.array([3.0, 1.0]), np.diag([4.0, 9.0]))
+    # ||mu_a - mu_b||^2 + sum (sqrt(var_a) - sqrt(var_b))^2
+    assert M.frechet_distance(a, b) == pytest.approx(9.0 + 1.0 + 1.0)
+    assert M.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_batched_fd_matches_cleanfid_on_resamples(ref):
+    feats = _gaussian(300, seed=2, shift=0.3)
+    weights = M._resample_weights(len(feats), 5, seed=3)
+    batched = M._weighted_fd(feats, weights, ref[1])
+    for w, value in zip(weights, batched):
+        sample = np.repeat(feats, w.astype(int), axis=0)
+        assert value == pytest.approx(M.frechet_distance(M.feature_statistics(sample), ref[1]), rel=1e-8)
+
+
+def test_fd_of_few_samples_is_biased_up_and_the_floor_states_it(ref):
+    small = M.frechet_distance(M.feature_statistics(_gaussian(50, seed=4)), ref[1])
+    large = M.frechet_distance(M.feature_statistics(_gaussian(2000, seed=4)), ref[1])
+    assert small > 3 * large  # same distribution as the reference: all of it is finite-N bias
+    floor = M.fd_floor(_gaussian(500, seed=5), ref[1], 50, n_boot=100)
+    assert floor["n"] == 50 and floor["low"] <= floor["fd"] <= floor["high"] and floor["fd"] > large
+    with_kid = M.fd_floor(_gaussian(500, seed=5), ref[1], 50, n_boot=100, ref_features=ref[0][:200])
+    assert with_kid["fd"] == floor["fd"] and with_kid["kid_low"] <= with_kid["kid"] <= with_kid["kid_high"]
+    with pytest.raises(ValueError, match="held-out"):
+        M.fd_floor(_gaussian(40, seed=5), ref[1], 50)
+
+
+def test_naive_bootstrap_is_biased_and_fd_ci_holds_its_estimate(ref):
+    feats = _gaussian(200, seed=6)
+    estimate = M.frechet_distance(M.feature_statistics(feats), ref[1])
+    boot = M.bootstrap_fd(feats, ref[1], n_boot=200, seed=0)
+    assert np.median(boot) > estimate  # duplicated rows inflate the covariance term
+    low, high = M.fd_ci(feats, ref[1], n_boot=200, seed=0)
+    assert low <= estimate <= high
+    assert (high - low) == pytest.approx(np.quantile(boot, 0.975) - np.quantile(boot, 0.025))
+    assert M.fd_ci(feats, ref[1], n_boot=200, seed=0) == (low, high)  # seeded
+
+
+def test_fd_ci_covers_the_fd_at_this_n(ref):
+    pool = _gaussian(600, seed=7)
+    result = M.interval_coverage(pool, ref[1], 100, trials=40, truth_draws=400, n_boot=100, replace=True, seed=1)
+    assert result["coverage"] >= 0.85 and result["mean_width"] > 0
+
+
+def test_paired_difference(ref):
+    a = _gaussian(300, seed=8)
+    b = 1.15 * a  # the same latents, a worse model
+    diff, low, high = M.paired_diff_ci(a, b, ref[1], n_boot=200)
+    fa, fb = (M.frechet_distance(M.feature_statistics(x), ref[1]) for x in (a, b))
+    assert diff == pytest.approx(fa - fb) and low <= diff <= high < 0  # the difference is resolved
+    assert M.paired_diff_ci(a, a, ref[1], n_boot=50) == (0.0, 0.0, 0.0)
+    # resampling both with the same indices cancels what the latents share (here: the covariance)
+    unpaired = M.bootstrap_fd(a, ref[1], n_boot=200, seed=1) - M.bootstrap_fd(b, ref[1], n_boot=200, seed=2)
+    assert high - low < 0.75 * np.subtract(*np.quantile(unpaired, [0.975, 0.025]))
+    with pytest.raises(ValueError, match="same shape"):
+        M.paired_diff_ci(a, b[:-1], ref[1])
+
+
+# ----------------------------------------------------------------------------------------------
+# KID
+
+def _unbiased_mmd2(x, y):
+    d = x.shape[1]
+    k = lambda a, b: (a @ b.T / d + 1) ** 3  # noqa: E731
+    kxx, kyy = k(x, x), k(y, y)
+    n, m = len(x), len(y)
+    return ((kxx.sum() - np.trace(kxx)) / (n * (n - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+            - 2 * k(x, y).mean())
+
+
+def test_kid_is_cleanfid_on_reference_standardised_features():
+    raw_ref = _gaussian(400, seed=9, scale=30.0, shift=5.0)  # classifier-scale features
+    stats = M.feature_statistics(raw_ref)
+    same, worse = _gaussian(400, seed=10, scale=30.0, shift=5.0), _gaussian(400, seed=11, scale=30.0, shift=6.0)
+    std = np.sqrt(np.diag(stats[1]))
+    # n == m: clean-fid's subsets are permutations of all rows, so KID is the full unbiased MMD^2
+    assert M.kid(same, raw_ref, stats, num_subsets=5) == pytest.approx(
+        _unbiased_mmd2((same - stats[0]) / std, (raw_ref - stats[0]) / std), rel=1e-9, abs=1e-12)
+    assert abs(M.kid(same, raw_ref, stats, num_subsets=5)) < 0.05 < M.kid(worse, raw_ref, stats, num_subsets=5)
+    # scale-free: the same sets in other units give the same KID
+    assert M.kid(same / 30, raw_ref / 30, M.feature_statistics(raw_ref / 30), num_subsets=5) == pytest.approx(
+        M.kid(same, raw_ref, stats, num_subsets=5), rel=1e-9, abs=1e-12)
+    state = np.random.get_state()[1].copy()
+    M.kid(same[:300], raw_ref, stats, num_subsets=5)  # subsets drawn, but the caller's global numpy stream is untouched
+    assert np.array_equal(np.random.get_state()[1], state)
+
+
+def test_kid_ci_holds_its_estimate_and_resolves_a_shift():
+    raw_ref = _gaussian(400, seed=9)
+    stats = M.feature_statistics(raw_ref)
+    worse = _gaussian(300, seed=12, shift=1.0)
+    low, high = M.kid_ci(worse, raw_ref, stats, n_boot=200)
+    assert 0 < low <= M.kid(worse, raw_ref, stats, num_subsets=5) <= high
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input
+
+def test_bad_input_is_refused_with_the_reason(ref):
+    feats = _gaussian(100)
+    with pytest.raises(ValueError, match="NaN"):
+        M.fd_ci(np.where(np.arange(8) == 3, np.nan, feats), ref[1])
+    with pytest.raises(ValueError, match="8-dim"):
+        M.fd_ci(feats, M.feature_statistics(_gaussian(100, dim=6)))
+    with pytest.raises(ValueError, match="2-D"):
+        M.feature_statistics(feats[0])
+    with pytest.raises(ValueError, match="n_boot"):
+        M.fd_ci(feats, ref[1], n_boot=5)
+    with pytest.raises(ValueError, match="level"):
+        M.fd_ci(feats, ref[1], level=95)
+
+
+# ----------------------------------------------------------------------------------------------
+# Feature network, samples, Inception preflight
+
+def _digit_like(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g)
+    x = torch.randn(n, 1, 8, 8, generator=g) * 0.3 + y.reshape(-1, 1, 1, 1) * 0.5 - 0.5
+    return x.clamp(-1, 1).numpy(), y.numpy()
+
+
+def test_train_classifier_is_bitwise_reproducible():
+    x, y = _digit_like(64, 0)
+    torch.manual_seed(123)  # whatever the caller's stream, the seed decides
+    m1, acc1 = train_classifier(x, y, x, y, num_classes=3, steps=10, batch_size=16, seed=5, log=lambda s: None)
+    torch.manual_seed(456)
+    m2, acc2 = train_classifier(x, y, x, y, num_classes=3, steps=10, batch_size=16, seed=5, log=lambda s: None)
+    assert acc1 == acc2
+    for p1, p2 in zip(m1.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(p1, p2)
+    m3, _ = train_classifier(x, y, x, y, num_classes=3, steps=10, batch_size=16, seed=6, log=lambda s: None)
+    assert not torch.equal(m1.head.weight, m3.head.weight)
+
+
+def test_extract_features_checks_shape_and_values():
+    torch.manual_seed(0)
+    model = FeatureClassifier(1, 8, 3, feature_dim=16)
+    x, _ = _digit_like(10, 1)
+    feats = extract_features(model, x, batch_size=4)
+    assert feats.shape == (10, 16) and feats.dtype == np.float64
+    assert np.allclose(extract_features(model, to_uint8(x)), extract_features(model, from_uint8(to_uint8(x))))
+    with pytest.raises(ValueError, match=r"\[10, 1, 4, 4\].*\[N, 1, 8, 8\]"):
+        extract_features(model, np.zeros((10, 1, 4, 4), dtype=np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        extract_features(model, np.full((2, 1, 8, 8), np.nan, dtype=np.float32))
+
+
+def test_uint8_roundtrip():
+    x = np.linspace(-1, 1, 256, dtype=np.float32)
+    assert to_uint8(x).dtype == np.uint8 and np.array_equal(to_uint8([-2.0, 2.0]), [0, 255])
+    assert np.abs(from_uint8(to_uint8(x)) - x).max() <= 1 / 127.5 / 2 + 1e-7
+
+
+def test_inception_preflight_and_input_checks(monkeypatch, tmp_path):
+    from aot_diffusion.metrics import inception
+
+    monkeypatch.setattr(inception, "INCEPTION_FILE", str(tmp_path / "missing-inception.pt"))
+    with pytest.raises(FileNotFoundError, match="Pre-seed"):
+        check_inception_assets(allow_download=False)
+    check_inception_assets(allow_download=True)
+    with pytest.raises(ValueError, match="uint8"):
+        inception_features(np.zeros((2, 3, 32, 32), dtype=np.float32), device="cpu", feature_model=lambda b: b)

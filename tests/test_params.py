@@ -1,0 +1,89 @@
+"""Parameters: Hydra composition (profile + overrides, overrides win), the strict schema, the device policy."""
+
+import pytest
+import yaml
+
+from aot_diffusion.params import ParamError, compose, device_of, load_params, resolve, validate
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def test_params_yaml_is_the_default_composition():
+    assert load_params(ROOT / "params.yaml") == compose(root=ROOT)
+
+
+def test_profile_overlay_then_overrides_win():
+    smoke = compose("smoke", root=ROOT)
+    assert smoke["profile"] == "smoke" and smoke["train"]["pool_size"] == 64
+    assert compose("smoke", {"train": {"pool_size": 128}}, root=ROOT)["train"]["pool_size"] == 128
+    cifar = compose("cifar10", root=ROOT)
+    assert cifar["train"]["network"]["model_channels"] == 128 and cifar["threads"] == 8
+
+
+@pytest.mark.parametrize("edit,match", [
+    ({"train": {"pool_sise": 3}}, "pool_sise"),
+    ({"guidance": {"lr": -1}}, "guidance.lr"),
+    ({"classifier": {"batch_size": 0}}, "classifier.batch_size"),
+    ({"train": {"augment_p": 3}}, "train.augment_p"),
+    ({"device": "tpu"}, "device"),
+    ({"guidance": {"sigma_window": [5, 1]}}, "guidance.sigma_window"),
+    ({"sample": {"seeds": ["a"]}}, "sample.seeds"),
+    ({"guidance": {"num_fake": 10}}, "guidance.num_fake"),
+    ({"train": {"nproc_per_node": 3}}, "nproc_per_node"),
+    ({"models": {"edm_uncond": {"aot": "false", "conditional": False}}}, "models.edm_uncond.aot"),
+    ({"threads": "1; touch /tmp/x; #"}, "threads"),
+    ({"sample": {"sigma_max": float("inf")}}, "sample.sigma_max"),
+])
+def test_bad_values_are_refused_naming_the_parameter(edit, match):
+    with pytest.raises(ParamError, match=match.replace(".", r"\.")):
+        compose("smoke", edit, root=ROOT)
+
+
+def test_unknown_key_in_params_yaml_suggests_the_closest(tmp_path):
+    p = compose("smoke", root=ROOT)
+    p["train"]["pool_sise"] = p["train"].pop("pool_size")
+    with pytest.raises(ParamError, match=r"train\.pool_sise.*did you mean 'train\.pool_size'"):
+        validate(p)
+
+
+def test_snakemake_overrides_apply_on_top_and_profile_switch_recomposes(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(compose(root=ROOT)))
+    assert resolve({"sample": {"num_samples": 10}}, path)["sample"]["num_samples"] == 10
+    (tmp_path / "conf").symlink_to(ROOT / "conf")
+    smoke = resolve({"profile": "smoke", "train": {"pool_size": 128}}, path)
+    assert smoke["profile"] == "smoke" and smoke["train"]["pool_size"] == 128 and smoke["train"]["total_steps"] == 6
+
+
+def test_device_cuda_without_cuda_is_an_error_naming_it():
+    import torch
+
+    p = compose("smoke", {"device": "cuda"}, root=ROOT)
+    if torch.cuda.is_available():
+        assert device_of(p) == "cuda"
+    else:
+        with pytest.raises(ParamError, match="cuda"):
+            device_of(p)
+
+
+@pytest.mark.parametrize("stage,key", [("feature-network", None), ("train", "edm_uncond"), ("sample", "edm_uncond"),
+                                       ("fd", "edm_uncond"), ("curvature", "edm_uncond"), ("fake-samples", "edm_uncond"),
+                                       ("train-encoder", None), ("train-discriminator", "dg_edm_uncond"),
+                                       ("guided-sample", "dg_edm_uncond"), ("fd-reference", None)])
+def test_every_network_stage_stops_at_once_on_device_cuda_without_cuda(tmp_path, monkeypatch, capsys, stage, key):
+    import torch
+
+    from aot_diffusion.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(compose("smoke", {"device": "cuda"}, root=ROOT)))
+    args = [stage, "--params", str(params)]
+    if key:
+        args += ["--disc" if key.startswith("dg_") else "--model", key]
+    monkeypatch.chdir(tmp_path)  # no dataset, no network here: the device check must come first
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "'cuda' was requested but CUDA is not available" in err, err
