@@ -102,11 +102,10 @@ def planned_jobs(out: str) -> dict:
 def test_smoke_profile_end_to_end_and_shared_state(tmp_path):
     proj = copy_repo(tmp_path)
     run(["dvc", "init", "-q", "-f"], proj)
-    run(["snakemake", "--cores", "2", "--config", "profile=smoke", "train={pool_size: 32}"], proj)
+    out = run(["snakemake", "--cores", "2", "--config", "profile=smoke", "train={pool_size: 32}"], proj)
     p = yaml.safe_load((proj / "params.yaml").read_text())
     assert p["profile"] == "smoke" and p["train"]["pool_size"] == 32  # the override reached params.yaml...
-    log = (proj / ".snakemake" / "log").glob("*.log")
-    assert any("pool=32" in f.read_text() for f in log)  # ... and the training stage
+    assert "[train aot_uncond] aot=True conditional=False steps=6 batch=32 pool=32" in out.stdout + out.stderr
     check_outputs(proj, p)
     assert "up to date" in run(["dvc", "status"], proj).stdout  # the Snakemake run is recorded in dvc.lock
     again = run(["snakemake", "-n"], proj)
@@ -115,6 +114,26 @@ def test_smoke_profile_end_to_end_and_shared_state(tmp_path):
     out = run(["snakemake", "-n", "--config", "guidance={weight_uncond: 3.0}"], proj).stdout
     assert planned_jobs(out) == {"check_params": 1, "guided_sample": 3, "guided_fd": 3, "tables": 1, "figures": 1,
                                  "all": 1, "total": 10}
+    # DVC experiments keep their own metrics: the same run recorded as an experiment, and one with another
+    # confidence level (reruns only the scoring stages and the report).
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    run([*git, "add", "-A"], proj)
+    run([*git, "commit", "-qm", "smoke run"], proj)
+    base = ["dvc", "exp", "run", "-S", "profile=smoke", "-S", "train.pool_size=32"]
+    run([*base, "-n", "base"], proj)
+    run([*base, "-S", "fd.ci_level=0.8", "-n", "narrow"], proj)
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], proj).stdout)
+    rows = {}
+    for commit in shown:
+        for exp in commit.get("experiments") or []:
+            for rev in exp["revs"]:
+                data = rev["data"]
+                rows[exp.get("name") or data.get("name")] = data["metrics"]["results/smoke/metrics.json"]["data"]
+    assert {"base", "narrow"} <= set(rows)
+    width = {name: rows[name]["edm_uncond.fd_rho7_nfe3_ci"]["high"] - rows[name]["edm_uncond.fd_rho7_nfe3_ci"]["low"]
+             for name in ("base", "narrow")}
+    assert width["narrow"] < width["base"]
+    assert rows["narrow"]["edm_uncond.fd_rho7_nfe3"] == rows["base"]["edm_uncond.fd_rho7_nfe3"]
     # Profiles keep their own outputs; the report lists tables and figures.
     assert not (proj / "results" / "digits").exists()
     run(["snakemake", "--report", "report.html"], proj)

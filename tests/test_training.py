@@ -235,3 +235,20 @@ def test_torchrun_ddp_two_ranks_stay_in_sync(tmp_path):
     sums = json.loads(line.split(":", 1)[1].strip())
     assert len(sums) == 2 and sums[0] == sums[1]
     assert (tmp_path / "ddp.pt").exists() and [r["step"] for r in _rows(tmp_path / "ck" / "loss.jsonl")] == [2, 4]
+
+
+def test_knn_pairing_keeps_the_nearest_of_k_draws_per_image():
+    """pairing: knn (the Immiscible-style baseline) is wired into the pool stream: closer than random,
+    not a permutation of the pool's noise, deterministic per pool."""
+    import torch
+
+    from aot_diffusion.training import PoolSource
+
+    x = torch.rand(64, 1, 8, 8) * 2 - 1
+    knn = PoolSource(x, None, pool_size=32, aot_on=True, pairing="knn", knn_k=4, seed=3)
+    pool = knn.make(0)
+    assert pool.paired_distance < pool.random_distance
+    assert not any(torch.equal(pool.noise[0], n) for n in knn.make(0).noise[1:])
+    assert torch.equal(pool.noise, knn.make(0).noise)
+    exact = PoolSource(x, None, pool_size=32, aot_on=True, pairing="assignment", seed=3).make(0)
+    assert exact.noise.shape == pool.noise.shape and not torch.equal(exact.noise, pool.noise)

@@ -19,7 +19,7 @@ import difflib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import yaml
 
@@ -117,7 +117,7 @@ SCHEMA: dict[str, Any] = {
         "sigma_min": Num(0, gt=True), "sigma_max": Num(0, 1e4, gt=True), "grid_steps": List(Int(2, 1000)),
     },
     "fd": {
-        "bootstrap": Int(10, 100000), "ci_level": Num(0.5, 0.999), "feature_batch": Int(1),
+        "bootstrap": Int(10, 100000), "ci_level": Num(0.5, 0.999), "kid_subsets": Int(1, 1000), "feature_batch": Int(1),
         "allow_download": Bool(),
     },
     "curvature": {
@@ -313,12 +313,25 @@ def load_params(path: Path | str = PARAMS_FILE) -> dict:
 def resolve(overrides: Mapping | None, path: Path | str = PARAMS_FILE) -> dict:
     """Snakemake's view: params.yaml + ``--config`` overrides. A change of profile recomposes from conf/
     (as ``dvc exp run -S profile=...`` does); other overrides apply on top of params.yaml."""
-    overrides = dict(overrides or {})
+    overrides = _typed(dict(overrides or {}))
     path = Path(path)
     if "profile" in overrides:
         return compose(overrides.pop("profile"), overrides, root=path.resolve().parent)
     current = load_params(path)
     return validate(_merge(current, overrides)) if overrides else current
+
+
+def _typed(tree):
+    """Command-line values are YAML, as in ``dvc exp run -S``: ``--config 'train={pool_size: 32}'`` gives 32
+    however Snakemake parsed it (params.yaml itself stays strict: there a quoted '32' is an error)."""
+    if isinstance(tree, Mapping):
+        return {k: _typed(v) for k, v in tree.items()}
+    if isinstance(tree, str):
+        try:
+            return yaml.safe_load(tree)
+        except yaml.YAMLError:
+            return tree
+    return tree
 
 
 def write_params(p: Mapping, path: Path | str = PARAMS_FILE) -> bool:
@@ -359,5 +372,3 @@ def device_of(p: Mapping) -> str:
                          "(set device: auto or cpu)")
     return want
 
-
-Check = Callable[[Mapping], None]

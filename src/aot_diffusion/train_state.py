@@ -14,11 +14,13 @@ Nothing is lost and nothing goes wrong silently:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -145,3 +147,16 @@ class NumericWatch:
             f"training stopped: {what}. Likely causes: the learning rate is too high (lr={self.lr:g}; try 10x "
             f"lower or a longer lr_rampup_kimg), training data outside [-1, 1] or holding NaN/inf, or a broken "
             f"network config. No network file was written; {self.checkpoint} holds the last checkpoint, if any.")
+
+
+def data_fingerprint(images: torch.Tensor, labels: Optional[torch.Tensor]) -> str:
+    """Hash of the training data (shape, dtype and bytes of images and labels)."""
+    h = hashlib.sha256()
+    for t in (images, labels):
+        if t is None:
+            h.update(b"none")
+            continue
+        a = np.ascontiguousarray(t.detach().cpu().numpy())
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.reshape(-1).view(np.uint8))
+    return h.hexdigest()[:16]

@@ -37,7 +37,7 @@ import torch.distributed as dist
 from . import aot
 from .loss import EDMLoss
 from .networks import build_network
-from .train_state import NonFiniteTrainingError, NumericWatch, resume_state, save_checkpoint
+from .train_state import NonFiniteTrainingError, NumericWatch, data_fingerprint, resume_state, save_checkpoint
 from .utils import atomic_save, atomic_write_text
 
 __all__ = ["TrainConfig", "PoolSource", "Pool", "train", "load_network", "data_fingerprint",
@@ -51,7 +51,9 @@ class TrainConfig:
     batch_per_rank: Optional[int] = None  # mini-batch per rank and round; None = batch_size // world
     aot: bool = False                   # pair noise to images by exact assignment
     pool_size: int = 512                # images per pairing pool, per rank
-    solver: str = "scipy"
+    solver: str = "auto"                # exact assignment solver (aot.SOLVERS)
+    pairing: str = "assignment"         # with aot on: exact assignment per pool | knn: nearest of knn_k noises
+    knn_k: int = 4
     conditional: bool = False
     total_steps: int = 1000
     lr: float = 1e-3
@@ -95,6 +97,8 @@ class TrainConfig:
             fail("pool_size", f"pool ({self.pool_size}) is smaller than the per-rank mini-batch ({bpr})")
         if self.pool_size % bpr:
             fail("pool_size", f"pool ({self.pool_size}) is not divisible by the per-rank mini-batch ({bpr})")
+        if self.pairing not in ("assignment", "knn"):
+            fail("pairing", f"must be 'assignment' or 'knn', got {self.pairing!r}")
         if self.solver not in aot.SOLVERS:
             fail("solver", f"must be one of {aot.SOLVERS}, got {self.solver!r}")
         if not 0 < self.lr < float("inf"):
@@ -107,19 +111,6 @@ class TrainConfig:
         ignored = ("log_every", "checkpoint_every", "prefetch", "max_nonfinite_steps")
         keys = {k: v for k, v in asdict(self).items() if k not in ignored}
         return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def data_fingerprint(images: torch.Tensor, labels: Optional[torch.Tensor]) -> str:
-    """Hash of the training data (shape, dtype and bytes of images and labels)."""
-    h = hashlib.sha256()
-    for t in (images, labels):
-        if t is None:
-            h.update(b"none")
-            continue
-        a = np.ascontiguousarray(t.detach().cpu().numpy())
-        h.update(f"{a.dtype}{a.shape}".encode())
-        h.update(a.reshape(-1).view(np.uint8))
-    return h.hexdigest()[:16]
 
 
 def _seed(*parts) -> int:
@@ -147,7 +138,8 @@ class PoolSource:
     """
 
     def __init__(self, images: torch.Tensor, labels: Optional[torch.Tensor], *, pool_size: int, aot_on: bool,
-                 solver: str = "scipy", seed: int = 0, rank: int = 0, num_classes: int = 0,
+                 solver: str = "auto", pairing: str = "assignment", knn_k: int = 4, seed: int = 0, rank: int = 0,
+                 num_classes: int = 0,
                  augment: Optional[Callable] = None, device: str = "cpu"):
         if images.ndim != 4:
             raise ValueError(f"images must be [N, C, H, W], got {list(images.shape)}")
@@ -155,6 +147,7 @@ class PoolSource:
             raise ValueError(f"labels has {labels.shape[0]} entries but there are {images.shape[0]} images")
         self.images, self.labels = images, labels
         self.pool_size, self.aot_on, self.solver = pool_size, aot_on, solver
+        self.pairing, self.knn_k = pairing, knn_k
         self.seed, self.rank, self.num_classes = seed, rank, num_classes
         self.augment, self.device = augment, torch.device(device)
         self._perms: dict[int, torch.Tensor] = {}
@@ -193,7 +186,10 @@ class PoolSource:
         if self.aot_on:
             t0 = time.perf_counter()
             pool.random_distance = aot.mean_distance(images, noise)
-            pool.noise = aot.pair_noise(images, noise, labels=ids, solver=self.solver)
+            if self.pairing == "knn":  # the baseline: each image keeps the nearest of its own k draws
+                pool.noise = aot.knn_noise(images, self.knn_k, generator=g, labels=ids)
+            else:
+                pool.noise = aot.pair_noise(images, noise, labels=ids, solver=self.solver)
             pool.pair_ms = 1000 * (time.perf_counter() - t0)
             pool.paired_distance = aot.mean_distance(images, pool.noise)
         else:
@@ -330,7 +326,7 @@ def train(cfg: TrainConfig, images: torch.Tensor, labels: Optional[torch.Tensor]
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         step = int(state["step"])
-        log(f"[train] resumed from {state['path']} at step {step}")
+        log(f"resumed from {state['path']} at step {step}")
     if rank == 0:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in rows))
@@ -347,8 +343,8 @@ def train(cfg: TrainConfig, images: torch.Tensor, labels: Optional[torch.Tensor]
         ddp = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
 
     source = PoolSource(images, labels if cfg.conditional else None, pool_size=cfg.pool_size, aot_on=cfg.aot,
-                        solver=cfg.solver, seed=cfg.seed, rank=rank, num_classes=num_classes if cfg.conditional else 0,
-                        augment=augment, device=str(device))
+                        solver=cfg.solver, pairing=cfg.pairing, knn_k=cfg.knn_k, seed=cfg.seed, rank=rank,
+                        num_classes=num_classes if cfg.conditional else 0, augment=augment, device=str(device))
     # Position in the pool stream: each round consumes one mini-batch.
     batch_pos = step * rounds
     prefetch = _Prefetcher(source, batch_pos // steps_per_pool, cfg.prefetch)
@@ -412,8 +408,9 @@ def train(cfg: TrainConfig, images: torch.Tensor, labels: Optional[torch.Tensor]
                            lr=optimizer.param_groups[0]["lr"])
                 history.append(row)
                 if rank == 0:
-                    log(f"[train] step {step}/{cfg.total_steps} kimg {row['kimg']:.1f} loss {row['loss']:.4f} "
-                        f"sec/kimg {row['sec_per_kimg']:.2f} pair {row['pair_ms']:.1f} ms "
+                    eta = row["sec_per_kimg"] * (cfg.total_steps - step) * cfg.batch_size / 1000
+                    log(f"step {step}/{cfg.total_steps} kimg {row['kimg']:.1f} loss {row['loss']:.4f} "
+                        f"sec/kimg {row['sec_per_kimg']:.2f} ETA {eta / 60:.1f} min pair {row['pair_ms']:.1f} ms "
                         f"dist paired/random {row['paired_distance']:.3f}/{row['random_distance']:.3f}")
                     with open(log_path, "a") as f:
                         f.write(json.dumps(row) + "\n")
@@ -438,7 +435,7 @@ def train(cfg: TrainConfig, images: torch.Tensor, labels: Optional[torch.Tensor]
         dist.all_gather(gathered, checksum)
         sums = [g.item() for g in gathered]
         if rank == 0:
-            log(f"[train] rank EMA checksums: {sums}")
+            log(f"rank EMA checksums: {sums}")
         if len(set(sums)) != 1:
             raise RuntimeError(f"DDP ranks diverged: EMA checksums {sums}")
     if rank == 0:

@@ -145,7 +145,8 @@ def paired_diff_ci(feats_a, feats_b, ref_stats, *, n_boot=500, seed=0, level=0.9
     return (float(diff), *_centred_interval(diff, boot, level))
 
 
-def fd_floor(heldout_features, ref_stats, n: int, *, n_boot=500, seed=0, level=0.95, ref_features=None) -> dict:
+def fd_floor(heldout_features, ref_stats, n: int, *, n_boot=500, seed=0, level=0.95, ref_features=None,
+             kid_subsets=100) -> dict:
     """FD of n held-out real images (a seeded random subset) against ref_stats, and its interval.
 
     The resolution of an n-sample FD: a model whose FD lies within the floor's interval is not
@@ -159,9 +160,9 @@ def fd_floor(heldout_features, ref_stats, n: int, *, n_boot=500, seed=0, level=0
     low, high = fd_ci(subset, ref_stats, n_boot=n_boot, seed=seed, level=level)
     floor = dict(fd=frechet_distance(feature_statistics(subset), ref_stats), low=low, high=high, n=int(n))
     if ref_features is not None:
-        floor["kid"] = kid(subset, ref_features, ref_stats, seed=seed)
+        floor["kid"] = kid(subset, ref_features, ref_stats, seed=seed, num_subsets=kid_subsets)
         floor["kid_low"], floor["kid_high"] = kid_ci(subset, ref_features, ref_stats, n_boot=n_boot, seed=seed,
-                                                     level=level)
+                                                     level=level, num_subsets=kid_subsets)
     return floor
 
 

@@ -145,18 +145,19 @@ def write_tables(p, L, log=print):
     with AtomicPath(L.fd_curves, suffix=".csv") as tmp:  # for `dvc plots diff`
         t1[t1["rho"].notna()][["model", "rho", "nfe", "fd"]].to_csv(tmp, index=False)
     # Headline numbers for `dvc exp show`: rho 7 (EDM's default) settings, the floor, differences, curvature.
-    metrics = {f"{name}_floor": floor["fd"], f"{name}_floor_ci": [floor["low"], floor["high"]]}
+    # Intervals as {low, high}: `dvc exp show` drops list-valued metrics.
+    metrics = {f"{name}_floor": floor["fd"], f"{name}_floor_ci": dict(low=floor["low"], high=floor["high"])}
     if L.feature_network_metrics.exists():
         metrics.update(json.loads(L.feature_network_metrics.read_text()))
     rho0 = p["sample"]["rho"][0]
     for _, r in t1[t1["rho"] == rho0].iterrows():
         suffix = f"rho{r['rho']:g}_nfe{int(r['nfe'])}"
         metrics[f"{r['model']}.{name}_{suffix}"] = float(r["fd"])
-        metrics[f"{r['model']}.{name}_{suffix}_ci"] = [float(r["fd_low"]), float(r["fd_high"])]
+        metrics[f"{r['model']}.{name}_{suffix}_ci"] = dict(low=float(r["fd_low"]), high=float(r["fd_high"]))
         metrics[f"{r['model']}.kid_{suffix}"] = float(r["kid"])
     for _, r in diffs[diffs["rho"] == rho0].iterrows():
         metrics[f"aot_vs_edm.{r['pair']}.rho{r['rho']:g}_nfe{int(r['nfe'])}"] = dict(
-            diff=float(r["diff"]), ci95=[float(r["low"]), float(r["high"])])
+            diff=float(r["diff"]), ci95=dict(low=float(r["low"]), high=float(r["high"])))
     for _, r in t3.iterrows():
         metrics[f"{r['model']}.curvature_mean"] = float(r["curvature_mean"])
     for disc in p["guidance"]["discriminators"]:

@@ -92,11 +92,8 @@ def fd_reference(run: Run) -> None:
     if n < run.p["sample"]["num_samples"]:
         run.log(f"warning: only {len(held)} held-out images; the floor is measured at N = {n}, "
                 f"not at sample.num_samples = {run.p['sample']['num_samples']}")
-    floor = fdm.fd_floor(held, (mu, sigma), n, n_boot=f["bootstrap"], seed=run.p["seed"], level=f["ci_level"])
-    subset = held[np.random.default_rng(run.p["seed"]).permutation(len(held))[:n]]
-    floor["kid"] = fdm.kid(subset, ref_feats, (mu, sigma), seed=run.p["seed"])
-    floor["kid_low"], floor["kid_high"] = fdm.kid_ci(subset, ref_feats, (mu, sigma), n_boot=f["bootstrap"],
-                                                     seed=run.p["seed"], level=f["ci_level"])
+    floor = fdm.fd_floor(held, (mu, sigma), n, n_boot=f["bootstrap"], seed=run.p["seed"], level=f["ci_level"],
+                         ref_features=ref_feats, kid_subsets=f["kid_subsets"])
     from ..utils import AtomicPath
 
     with AtomicPath(run.L.fd_reference, suffix=".npz") as tmp:

@@ -23,9 +23,9 @@ def _score(run: Run, samples_path, csv_path, features_path, name: str) -> None:
         x = feats(pixels)
         fd = fdm.frechet_distance(fdm.feature_statistics(x), stats)
         low, high = fdm.fd_ci(x, stats, n_boot=f["bootstrap"], seed=run.p["seed"], level=f["ci_level"])
-        kid = fdm.kid(x, ref_feats, stats, seed=run.p["seed"])
+        kid = fdm.kid(x, ref_feats, stats, seed=run.p["seed"], num_subsets=f["kid_subsets"])
         kid_low, kid_high = fdm.kid_ci(x, ref_feats, stats, n_boot=f["bootstrap"], seed=run.p["seed"],
-                                       level=f["ci_level"])
+                                       level=f["ci_level"], num_subsets=f["kid_subsets"])
         rows.append(dict(model=name, steps=steps, rho=rho, nfe=num_function_evals(steps), seed=seed, n=len(x),
                          disc_grad_evals=grads, fd=fd, fd_low=low, fd_high=high, kid=kid, kid_low=kid_low,
                          kid_high=kid_high))

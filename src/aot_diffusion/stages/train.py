@@ -33,10 +33,7 @@ def train_config(run: Run, model: str, data: dict) -> TrainConfig:
     spec, t = run.model_spec(model), run.p["train"]
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     kwargs = {k: v for k, v in t.items() if k in fields and k not in _LAUNCH_KEYS}
-    unused = set(t) - fields - set(_LAUNCH_KEYS)
-    if t["pairing"] == "assignment":  # the default: knn's k is unused, and older loops pair by assignment only
-        unused -= {"pairing", "knn_k"}
-    unused = sorted(unused)
+    unused = sorted(set(t) - fields - set(_LAUNCH_KEYS))
     if unused:
         raise RuntimeError(f"train.{unused[0]} has no TrainConfig field: the training loop would ignore it")
     if spec["conditional"]:
