@@ -1,0 +1,111 @@
+"""Table and figure logic on a small fixture (no pipeline run): the floor row, paired differences marked
+outside the noise only when their interval excludes 0, metric names, and figures with their content."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from aot_diffusion.layout import Layout, sample_key
+from aot_diffusion.params import compose
+from aot_diffusion.report import figures, tables
+from aot_diffusion.samples import write_sweep
+from aot_diffusion.utils import atomic_write_text
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def fixture_run(tmp_path_factory):
+    """Stage outputs of a made-up smoke run: EDM's samples are noisier than AOT's at NFE 3 only."""
+    root = tmp_path_factory.mktemp("run")
+    p = compose("smoke", root=ROOT)
+    L = Layout("smoke", root)
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(200, 4))
+    mu, sigma = ref.mean(0), np.cov(ref, rowvar=False)
+    L.fd_reference.parent.mkdir(parents=True)
+    np.savez(L.fd_reference, mu=mu, sigma=sigma, ref_features=ref)
+    atomic_write_text(L.fd_floor, json.dumps(dict(fd=0.1, low=0.05, high=0.2, n=64, kid=0.0, kid_low=-0.01,
+                                                  kid_high=0.01)))
+    atomic_write_text(L.feature_network_metrics, json.dumps({"classifier_test_accuracy": 0.9}))
+    atomic_write_text(L.effective_params, "profile: smoke\n")
+    n = 64
+    for model, spec in p["models"].items():
+        rows, feats, images = [], {}, {}
+        for rho in p["sample"]["rho"]:
+            for steps in p["sample"]["steps"]:
+                for seed in p["sample"]["seeds"]:
+                    shift = 3.0 if (not spec["aot"] and steps == 2) else 0.0  # EDM much worse at the fewest steps
+                    f = rng.normal(size=(n, 4)) + shift
+                    feats[sample_key(steps, rho, seed)] = f
+                    images[(steps, rho, seed)] = np.clip(rng.normal(size=(n, 1, 8, 8)) * 0.3, -1, 1)
+                    rows.append(dict(model=model, steps=steps, rho=rho, nfe=2 * steps - 1, seed=seed, n=n,
+                                     disc_grad_evals=0, fd=1 + shift ** 2, fd_low=0.5 + shift ** 2,
+                                     fd_high=1.5 + shift ** 2, kid=0.1, kid_low=0.0, kid_high=0.2))
+        L.fd(model).parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_csv(L.fd(model), index=False)
+        np.savez(L.features(model), **feats)
+        write_sweep(L.samples(model), images)
+        L.loss_log(model).parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(dict(step=[2, 4, 6], kimg=[0.1, 0.2, 0.3], loss=[2.0, 1.5, 1.2])).to_csv(L.loss_log(model))
+        L.curvature(model).parent.mkdir(parents=True, exist_ok=True)
+        grid = np.geomspace(0.002, 80, 8)
+        np.savez(L.curvature(model), sigma=grid, kappa_mean=grid * 0, grid=grid, kappa_grid=grid * 0 + 0.01,
+                 trunc_steps=np.array([2, 3]), trunc_rho=np.array([7.0, 7.0]), trunc_nfe=np.array([3, 5]),
+                 trunc_error=np.array([0.5, 0.2]), strip=np.zeros((8, 1, 8, 8)), strip_sigma=grid,
+                 strip_x=np.zeros((8, 1, 8, 8)))
+        atomic_write_text(L.curvature_metrics(model), json.dumps(dict(
+            curvature_mean=0.01, truncation=[dict(steps=2, rho=7, nfe=3, error=0.5)])))
+    bands = {b: dict(accuracy=0.5, bce=0.7, n=10) for b in ("<0.1", "0.1-1", "1-10", ">10")}
+    for disc, d in p["guidance"]["discriminators"].items():
+        src_csv = pd.read_csv(L.fd(d["model"]))
+        L.guided_fd(disc).parent.mkdir(parents=True, exist_ok=True)
+        src_csv.to_csv(L.guided_fd(disc), index=False)
+        np.savez(L.guided_features(disc), **dict(np.load(L.features(d["model"]))))
+        L.discriminator_metrics(disc).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(L.discriminator_metrics(disc), json.dumps(dict(heldout=dict(accuracy=0.6, bands=bands))))
+    return p, L
+
+
+def test_tables_floor_row_paired_differences_and_metric_names(fixture_run):
+    p, L = fixture_run
+    t1, t2, t3 = tables.write_tables(p, L, log=lambda m: None)
+    assert t1.iloc[0]["model"].startswith("real held-out") and t1.iloc[0]["fd"] == 0.1
+    diffs = pd.read_csv(L.table("aot_vs_edm"))
+    few = diffs[diffs["steps"] == 2]
+    assert few["outside_noise"].all() and (few["low"] > 0).all()  # EDM clearly worse at NFE 3
+    assert not diffs[diffs["steps"] == 3]["outside_noise"].any()  # same distribution: inside the noise
+    assert not t2["outside_noise"].any()  # guided == unguided here
+    metrics = json.loads(L.metrics.read_text())
+    assert metrics["fd_floor"] == 0.1 and "edm_uncond.fd_rho7_nfe3" in metrics
+    assert set(metrics["edm_uncond.fd_rho7_nfe3_ci"]) == {"low", "high"}
+    assert not any("fid" in k for k in metrics)
+    assert "FD (digits-classifier features)" in L.table("table1_fd_vs_nfe", "md").read_text()
+
+
+def test_figures_have_their_content(fixture_run, monkeypatch):
+    p, L = fixture_run
+    drawn = {}
+    real_save = figures._save
+
+    def spy(fig, path):
+        axes = fig.get_axes()
+        drawn[path.stem] = dict(lines=sum(len(a.get_lines()) for a in axes), images=sum(len(a.get_images()) for a in axes),
+                                title=" ".join([fig._suptitle.get_text() if fig._suptitle else ""] +
+                                               [a.get_title() for a in axes]))
+        real_save(fig, path)
+
+    monkeypatch.setattr(figures, "_save", spy)
+    figures.write_figures(p, L, log=lambda m: None)
+    models = len(p["models"])
+    # one line per model and rho panel, plus the floor line in each panel
+    assert drawn["fd_vs_nfe"]["lines"] == len(p["sample"]["rho"]) * (models + 1)
+    assert "smoke profile" in drawn["fd_vs_nfe"]["title"] and "64 samples" in drawn["fd_vs_nfe"]["title"]
+    assert drawn["curvature_vs_sigma"]["lines"] == models
+    assert drawn["samples_low_nfe"]["images"] == models
+    assert drawn["teaser_denoiser_strip"]["images"] == models * 8
+    assert drawn["rho_steps_heatmap"]["images"] == models
+    assert drawn["loss_curves"]["lines"] == models
+    assert all(L.figure(name).exists() for name in drawn)
