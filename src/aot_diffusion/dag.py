@@ -239,15 +239,17 @@ class _NoAliases(yaml.SafeDumper):
         return True
 
 
-def done_stages(root=".") -> list:
-    """DVC names of the stages whose outputs all exist (what `dvc commit` can record after a Snakemake run)."""
+def done_stages(root=".") -> tuple[list, int]:
+    """DVC names of the stages whose outputs all exist (what `dvc commit` can record after a Snakemake run),
+    and the number of stages in all."""
     from .params import load_params
 
     p = load_params(Path(root) / "params.yaml")
     ctx, L = Context(p), Layout(p["profile"], root)
-    names = []
+    names, total = [], 0
     for st in STAGES:
         for key in keys_of(st, ctx):
+            total += 1
             if all(Path(path).exists() for path in st.outs(L, key)):
                 names.append(st.name if key is None else f"{st.name}@{key}")
-    return names
+    return names, total

@@ -70,10 +70,11 @@ def record_in_dvc(root: Path | str = ".") -> None:
     root = Path(root)
     if not (root / ".dvc").is_dir() or shutil.which("dvc") is None:
         return
-    names = done_stages(root)
+    names, total = done_stages(root)
     if not names:
         return
-    out = subprocess.run(["dvc", "commit", "--force", "--quiet", *names], cwd=root, capture_output=True, text=True)
+    targets = [] if len(names) == total else names  # one pass over the whole index is ~5x faster than targets
+    out = subprocess.run(["dvc", "commit", "--force", "--quiet", *targets], cwd=root, capture_output=True, text=True)
     if out.returncode:
         print(f"dvc commit failed (dvc status will show the stages as changed):\n{out.stderr[-2000:]}")
     else:
