@@ -100,8 +100,8 @@ def planned_jobs(out: str) -> dict:
 
 @pytest.mark.slow
 def test_smoke_profile_end_to_end_and_shared_state(tmp_path):
-    proj = copy_repo(tmp_path)
-    run(["dvc", "init", "-q", "-f"], proj)
+    proj = copy_repo(tmp_path)  # a DVC repository already (.dvc/config, with hydra.enabled, is tracked)
+    assert "enabled = true" in (proj / ".dvc" / "config").read_text()
     out = run(["snakemake", "--cores", "2", "--config", "profile=smoke", "train={pool_size: 32}"], proj)
     p = yaml.safe_load((proj / "params.yaml").read_text())
     assert p["profile"] == "smoke" and p["train"]["pool_size"] == 32  # the override reached params.yaml...
@@ -123,13 +123,17 @@ def test_smoke_profile_end_to_end_and_shared_state(tmp_path):
     run([*base, "-n", "base"], proj)
     run([*base, "-S", "fd.ci_level=0.8", "-n", "narrow"], proj)
     shown = json.loads(run(["dvc", "exp", "show", "--json"], proj).stdout)
-    rows = {}
+    rows, params = {}, {}
     for commit in shown:
         for exp in commit.get("experiments") or []:
             for rev in exp["revs"]:
                 data = rev["data"]
                 rows[exp.get("name") or data.get("name")] = data["metrics"]["results/smoke/metrics.json"]["data"]
+                params[exp.get("name") or data.get("name")] = data["params"]["params.yaml"]["data"]
     assert {"base", "narrow"} <= set(rows)
+    for name in ("base", "narrow"):  # composed by Hydra: the override beats the smoke profile's pool of 64
+        assert params[name]["profile"] == "smoke" and params[name]["train"]["pool_size"] == 32
+    assert params["narrow"]["fd"]["ci_level"] == 0.8
     width = {name: rows[name]["edm_uncond.fd_rho7_nfe3_ci"]["high"] - rows[name]["edm_uncond.fd_rho7_nfe3_ci"]["low"]
              for name in ("base", "narrow")}
     assert width["narrow"] < width["base"]
