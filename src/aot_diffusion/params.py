@@ -108,7 +108,7 @@ SCHEMA: dict[str, Any] = {
         "ema_halflife_kimg": Num(0, gt=True), "ema_rampup_ratio": Num(0, 10, gt=True, nullable=True),
         "P_mean": Num(-10, 10), "P_std": Num(0, 10, gt=True), "augment_p": Num(0, 1),
         "prefetch": Bool(), "log_every": Int(1), "checkpoint_every": Int(1),
-        "nproc_per_node": Int(1, 64), "max_nonfinite_steps": Int(1, 1000),
+        "nproc_per_node": Int(1, 64), "max_nonfinite_steps": Int(1, 1000), "seed": Int(0, 2**31 - 1),
     },
     "classifier": {"steps": Int(1), "batch_size": Int(1), "lr": Num(0, 10, gt=True), "feature_dim": Int(2, 4096)},
     "sample": {

@@ -46,8 +46,7 @@ def train_config(run: Run, model: str, data: dict) -> TrainConfig:
         from ..augment import EDM_CIFAR10_AUGMENT, augment_dim
 
         net["augment_dim"] = augment_dim(**EDM_CIFAR10_AUGMENT)
-    return TrainConfig(network=net, aot=spec["aot"], conditional=spec["conditional"], seed=run.p["seed"],
-                       device=run.device, **kwargs)
+    return TrainConfig(network=net, aot=spec["aot"], conditional=spec["conditional"], device=run.device, **kwargs)
 
 
 def _loss_csv(jsonl, out) -> None:
