@@ -26,6 +26,8 @@ def copy_repo(dst: Path) -> Path:
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, dst / f)
     run(["git", "init", "-q"], dst)
+    run(["git", "config", "user.email", "test@example.invalid"], dst)  # DVC experiments commit too
+    run(["git", "config", "user.name", "pipeline test"], dst)
     run(["git", "add", "-A"], dst)
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"], dst)
     return dst
