@@ -12,11 +12,9 @@ from . import Run
 
 def check_params(run: Run) -> None:
     """Validated already (Run loads params.yaml through the schema); record them beside the results."""
-    from ..params import HEADER
-    from ..utils import atomic_write_text
-    import yaml
+    from ..params import write_params
 
-    atomic_write_text(run.L.effective_params, HEADER + yaml.safe_dump(run.p, sort_keys=False, width=120))
+    write_params(run.p, run.L.effective_params)
     run.log(f"parameters of profile {run.p['profile']}: OK")
 
 
