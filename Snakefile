@@ -3,6 +3,7 @@
 #   snakemake --cores all                                    # the effective parameters in params.yaml
 #   snakemake --cores all --config profile=smoke             # recompose params.yaml for another profile
 #   snakemake --cores all --config train='{pool_size: 256}'  # an override (wins over the profile)
+#   snakemake --cores all pool_study                         # the pool-size study (not part of `all`)
 # Overrides are written into params.yaml before the first job (as `dvc exp run -S` does), so every stage and
 # both front doors see one effective parameter set. After a successful run the finished stages are recorded
 # in dvc.lock (`dvc commit`), so `dvc status` agrees with Snakemake.

@@ -87,3 +87,14 @@ def test_every_network_stage_stops_at_once_on_device_cuda_without_cuda(tmp_path,
         main(args)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "'cuda' was requested but CUDA is not available" in err, err
+
+
+def test_an_override_can_add_a_study_variant_but_not_an_unknown_key():
+    p = compose("smoke", {"pool_study": {"variants": {"pool1024": {"pairing": "assignment", "pool_size": 1024}}}},
+                root=ROOT)
+    assert p["pool_study"]["variants"]["pool1024"] == {"pairing": "assignment", "pool_size": 1024}
+    assert "no_aot" in p["pool_study"]["variants"]  # added beside the others, not instead of them
+    with pytest.raises(ParamError, match=r"pool_study\.variants\.bad\.pool_size"):
+        compose("smoke", {"pool_study": {"variants": {"bad": {"pairing": "assignment", "pool_size": 33}}}}, root=ROOT)
+    with pytest.raises(ParamError, match=r"did you mean 'pool_study\.rho'"):
+        compose("smoke", {"pool_study": {"roh": 7}}, root=ROOT)

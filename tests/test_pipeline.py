@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from aot_diffusion.dag import dvc_yaml
+from aot_diffusion.dag import POOL_STUDY_DVC, dvc_yaml, pool_study_dvc_yaml
 from aot_diffusion.layout import FIGURE_NAMES, Layout
 from aot_diffusion.params import compose
 
@@ -41,16 +41,18 @@ def run(cmd, cwd, check=True, timeout=1200):
 
 
 def test_dvc_yaml_is_generated_from_the_stage_table():
-    assert (ROOT / "dvc.yaml").read_text() == dvc_yaml(compose(root=ROOT))
+    p = compose(root=ROOT)
+    assert (ROOT / "dvc.yaml").read_text() == dvc_yaml(p)
+    assert (ROOT / POOL_STUDY_DVC).read_text() == pool_study_dvc_yaml(p)
 
 
-def snakemake_commands(cwd, *config):
-    out = run(["snakemake", "-n", "-F", "-p", "--config", *config], cwd).stdout
+def snakemake_commands(cwd, *config, target=()):
+    out = run(["snakemake", "-n", "-F", "-p", *target, "--config", *config], cwd).stdout
     return sorted(re.findall(r"^Shell command: (aot-diffusion [^\n]*)$", out, re.M))
 
 
-def dvc_commands(cwd):
-    out = run(["dvc", "repro", "--dry", "-f"], cwd).stdout
+def dvc_commands(cwd, *targets):
+    out = run(["dvc", "repro", "--dry", "-f", *targets], cwd).stdout
     return sorted(re.findall(r"^> (aot-diffusion [^\n]*)$", out, re.M))
 
 
@@ -61,6 +63,19 @@ def test_both_front_doors_plan_the_same_commands(tmp_path, profile):
     smk, dvc = snakemake_commands(proj, f"profile={profile}"), dvc_commands(proj)
     assert smk and smk == dvc
     assert len(smk) == 45
+
+
+def test_pool_study_is_its_own_target_at_both_front_doors(tmp_path):
+    """Not part of `all` / `dvc repro`; its own target plans the same commands at both doors (data and FD
+    reference from the main DAG, then train / sample / fd / curvature per variant and the report)."""
+    proj = copy_repo(tmp_path)
+    variants = compose(root=ROOT)["pool_study"]["variants"]
+    assert not any("--variant" in c for c in snakemake_commands(proj, "profile=digits"))
+    assert not any("--variant" in c for c in dvc_commands(proj))
+    smk = snakemake_commands(proj, "profile=digits", target=["pool_study"])
+    assert smk == dvc_commands(proj, str(POOL_STUDY_DVC))
+    assert len(smk) == 3 + 4 * len(variants) + 1 and "aot-diffusion pool-study" in smk
+    assert all(f"aot-diffusion train --variant {v}" in smk for v in variants)
 
 
 def test_typo_in_params_stops_both_front_doors_naming_it(tmp_path):
@@ -109,7 +124,14 @@ def test_smoke_profile_end_to_end_and_shared_state(tmp_path):
     assert p["profile"] == "smoke" and p["train"]["pool_size"] == 32  # the override reached params.yaml...
     assert "[train aot_uncond] aot=True conditional=False steps=6 batch=32 pool=32" in out.stdout + out.stderr
     check_outputs(proj, p)
-    assert "up to date" in run(["dvc", "status"], proj).stdout  # the Snakemake run is recorded in dvc.lock
+    # The pool-size study, its own target on top of the main run's data and FD reference.
+    out = run(["snakemake", "--cores", "2", "pool_study"], proj)
+    assert "[train pool_study pool8192] aot=True conditional=False steps=6 batch=32 pool=8192" in out.stdout + out.stderr
+    study = pd.read_csv(Layout("smoke", proj).pool_study.study_table())
+    assert list(study["variant"]) == list(p["pool_study"]["variants"])
+    assert study[[c for c in study.columns if c.startswith("fd_nfe")]].notna().all().all()
+    assert Layout("smoke", proj).pool_study.study_figure.read_bytes()[:4] == b"\x89PNG"
+    assert "up to date" in run(["dvc", "status"], proj).stdout  # both Snakemake runs are recorded in dvc.lock
     again = run(["snakemake", "-n"], proj)
     assert "Nothing to be done" in again.stdout + again.stderr
     # A guidance weight reruns only the guided runs of the unconditional models, and the report.

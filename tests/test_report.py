@@ -109,3 +109,58 @@ def test_figures_have_their_content(fixture_run, monkeypatch):
     assert drawn["rho_steps_heatmap"]["images"] == models
     assert drawn["loss_curves"]["lines"] == models
     assert all(L.figure(name).exists() for name in drawn)
+
+
+def test_pool_study_table_gains_ratio_and_figure(fixture_run, monkeypatch):
+    """The study's report on made-up variant outputs: no-pairing is worse at NFE 3 than every pairing variant."""
+    from aot_diffusion.params import pool_study_view
+    from aot_diffusion.report import pool_study
+
+    p, L0 = fixture_run
+    q, L = pool_study_view(p), L0.pool_study
+    rng = np.random.default_rng(1)
+    step_ms = {}
+    for k, (name, v) in enumerate(p["pool_study"]["variants"].items()):
+        rows, feats = [], {}
+        for steps in q["sample"]["steps"]:
+            for seed in q["sample"]["seeds"]:
+                shift = 3.0 if (v["pairing"] == "none" and steps == 2) else 0.0
+                feats[sample_key(steps, q["pool_study"]["rho"], seed)] = rng.normal(size=(64, 4)) + shift
+                rows.append(dict(model=name, steps=steps, rho=7.0, nfe=2 * steps - 1, seed=seed, n=64, disc_grad_evals=0,
+                                 fd=1 + shift ** 2, fd_low=0.5 + shift ** 2, fd_high=1.5 + shift ** 2, kid=0.1,
+                                 kid_low=0.0, kid_high=0.2))
+        L.fd(name).parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_csv(L.fd(name), index=False)
+        np.savez(L.features(name), **feats)
+        L.curvature_metrics(name).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(L.curvature_metrics(name), json.dumps(dict(
+            curvature_mean=0.01 * (k + 1), truncation=[dict(steps=2, rho=7, nfe=3, error=0.5)])))
+        step_ms[name] = 100.0 + 10 * k  # sec_per_kimg * batch (32) / 1000 * 1000 ms
+        L.loss_log(name).parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(dict(step=[2, 4, 6], kimg=[0.1, 0.2, 0.3], loss=[2.0, 1.5, 1.2],
+                          sec_per_kimg=[step_ms[name] / 32] * 3, pair_ms=[5.0, 0.0, 7.0],
+                          paired_distance=[8.0 - (v["pairing"] != "none"), np.nan, 8.0 - (v["pairing"] != "none")],
+                          random_distance=[8.0, np.nan, 8.0])).to_csv(L.loss_log(name), index=False)
+    drawn = {}
+    real_save = figures._save
+
+    def spy(fig, path):
+        drawn["ticks"] = [t.get_text() for t in fig.get_axes()[0].get_xticklabels()]
+        real_save(fig, path)
+
+    monkeypatch.setattr(figures, "_save", spy)
+    df = pool_study.write_pool_study(q, L, log=lambda m: None)
+    variants = p["pool_study"]["variants"]
+    assert list(df["variant"]) == list(variants)
+    base = next(n for n, v in variants.items() if v["pairing"] == "none")
+    others = df[df["variant"] != base]
+    assert (others["gain_nfe3_low"] > 0).all()  # every pairing variant clearly better at NFE 3
+    assert ((others["gain_nfe5_low"] < 0) & (others["gain_nfe5_high"] > 0)).all()  # same distribution: noise
+    assert df.set_index("variant")["step_ratio"].to_dict() == pytest.approx(
+        {n: step_ms[n] / step_ms[base] for n in variants})
+    assert (df["pair_ms"] == 6.0).all() and (others["paired_distance"] == 7.0).all()  # windows without a pool skipped
+    pools = sorted(v["pool_size"] for v in variants.values() if v["pairing"] == "assignment")
+    assert drawn["ticks"] == [str(s) for s in pools] and L.study_figure.exists()
+    md = L.study_table("md").read_text()
+    assert "floor at the same N: 0.10" in md and all(f"| {n} |" in md for n in variants)
+    assert set(json.loads(L.study_metrics.read_text())) == {f"{n}.fd_nfe{k}" for n in variants for k in (3, 5)}

@@ -1,4 +1,5 @@
-"""``aot-diffusion <stage> [--model M | --disc D]``: one subcommand per pipeline stage (src/aot_diffusion/dag.py).
+"""``aot-diffusion <stage> [--model M | --disc D | --variant V]``: one subcommand per pipeline stage
+(src/aot_diffusion/dag.py); ``--variant`` runs a stage for a variant of the pool-size study.
 
 Stages read the effective parameters from params.yaml and take every path from layout.Layout; this module
 only parses arguments and dispatches to aot_diffusion.stages.
@@ -26,7 +27,10 @@ STAGES = {
     "guided-fd": ("evaluate", "guided_fd", "disc"),
     "tables": ("report", "tables", None),
     "figures": ("report", "figures", None),
+    "pool-study": ("report", "pool_study", None),
 }
+# Stages that also run for a variant of the pool-size study (`--variant V` instead of `--model M`).
+VARIANT_STAGES = ("train", "sample", "fd", "curvature")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, _, key) in STAGES.items():
         sp = sub.add_parser(name, help=f"run the {name} stage")
         sp.add_argument("--params", default="params.yaml", help="the effective parameter file")
-        if key:
+        if name in VARIANT_STAGES:
+            which = sp.add_mutually_exclusive_group(required=True)
+            which.add_argument("--model")
+            which.add_argument("--variant", help="a variant of the pool-size study (pool_study.variants)")
+        elif key:
             sp.add_argument(f"--{key}", required=True)
     sp = sub.choices["train"]
     sp.add_argument("--stop-after", type=int, default=None, help="stop after this many steps (tests of resume)")
@@ -45,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--profile", default=None, help="digits | smoke | cifar10 (default: conf/config.yaml's)")
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override (YAML value)")
     sp.add_argument("--check", action="store_true", help="only validate the existing params.yaml")
-    sub.add_parser("dvc-yaml", help="regenerate dvc.yaml from the stage table")
+    sub.add_parser("dvc-yaml", help="regenerate dvc.yaml (and the pool-size study's) from the stage table")
     return ap
 
 
@@ -73,12 +81,14 @@ def _params_command(args) -> None:
 
 
 def _dvc_yaml_command() -> None:
-    from .dag import dvc_yaml
+    from .dag import POOL_STUDY_DVC, dvc_yaml, pool_study_dvc_yaml
     from .params import compose
     from .utils import atomic_write_text
 
-    atomic_write_text("dvc.yaml", dvc_yaml(compose()))
-    print("dvc.yaml: regenerated")
+    p = compose()
+    atomic_write_text("dvc.yaml", dvc_yaml(p))
+    atomic_write_text(POOL_STUDY_DVC, pool_study_dvc_yaml(p))
+    print(f"dvc.yaml, {POOL_STUDY_DVC}: regenerated")
 
 
 def main(argv=None) -> None:
@@ -96,7 +106,9 @@ def main(argv=None) -> None:
         from .utils import set_threads
 
         module, func, key = STAGES[args.command]
-        run = Run(args.command, getattr(args, key) if key else None, params_path=args.params)
+        variant = getattr(args, "variant", None)
+        run = Run(args.command, variant or (getattr(args, key) if key else None), params_path=args.params,
+                  study=variant is not None)
         set_threads(run.p["threads"])
         if module not in ("report",) and func not in ("prepare_data", "check_params"):
             run.device  # a stage that runs a network checks its device before any work

@@ -16,7 +16,8 @@ import yaml
 
 from .layout import FIGURE_NAMES, TABLE_NAMES, Layout
 
-__all__ = ["Stage", "STAGES", "Context", "stage", "keys_of", "command", "dvc_yaml"]
+__all__ = ["Stage", "STAGES", "POOL_STUDY_STAGES", "Context", "stage", "keys_of", "command", "dvc_yaml",
+           "pool_study_dvc_yaml"]
 
 # What an output is to DVC: cached data, a metrics file, a plot, or a small file kept in git (cache: false).
 OUT, METRIC, PLOT, GIT, PERSIST = "out", "metric", "plot", "git", "persist"
@@ -43,6 +44,7 @@ class Context:
         self.p, self.template = p, template
         self.models = list(p["models"])
         self.discs = list(p["guidance"]["discriminators"])
+        self.variants = list(p["pool_study"]["variants"])
 
     def model_of(self, disc):
         return "${item.model}" if self.template else self.p["guidance"]["discriminators"][disc]["model"]
@@ -143,22 +145,57 @@ STAGES: list[Stage] = [
 ]
 
 
+# The pool-size study: its own DAG on top of the main one's data and FD reference, outside the default
+# target (`snakemake pool_study`; DVC: workflow/pool_size/dvc.yaml, which `dvc repro` alone does not run).
+# Its variants are trained, sampled and scored by the main stages' commands with `--variant`.
+POOL_STUDY_STAGES: list[Stage] = [
+    Stage("pool_train", "train", "variant",
+          deps=lambda L, p, k: [L.dataset],
+          outs=lambda L, k: {L.pool_study.network(k): OUT, L.pool_study.loss_log(k): PLOT,
+                             L.pool_study.checkpoints(k): PERSIST},
+          params=lambda p, k: ["seed", "device", "train", f"pool_study.variants.{k}"],
+          gpus=lambda p: p.p["train"]["nproc_per_node"], plots=(("kimg", "loss"),)),
+    Stage("pool_sample", "sample", "variant",
+          deps=lambda L, p, k: [L.pool_study.network(k)],
+          outs=lambda L, k: {L.pool_study.samples(k): OUT},
+          params=lambda p, k: ["device", "sample.steps", "pool_study.rho", *_SAMPLING], gpus=_one_gpu),
+    Stage("pool_fd", "fd", "variant",
+          deps=lambda L, p, k: [L.pool_study.samples(k), L.fd_reference, L.feature_network],
+          outs=lambda L, k: {L.pool_study.fd(k): GIT, L.pool_study.features(k): OUT},
+          params=lambda p, k: ["seed", "device", "fd"], gpus=_one_gpu),
+    Stage("pool_curvature", "curvature", "variant",
+          deps=lambda L, p, k: [L.pool_study.network(k)],
+          outs=lambda L, k: {L.pool_study.curvature(k): OUT, L.pool_study.curvature_metrics(k): GIT},
+          params=lambda p, k: ["seed", "device", "curvature", "pool_study.rho", "sample.sigma_min",
+                               "sample.sigma_max"], gpus=_one_gpu),
+    Stage("pool_study", "pool-study", None,
+          deps=lambda L, p, k: [L.fd_floor, L.fd_reference,
+                                *[path for v in p.variants for path in (
+                                    L.pool_study.fd(v), L.pool_study.features(v), L.pool_study.curvature_metrics(v),
+                                    L.pool_study.loss_log(v))]],
+          outs=lambda L, k: {L.pool_study.study_table("csv"): GIT, L.pool_study.study_table("md"): GIT,
+                             L.pool_study.study_metrics: METRIC, L.pool_study.study_figure: PLOT},
+          params=lambda p, k: ["seed", "fd", "sample.seeds", "train.batch_size", "train.knn_k", "pool_study"]),
+]
+POOL_STUDY_DVC = Path("workflow/pool_size/dvc.yaml")
+
+
 def stage(name: str) -> Stage:
-    for st in STAGES:
+    for st in STAGES + POOL_STUDY_STAGES:
         if st.name == name:
             return st
     raise KeyError(f"no stage {name!r}")
 
 
 def keys_of(st: Stage, ctx: Context) -> list:
-    return {"model": ctx.models, "disc": ctx.discs}.get(st.over, [None])
+    return {"model": ctx.models, "disc": ctx.discs, "variant": ctx.variants}.get(st.over, [None])
 
 
 def command(st: Stage, key: str | None) -> str:
     return f"aot-diffusion {st.cli}" + (f" --{st.over} {key}" if st.over else "")
 
 
-def _dvc_entry(st: Stage, ctx: Context, key) -> dict:
+def _dvc_entry(st: Stage, ctx: Context, key, wdir: str | None = None) -> dict:
     L = Layout("${profile}")
     outs, metrics, plots = [], [], []
     for path, kind in st.outs(L, key).items():
@@ -176,7 +213,8 @@ def _dvc_entry(st: Stage, ctx: Context, key) -> dict:
             if path.endswith(".csv") and st.plots:
                 opts.update(x=st.plots[0][0], y=st.plots[0][1])
             plots.append({path: opts})
-    entry = {"cmd": command(st, key)}
+    entry = {"wdir": wdir} if wdir else {}
+    entry["cmd"] = command(st, key)
     deps = [str(d) for d in st.deps(L, ctx, key)]
     if deps:
         entry["deps"] = deps
@@ -188,8 +226,9 @@ def _dvc_entry(st: Stage, ctx: Context, key) -> dict:
 
 
 # Free-form sections (their keys differ between profiles) are tracked whole; records have fixed keys.
-_WHOLE = ("train.network",)
-_RECORDS = {"models.": ("aot", "conditional"), "guidance.discriminators.": ("model", "aot")}
+_WHOLE = ("train.network", "pool_study.variants")
+_RECORDS = {"models.": ("aot", "conditional"), "guidance.discriminators.": ("model", "aot"),
+            "pool_study.variants.": ("pairing", "pool_size")}
 
 
 def _leaves(p: Mapping, name: str) -> list:
@@ -234,22 +273,45 @@ def dvc_yaml(p: Mapping) -> str:
     return head + yaml.dump(body, Dumper=_NoAliases, sort_keys=False, width=200)
 
 
+def pool_study_dvc_yaml(p: Mapping) -> str:
+    """workflow/pool_size/dvc.yaml: the study's stages, run from the repository root (wdir), over the variants
+    that params.yaml names (``foreach`` reads them, so ``-S`` can add one)."""
+    ctx, tmpl = Context(p), Context(p, template=True)
+    up = "/".join([".."] * len(POOL_STUDY_DVC.parent.parts))
+    stages = {}
+    for st in POOL_STUDY_STAGES:
+        if st.over is None:
+            stages[st.name] = _dvc_entry(st, ctx, None, wdir=up)
+        else:
+            stages[st.name] = {"foreach": "${pool_study.variants}", "do": _dvc_entry(st, tmpl, "${key}", wdir=up)}
+    head = ("# GENERATED by `aot-diffusion dvc-yaml` from src/aot_diffusion/dag.py (POOL_STUDY_STAGES); do not edit.\n"
+            "# The pool-size study, outside the default pipeline: dvc repro workflow/pool_size/dvc.yaml\n")
+    body = {"vars": [f"{up}/params.yaml:profile,pool_study"], "stages": stages}
+    return head + yaml.dump(body, Dumper=_NoAliases, sort_keys=False, width=200)
+
+
 class _NoAliases(yaml.SafeDumper):
     def ignore_aliases(self, data):
         return True
 
 
-def done_stages(root=".") -> tuple[list, int]:
-    """DVC names of the stages whose outputs all exist (what `dvc commit` can record after a Snakemake run),
-    and the number of stages in all."""
+def dvc_commit_targets(root=".") -> tuple[list, int]:
+    """What `dvc commit` can record after a Snakemake run, and how many stages finished: a pipeline file whose
+    stages all finished is one target (one pass over it is ~5x faster than naming its stages), otherwise each
+    finished stage by name (``file:stage@key`` for the study's file)."""
     from .params import load_params
 
     p = load_params(Path(root) / "params.yaml")
     ctx, L = Context(p), Layout(p["profile"], root)
-    names, total = [], 0
-    for st in STAGES:
-        for key in keys_of(st, ctx):
-            total += 1
-            if all(Path(path).exists() for path in st.outs(L, key)):
-                names.append(st.name if key is None else f"{st.name}@{key}")
-    return names, total
+    targets, finished = [], 0
+    for table, dvcfile in ((STAGES, Path("dvc.yaml")), (POOL_STUDY_STAGES, POOL_STUDY_DVC)):
+        names, total = [], 0
+        for st in table:
+            for key in keys_of(st, ctx):
+                total += 1
+                if all(Path(path).exists() for path in st.outs(L, key)):
+                    name = st.name if key is None else f"{st.name}@{key}"
+                    names.append(name if table is STAGES else f"{dvcfile}:{name}")
+        finished += len(names)
+        targets += [str(dvcfile)] if names and len(names) == total else names
+    return targets, finished

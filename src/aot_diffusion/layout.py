@@ -30,11 +30,19 @@ def parse_sample_key(key: str) -> tuple[int, float, int]:
 class Layout:
     """Paths of one profile. ``Layout("{profile}")`` gives the patterns that the DAG templates."""
 
-    def __init__(self, profile: str, root: Path | str = "."):
+    def __init__(self, profile: str, root: Path | str = ".", study: str | None = None):
         self.profile = profile
         self.root = Path(root)
         self.results = self.root / "results" / profile
         self.figures = self.root / "figures" / profile
+        # Per-model outputs: a study's models (its variants) live in its own folder; data and the FD
+        # reference stay shared with the main DAG.
+        self.model_results = self.results / study if study else self.results
+
+    @property
+    def pool_study(self) -> "Layout":
+        """Paths of the pool-size study: its variants are models under results/<profile>/pool_size/."""
+        return Layout(self.profile, self.root, study="pool_size")
 
     @property
     def effective_params(self):  # the validated parameters of the run that wrote these results
@@ -67,28 +75,28 @@ class Layout:
 
     # diffusion models
     def network(self, model):
-        return self.results / "models" / model / "network.pt"
+        return self.model_results / "models" / model / "network.pt"
 
     def loss_log(self, model):
-        return self.results / "models" / model / "loss.csv"
+        return self.model_results / "models" / model / "loss.csv"
 
     def checkpoints(self, model):
-        return self.results / "models" / model / "checkpoints"
+        return self.model_results / "models" / model / "checkpoints"
 
     def samples(self, model):
-        return self.results / "samples" / f"{model}.npz"
+        return self.model_results / "samples" / f"{model}.npz"
 
     def fd(self, model):
-        return self.results / "fd" / f"{model}.csv"
+        return self.model_results / "fd" / f"{model}.csv"
 
     def features(self, model):
-        return self.results / "fd" / f"{model}.features.npz"
+        return self.model_results / "fd" / f"{model}.features.npz"
 
     def curvature(self, model):
-        return self.results / "curvature" / f"{model}.npz"
+        return self.model_results / "curvature" / f"{model}.npz"
 
     def curvature_metrics(self, model):
-        return self.results / "curvature" / f"{model}.json"
+        return self.model_results / "curvature" / f"{model}.json"
 
     # Discriminator Guidance
     def fakes(self, model):
@@ -131,6 +139,18 @@ class Layout:
 
     def figure(self, name):
         return self.figures / f"{name}.png"
+
+    # the pool-size study's report (Layout(...).pool_study)
+    def study_table(self, ext="csv"):
+        return self.model_results / f"pool_size_study.{ext}"
+
+    @property
+    def study_metrics(self):
+        return self.model_results / "metrics.json"
+
+    @property
+    def study_figure(self):
+        return self.figures / "pool_size_study.png"
 
     # released checkpoints (Snakemake target `released`, outside the default DAG)
     @property

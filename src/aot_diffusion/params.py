@@ -74,6 +74,7 @@ def List(item, min_len=1, **kw):
 
 MODEL = {"aot": Bool(), "conditional": Bool()}
 DISCRIMINATOR = {"model": Str(), "aot": Bool()}
+VARIANT = {"pairing": Str("none", "assignment", "knn"), "pool_size": Int(1)}  # a pool-size study variant
 NETWORK = {  # EDM's SongUNet / DhariwalUNet constructor arguments that a profile may set
     "model_type": Str("SongUNet", "DhariwalUNet"), "embedding_type": Str("positional", "fourier"),
     "encoder_type": Str("standard", "skip", "residual"), "decoder_type": Str("standard", "skip"),
@@ -138,9 +139,10 @@ SCHEMA: dict[str, Any] = {
         "steps_list": List(Int(2, 1000)), "rho": List(Num(0, 1000, gt=True)),
         "discriminators": Spec("map", item=Spec("discriminator")),
     },
+    "pool_study": {"rho": Num(0, 1000, gt=True), "variants": Spec("map", item=Spec("variant"))},
 }
 
-_RECORDS = {"model": MODEL, "discriminator": DISCRIMINATOR}
+_RECORDS = {"model": MODEL, "discriminator": DISCRIMINATOR, "variant": VARIANT}
 
 
 def _fail(path: str, msg: str):
@@ -213,10 +215,13 @@ def validate(p: Mapping) -> dict:
     per_rank = t["batch_per_rank"] or t["batch_size"] // ranks
     if (t["batch_size"] // ranks) % per_rank:
         _fail("train.batch_per_rank", f"{per_rank} does not divide the per-rank batch {t['batch_size'] // ranks}")
-    for key in ("pool_size", "pool_size_cond"):
-        if t[key] < per_rank or t[key] % per_rank:
-            _fail(f"train.{key}", f"the pool ({t[key]}) must be a multiple of the per-rank mini-batch ({per_rank} = "
-                                  f"train.batch_size {t['batch_size']} / train.nproc_per_node {ranks})")
+    pools = {f"train.{key}": t[key] for key in ("pool_size", "pool_size_cond")}
+    pools.update({f"pool_study.variants.{name}.pool_size": v["pool_size"]
+                  for name, v in p["pool_study"]["variants"].items()})
+    for key, pool in pools.items():
+        if pool < per_rank or pool % per_rank:
+            _fail(key, f"the pool ({pool}) must be a multiple of the per-rank mini-batch ({per_rank} = "
+                       f"train.batch_size {t['batch_size']} / train.nproc_per_node {ranks})")
     if s["sigma_min"] >= s["sigma_max"]:
         _fail("sample.sigma_min", f"({s['sigma_min']}) must be below sample.sigma_max ({s['sigma_max']})")
     for key, sub, full in (("sample.grid_steps", s["grid_steps"], s["steps"]),
@@ -253,7 +258,7 @@ def flatten(tree: Mapping, prefix: str = "") -> dict:
     out = {}
     for k, v in tree.items():
         key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v and k not in ("models", "discriminators"):
+        if isinstance(v, Mapping) and v and k not in ("models", "discriminators", "variants"):
             out.update(flatten(v, key + "."))
         else:
             out[key] = v
@@ -277,7 +282,8 @@ def compose(profile: str | None = None, overrides: Mapping | None = None, root: 
     args = [] if profile is None else [f"profile={profile}"]
     if profile is not None and profile not in PROFILES:
         raise ParamError(f"parameter 'profile': unknown profile {profile!r}; choose from {list(PROFILES)}")
-    args += [f"{k}={_hydra_value(v)}" for k, v in flatten(overrides or {}).items()]
+    # `++`: add or override, so a new model or study variant can be added; validate() refuses unknown keys.
+    args += [f"++{k}={_hydra_value(v)}" for k, v in flatten(overrides or {}).items()]
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf), version_base=None):
@@ -358,6 +364,20 @@ def select(p: Mapping, keys) -> dict:
             node = node[part]
         out[key] = node
     return out
+
+
+def pool_study_view(p: Mapping) -> dict:
+    """The parameters as the pool-size study's stages read them: each variant is an unconditional model with
+    its own pairing and pool (the rest of train.* shared), sampled at sample.steps with the one rho
+    pool_study.rho. The same stage code then trains, samples and scores a variant as it does a model."""
+    import copy
+
+    q = copy.deepcopy(dict(p))
+    q["models"] = {name: {"aot": v["pairing"] != "none", "conditional": False, "pool_size": v["pool_size"],
+                          "pairing": v["pairing"] if v["pairing"] != "none" else p["train"]["pairing"]}
+                   for name, v in p["pool_study"]["variants"].items()}
+    q["sample"]["rho"] = [p["pool_study"]["rho"]]
+    return q
 
 
 def device_of(p: Mapping) -> str:

@@ -50,6 +50,7 @@ def stage_command(name):
 wildcard_constraints:
     model="|".join(MODELS),
     disc="|".join(DISCS),
+    variant="|".join(CTX.variants),
 
 
 onstart:

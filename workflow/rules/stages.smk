@@ -1,10 +1,12 @@
-# One thin rule per stage of the table in src/aot_diffusion/dag.py (wildcards: {model}, {disc}).
+# One thin rule per stage of the tables in src/aot_diffusion/dag.py (wildcards: {model}, {disc}, {variant}):
+# the main DAG (target `all`) and the pool-size study (target `pool_study`, not part of `all`).
 # Tables and figures go into `snakemake --report report.html`, with captions from workflow/report/.
 from pathlib import Path
 
 from aot_diffusion.layout import FIGURE_NAMES, TABLE_NAMES
 
-REPORTED = {**{name: "Tables" for name in TABLE_NAMES}, **{name: "Figures" for name in FIGURE_NAMES}}
+REPORTED = {**{name: "Tables" for name in TABLE_NAMES}, **{name: "Figures" for name in FIGURE_NAMES},
+            "pool_size_study": "Pool-size study"}
 
 
 def reported(path):
@@ -15,7 +17,7 @@ def reported(path):
                   labels={"name": stem, "profile": P["profile"]})
 
 
-for st in dag.STAGES:
+for st in dag.STAGES + dag.POOL_STUDY_STAGES:
 
     rule:
         name:

@@ -8,7 +8,7 @@ import time
 from functools import cached_property
 
 from ..layout import Layout
-from ..params import ParamError, device_of, load_params
+from ..params import ParamError, device_of, load_params, pool_study_view
 from ..utils import atomic_write_text
 
 __all__ = ["Run"]
@@ -17,14 +17,16 @@ __all__ = ["Run"]
 class Run:
     """One stage run: its parameters, paths, device and a log that names the stage and model."""
 
-    def __init__(self, stage: str, key: str | None = None, params_path="params.yaml"):
+    def __init__(self, stage: str, key: str | None = None, params_path="params.yaml", study: bool = False):
         from ..frontdoors import refuse_if_snakemake_running
 
         refuse_if_snakemake_running()
         self.p = load_params(params_path)
         self.L = Layout(self.p["profile"])
+        if study:  # a pool-size study variant, trained, sampled and scored as a model of its own
+            self.p, self.L = pool_study_view(self.p), self.L.pool_study
         self.key = key
-        self.tag = stage + (f" {key}" if key else "")
+        self.tag = stage + (" pool_study" if study else "") + (f" {key}" if key else "")
         self.t0 = time.perf_counter()
 
     @cached_property
@@ -36,7 +38,8 @@ class Run:
 
     def model_spec(self, model: str) -> dict:
         if model not in self.p["models"]:
-            raise ParamError(f"unknown model {model!r}; params.yaml 'models' has {sorted(self.p['models'])}")
+            where = "'pool_study.variants'" if self.L.model_results != self.L.results else "'models'"
+            raise ParamError(f"unknown model {model!r}; params.yaml {where} has {sorted(self.p['models'])}")
         return self.p["models"][model]
 
     def disc_spec(self, disc: str) -> dict:

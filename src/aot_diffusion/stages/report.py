@@ -1,4 +1,4 @@
-"""Report stages: tables (+ the headline metrics of `dvc exp show`) and figures."""
+"""Report stages: tables (+ the headline metrics of `dvc exp show`), figures, and the pool-size study's report."""
 
 from __future__ import annotations
 
@@ -15,3 +15,10 @@ def figures(run: Run) -> None:
     from ..report.figures import write_figures
 
     write_figures(run.p, run.L, log=run.log)
+
+
+def pool_study(run: Run) -> None:
+    from ..params import pool_study_view
+    from ..report.pool_study import write_pool_study
+
+    write_pool_study(pool_study_view(run.p), run.L.pool_study, log=run.log)

@@ -38,6 +38,7 @@ def train_config(run: Run, model: str, data: dict) -> TrainConfig:
         raise RuntimeError(f"train.{unused[0]} has no TrainConfig field: the training loop would ignore it")
     if spec["conditional"]:
         kwargs["pool_size"] = t["pool_size_cond"]
+    kwargs.update({k: spec[k] for k in ("pool_size", "pairing") if k in spec})  # a pool-size study variant
     net = dict(t["network"], img_channels=int(data["train_images"].shape[1]),
                img_resolution=int(data["train_images"].shape[2]))
     if spec["conditional"]:

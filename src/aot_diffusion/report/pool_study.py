@@ -1,0 +1,151 @@
+"""The pool-size study's report: what a larger AOT pool buys, beside no pairing and nearest-of-k selection.
+
+One row per variant (pool_study.variants): FD at every NFE with its interval and the paired difference to the
+no-pairing baseline on the same latents (positive: the variant is better), curvature and truncation error,
+the mean image-noise distance of the training pairs, pairing time per pool, and training step time.
+Step times come from the variants' own training logs; the variants train as separate jobs (side by side
+under `snakemake --cores all`), so their ratio carries this machine's noise: benchmarks/pairing.py measures
+the interleaved ratio.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from ..layout import sample_key
+from ..metrics import fd as fdm
+from ..utils import AtomicPath, atomic_write_text
+from .tables import _summary, metric_label, metric_name
+
+
+def _baseline(p) -> str | None:
+    """The variant without pairing: the reference of the paired differences and the step-time ratio."""
+    return next((n for n, v in p["pool_study"]["variants"].items() if v["pairing"] == "none"), None)
+
+
+def _training(L, variant, batch_size) -> dict:
+    log = pd.read_csv(L.loss_log(variant))
+    paired = log[log["paired_distance"].notna()]  # windows in which at least one pool started
+    return dict(paired_distance=float(paired["paired_distance"].mean()),
+                random_distance=float(paired["random_distance"].mean()),
+                pair_ms=float(paired["pair_ms"].mean()),
+                step_ms=float(log["sec_per_kimg"].median() * batch_size))
+
+
+def study_table(p, L) -> pd.DataFrame:
+    ref = np.load(L.fd_reference)
+    stats, f, seed = (ref["mu"], ref["sigma"]), p["fd"], p["sample"]["seeds"][0]
+    base = _baseline(p)
+    base_feats = np.load(L.features(base)) if base else None
+    rows = []
+    for name, v in p["pool_study"]["variants"].items():
+        row = dict(variant=name, pairing=v["pairing"], pool_size=v["pool_size"],
+                   knn_k=p["train"]["knn_k"] if v["pairing"] == "knn" else np.nan)
+        feats = np.load(L.features(name))
+        for _, r in _summary(pd.read_csv(L.fd(name))).iterrows():
+            nfe = int(r["nfe"])
+            row.update({f"fd_nfe{nfe}": r["fd"], f"fd_nfe{nfe}_low": r["fd_low"], f"fd_nfe{nfe}_high": r["fd_high"]})
+            if base is not None and name != base:
+                key = sample_key(r["steps"], r["rho"], seed)
+                diff, low, high = fdm.paired_diff_ci(base_feats[key], feats[key], stats, n_boot=f["bootstrap"],
+                                                     seed=p["seed"], level=f["ci_level"])
+                row.update({f"gain_nfe{nfe}": diff, f"gain_nfe{nfe}_low": low, f"gain_nfe{nfe}_high": high})
+        curv = json.loads(L.curvature_metrics(name).read_text())
+        row["curvature_mean"] = curv["curvature_mean"]
+        row.update({f"trunc_err_nfe{t['nfe']}": t["error"] for t in curv["truncation"]})
+        row.update(_training(L, name, p["train"]["batch_size"]))
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if base is not None:
+        df["step_ratio"] = df["step_ms"] / float(df.loc[df["variant"] == base, "step_ms"].iloc[0])
+    return df
+
+
+def _markdown(p, df: pd.DataFrame, floor: dict) -> str:
+    nfes = sorted(int(c[6:]) for c in df.columns if c.startswith("fd_nfe") and c[6:].isdigit())
+    name = metric_name(p).upper()
+    head = ["variant", "pairing", "pool"] + [f"{name} NFE {n} [95% CI]" for n in nfes]
+    head += [f"gain NFE {nfes[0]} [95% CI]", "curvature", "paired dist", "pair ms/pool", "step ms", "step ratio"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in df.iterrows():
+        cells = [r["variant"], r["pairing"] + (f" (k={int(r['knn_k'])})" if r["pairing"] == "knn" else ""),
+                 str(int(r["pool_size"]))]
+        cells += [f"{r[f'fd_nfe{n}']:.2f} [{r[f'fd_nfe{n}_low']:.2f}, {r[f'fd_nfe{n}_high']:.2f}]" for n in nfes]
+        g = f"gain_nfe{nfes[0]}"
+        cells.append(f"{r[g]:+.2f} [{r[g + '_low']:+.2f}, {r[g + '_high']:+.2f}]" if g in r and pd.notna(r[g])
+                     else "baseline")
+        cells += [f"{r['curvature_mean']:.4f}", f"{r['paired_distance']:.2f}", f"{r['pair_ms']:.0f}",
+                  f"{r['step_ms']:.0f}", f"{r['step_ratio']:.2f}" if "step_ratio" in r else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return (f"# Pool-size study: {metric_label(p)} ({p['profile']} profile, rho {p['pool_study']['rho']:g}, "
+            f"{int(floor['n'])} samples per setting)\n\n"
+            f"Real held-out floor at the same N: {floor['fd']:.2f} [{floor['low']:.2f}, {floor['high']:.2f}]. "
+            f"gain: FD of the no-pairing baseline minus the variant's, same latents, 95% paired bootstrap "
+            f"(positive: the variant is better; an interval that holds 0 is inside the noise). paired dist: mean "
+            f"|x - n| of the training pairs (random pairs: {df['random_distance'].mean():.2f}). Step times come "
+            f"from each variant's training log (separate jobs, not interleaved).\n\n" + "\n".join(lines) + "\n")
+
+
+def study_figure(p, df: pd.DataFrame, floor: dict, path):
+    from .figures import _figure, _save
+
+    nfes = sorted(int(c[6:]) for c in df.columns if c.startswith("fd_nfe") and c[6:].isdigit())
+    pools = df[df["pairing"] == "assignment"].sort_values("pool_size")
+    others = df[df["pairing"] != "assignment"]
+    fig, axes = _figure(3, w=4.0, h=3.3)
+    ax = axes[0][0]
+    for i, nfe in enumerate(nfes):
+        color = f"C{i}"
+        ax.errorbar(pools["pool_size"], pools[f"fd_nfe{nfe}"], fmt="o-", ms=3, color=color, capsize=2,
+                    yerr=[pools[f"fd_nfe{nfe}"] - pools[f"fd_nfe{nfe}_low"],
+                          pools[f"fd_nfe{nfe}_high"] - pools[f"fd_nfe{nfe}"]], label=f"AOT, NFE {nfe}")
+        for (_, r), ls in zip(others.iterrows(), ("--", "-.", ":")):
+            ax.axhline(r[f"fd_nfe{nfe}"], color=color, ls=ls, lw=1,
+                       label=f"{r['variant']} ({r['pairing']})" if i == 0 else None)
+    ax.axhline(floor["fd"], color="k", ls=":", lw=1, label=f"real held-out floor (N={int(floor['n'])})")
+    ax.set(xscale="log", yscale="log", xlabel="pool size", ylabel=metric_label(p), title="sample quality")
+    ax.set_xticks(pools["pool_size"], [str(int(x)) for x in pools["pool_size"]])
+    ax.minorticks_off()
+    ax.legend(fontsize=6)
+    ax = axes[0][1]
+    ax.plot(pools["pool_size"], pools["paired_distance"], "o-", color="tab:red", label="AOT pairs")
+    for (_, r), ls in zip(others.iterrows(), ("--", "-.", ":")):
+        ax.axhline(r["paired_distance"], color="gray", ls=ls, lw=1, label=f"{r['variant']} ({r['pairing']})")
+    ax.set(xscale="log", xlabel="pool size", ylabel="mean |x - n| of training pairs", title="pairing distance")
+    ax.set_xticks(pools["pool_size"], [str(int(x)) for x in pools["pool_size"]])
+    ax.minorticks_off()
+    ax.legend(fontsize=6)
+    ax = axes[0][2]
+    ax.plot(pools["pool_size"], pools["pair_ms"] / 1000, "o-", color="tab:purple", label="pairing s / pool")
+    ax.set(xscale="log", yscale="log", xlabel="pool size", ylabel="seconds per pool", title="cost")
+    ax.set_xticks(pools["pool_size"], [str(int(x)) for x in pools["pool_size"]])
+    ax.minorticks_off()
+    if "step_ratio" in pools:
+        twin = ax.twinx()
+        twin.plot(pools["pool_size"], pools["step_ratio"], "s--", color="tab:green", label="step-time ratio")
+        twin.axhline(1.0, color="tab:green", lw=0.5)
+        twin.set_ylabel("step time / no-pairing step time")
+        twin.legend(fontsize=6, loc="lower right")
+    ax.legend(fontsize=6, loc="upper left")
+    fig.suptitle(f"Pool-size study ({p['profile']} profile, unconditional, rho {p['pool_study']['rho']:g}, "
+                 f"95% bootstrap intervals)", fontsize=9)
+    _save(fig, path)
+
+
+def write_pool_study(p, L, log=print):
+    """``p``: the study's view of the parameters (params.pool_study_view); ``L``: Layout(...).pool_study."""
+    floor = json.loads(L.fd_floor.read_text())
+    df = study_table(p, L)
+    with AtomicPath(L.study_table("csv"), suffix=".csv") as tmp:
+        df.to_csv(tmp, index=False)
+    atomic_write_text(L.study_table("md"), _markdown(p, df, floor))
+    study_figure(p, df, floor, L.study_figure)
+    name = metric_name(p)
+    metrics = {f"{r['variant']}.{name}_nfe{c[6:]}": float(r[c]) for _, r in df.iterrows()
+               for c in df.columns if c.startswith("fd_nfe") and c[6:].isdigit()}
+    atomic_write_text(L.study_metrics, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    log(f"wrote {L.study_table('md')}, {L.study_figure} and {L.study_metrics}")
+    return df
