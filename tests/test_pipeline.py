@@ -78,6 +78,27 @@ def test_pool_study_is_its_own_target_at_both_front_doors(tmp_path):
     assert all(f"aot-diffusion train --variant {v}" in smk for v in variants)
 
 
+def test_front_doors_refuse_to_run_at_once(tmp_path):
+    """Snakemake does not start while DVC holds its lock; a stage run by DVC stops while Snakemake runs."""
+    import os
+
+    proj = copy_repo(tmp_path)
+    rwlock = proj / ".dvc" / "tmp" / "rwlock"
+    rwlock.parent.mkdir(parents=True, exist_ok=True)
+    rwlock.write_text(json.dumps({"read": {}, "write": {"dvc.yaml": {"pid": os.getpid(), "cmd": "dvc repro"}}}))
+    out = run(["snakemake", "--cores", "1", "check_params"], proj, check=False)
+    assert out.returncode != 0 and "refusing to start: `dvc repro`" in out.stdout + out.stderr
+    assert not (proj / "results").exists()
+    rwlock.unlink()
+    locks = proj / ".snakemake" / "locks"
+    locks.mkdir(parents=True)
+    (locks / "0.input.lock").write_text("")
+    env = dict(os.environ, DVC_STAGE="check_params")  # what DVC sets for the commands of its stages
+    out = subprocess.run(["aot-diffusion", "check-params"], cwd=proj, capture_output=True, text=True, env=env)
+    assert out.returncode != 0 and "refusing to run under DVC: Snakemake is running" in out.stdout + out.stderr
+    assert not (proj / "results").exists()
+
+
 def test_typo_in_params_stops_both_front_doors_naming_it(tmp_path):
     proj = copy_repo(tmp_path)
     text = (proj / "params.yaml").read_text().replace("  pool_size: 512", "  pool_sise: 512", 1)

@@ -95,7 +95,7 @@ def study_figure(p, df: pd.DataFrame, floor: dict, path):
     nfes = sorted(int(c[6:]) for c in df.columns if c.startswith("fd_nfe") and c[6:].isdigit())
     pools = df[df["pairing"] == "assignment"].sort_values("pool_size")
     others = df[df["pairing"] != "assignment"]
-    fig, axes = _figure(3, w=4.0, h=3.3)
+    fig, axes = _figure(3, w=4.0, h=3.8)
     ax = axes[0][0]
     for i, nfe in enumerate(nfes):
         color = f"C{i}"
@@ -109,7 +109,7 @@ def study_figure(p, df: pd.DataFrame, floor: dict, path):
     ax.set(xscale="log", yscale="log", xlabel="pool size", ylabel=metric_label(p), title="sample quality")
     ax.set_xticks(pools["pool_size"], [str(int(x)) for x in pools["pool_size"]])
     ax.minorticks_off()
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)  # below: the data fill the axes
     ax = axes[0][1]
     ax.plot(pools["pool_size"], pools["paired_distance"], "o-", color="tab:red", label="AOT pairs")
     for (_, r), ls in zip(others.iterrows(), ("--", "-.", ":")):
@@ -117,7 +117,7 @@ def study_figure(p, df: pd.DataFrame, floor: dict, path):
     ax.set(xscale="log", xlabel="pool size", ylabel="mean |x - n| of training pairs", title="pairing distance")
     ax.set_xticks(pools["pool_size"], [str(int(x)) for x in pools["pool_size"]])
     ax.minorticks_off()
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     ax = axes[0][2]
     ax.plot(pools["pool_size"], pools["pair_ms"] / 1000, "o-", color="tab:purple", label="pairing s / pool")
     ax.set(xscale="log", yscale="log", xlabel="pool size", ylabel="seconds per pool", title="cost")
@@ -128,8 +128,8 @@ def study_figure(p, df: pd.DataFrame, floor: dict, path):
         twin.plot(pools["pool_size"], pools["step_ratio"], "s--", color="tab:green", label="step-time ratio")
         twin.axhline(1.0, color="tab:green", lw=0.5)
         twin.set_ylabel("step time / no-pairing step time")
-        twin.legend(fontsize=6, loc="lower right")
-    ax.legend(fontsize=6, loc="upper left")
+        twin.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.7, -0.2))
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.3, -0.2))
     fig.suptitle(f"Pool-size study ({p['profile']} profile, unconditional, rho {p['pool_study']['rho']:g}, "
                  f"95% bootstrap intervals)", fontsize=9)
     _save(fig, path)
