@@ -99,6 +99,28 @@ def test_front_doors_refuse_to_run_at_once(tmp_path):
     assert not (proj / "results").exists()
 
 
+def test_a_stage_run_by_dvc_drops_snakemakes_records_of_its_outputs(tmp_path, monkeypatch):
+    import base64
+
+    from aot_diffusion.frontdoors import forget_snakemake_records
+
+    p = compose("smoke", root=ROOT)
+    L = Layout("smoke")
+    meta = tmp_path / ".snakemake" / "metadata"
+    meta.mkdir(parents=True)
+    mine = [L.fd("edm_uncond"), L.features("edm_uncond"), L.pool_study.fd("pool128")]
+    other = L.fd("aot_uncond")
+    for path in [*mine, other]:
+        (meta / base64.urlsafe_b64encode(str(path).encode()).decode()).write_text("{}")
+    monkeypatch.setenv("DVC_STAGE", "fd@edm_uncond")
+    assert len(forget_snakemake_records(p, tmp_path)) == 2
+    monkeypatch.setenv("DVC_STAGE", "workflow/pool_size/dvc.yaml:pool_fd@pool128")
+    assert len(forget_snakemake_records(p, tmp_path)) == 1
+    assert [f.name for f in meta.iterdir()] == [base64.urlsafe_b64encode(str(other).encode()).decode()]
+    monkeypatch.delenv("DVC_STAGE")  # run by Snakemake or by hand: records stay
+    assert forget_snakemake_records(p, tmp_path) == []
+
+
 def test_typo_in_params_stops_both_front_doors_naming_it(tmp_path):
     proj = copy_repo(tmp_path)
     text = (proj / "params.yaml").read_text().replace("  pool_size: 512", "  pool_sise: 512", 1)
@@ -183,6 +205,10 @@ def test_smoke_profile_end_to_end_and_shared_state(tmp_path):
              for name in ("base", "narrow")}
     assert width["narrow"] < width["base"]
     assert rows["narrow"]["edm_uncond.fd_rho7_nfe3"] == rows["base"]["edm_uncond.fd_rho7_nfe3"]
+    # DVC reran the scoring stages with another ci_level: Snakemake's records of them were dropped, so it
+    # judges them by time and plans nothing (instead of rerunning them for its stale parameters).
+    again = run(["snakemake", "-n"], proj)
+    assert "Nothing to be done" in again.stdout + again.stderr
     # Profiles keep their own outputs; the report lists tables and figures.
     assert not (proj / "results" / "digits").exists()
     run(["snakemake", "--report", "report.html"], proj)

@@ -12,7 +12,8 @@ import yaml
 
 from .params import ParamError
 
-__all__ = ["check_dag_shape", "refuse_if_dvc_running", "refuse_if_snakemake_running", "record_in_dvc"]
+__all__ = ["check_dag_shape", "refuse_if_dvc_running", "refuse_if_snakemake_running", "record_in_dvc",
+           "forget_snakemake_records"]
 
 
 def check_dag_shape(p, root: Path | str = ".") -> None:
@@ -60,6 +61,39 @@ def refuse_if_snakemake_running(root: Path | str = ".") -> None:
     if os.environ.get("DVC_STAGE") and locks.is_dir() and any(locks.iterdir()):
         raise SystemExit("refusing to run under DVC: Snakemake is running in this directory (.snakemake/locks); "
                          "wait for it, or run `snakemake --unlock` if it was killed")
+
+
+def forget_snakemake_records(p, root: Path | str = ".") -> list:
+    """Called by every stage run under DVC: drop Snakemake's records of the outputs this stage rewrites.
+
+    Snakemake keeps, per output, the parameters it last ran the job with (.snakemake/metadata/<urlsafe
+    base64 of the path>, its file persistence). When DVC reruns a stage with other parameters, that record
+    is stale and Snakemake would rerun the job although its outputs match params.yaml; without a record
+    Snakemake judges the outputs by modification time, so after `dvc repro` `snakemake -n` plans nothing.
+    Returns the records removed."""
+    import base64
+
+    from .dag import Context, keys_of, stage
+    from .layout import Layout
+
+    name = os.environ.get("DVC_STAGE", "").rpartition(":")[2]  # "stage@key", or "file:stage@key"
+    meta = Path(root) / ".snakemake" / "metadata"
+    if not name or not meta.is_dir():
+        return []
+    st_name, _, key = name.partition("@")
+    try:
+        st = stage(st_name)
+    except KeyError:
+        return []
+    if key and key not in keys_of(st, Context(p)):
+        return []
+    removed = []
+    for path in st.outs(Layout(p["profile"]), key or None):
+        record = meta / base64.urlsafe_b64encode(str(path).encode()).decode()
+        if len(record.name) < 255 and record.is_file():  # longer names are split into folders: none of ours
+            record.unlink()
+            removed.append(record)
+    return removed
 
 
 def record_in_dvc(root: Path | str = ".") -> None:

@@ -18,10 +18,11 @@ class Run:
     """One stage run: its parameters, paths, device and a log that names the stage and model."""
 
     def __init__(self, stage: str, key: str | None = None, params_path="params.yaml", study: bool = False):
-        from ..frontdoors import refuse_if_snakemake_running
+        from ..frontdoors import forget_snakemake_records, refuse_if_snakemake_running
 
         refuse_if_snakemake_running()
         self.p = load_params(params_path)
+        forget_snakemake_records(self.p)
         self.L = Layout(self.p["profile"])
         if study:  # a pool-size study variant, trained, sampled and scored as a model of its own
             self.p, self.L = pool_study_view(self.p), self.L.pool_study
