@@ -252,3 +252,26 @@ def test_knn_pairing_keeps_the_nearest_of_k_draws_per_image():
     assert torch.equal(pool.noise, knn.make(0).noise)
     exact = PoolSource(x, None, pool_size=32, aot_on=True, pairing="assignment", seed=3).make(0)
     assert exact.noise.shape == pool.noise.shape and not torch.equal(exact.noise, pool.noise)
+
+
+def test_background_pairing_stops_at_the_last_pool_training_uses():
+    """At the end of training no pool is paired that no step will use (at 8192 that is a long solve)."""
+    import time
+
+    from aot_diffusion.training import _Prefetcher
+
+    class Counting:
+        def __init__(self):
+            self.made = []
+
+        def make(self, k):
+            self.made.append(k)
+            return k
+
+    source = Counting()
+    pre = _Prefetcher(source, first=2, enabled=True, last=4)
+    assert [pre.get() for _ in range(3)] == [2, 3, 4]
+    time.sleep(0.3)  # the thread would have paired pool 5 by now
+    pre.close()
+    assert source.made == [2, 3, 4]
+    assert pre.get() == 5  # asked for anyway (it is not): paired in the foreground, never a hang

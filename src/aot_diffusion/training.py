@@ -200,8 +200,10 @@ class PoolSource:
 class _Prefetcher:
     """Prepares pool k+1 (augment, draw noise, pair) in a thread while pool k trains."""
 
-    def __init__(self, source: PoolSource, first: int, enabled: bool):
-        self.source, self.next_index, self.enabled = source, first, enabled
+    def __init__(self, source: PoolSource, first: int, enabled: bool, last: Optional[int] = None):
+        # last: the last pool training will use; none is paired beyond it (at the end of training a large
+        # pool's solve would only take CPU from other jobs).
+        self.source, self.first, self.next_index, self.enabled, self.last = source, first, first, enabled, last
         self._queue: queue.Queue = queue.Queue(maxsize=1)
         self._stop = threading.Event()
         self._thread = None
@@ -210,8 +212,8 @@ class _Prefetcher:
             self._thread.start()
 
     def _run(self):
-        k = self.next_index
-        while not self._stop.is_set():
+        k = self.first
+        while not self._stop.is_set() and (self.last is None or k <= self.last):
             try:
                 item = self.source.make(k)
             except BaseException as exc:  # surfaced in the training thread
@@ -227,10 +229,9 @@ class _Prefetcher:
             k += 1
 
     def get(self) -> Pool:
-        if not self.enabled:
-            pool = self.source.make(self.next_index)
-            self.next_index += 1
-            return pool
+        k, self.next_index = self.next_index, self.next_index + 1
+        if not self.enabled or (self.last is not None and k > self.last):
+            return self.source.make(k)
         item = self._queue.get()
         if isinstance(item, BaseException):
             raise item
@@ -347,7 +348,8 @@ def train(cfg: TrainConfig, images: torch.Tensor, labels: Optional[torch.Tensor]
                         num_classes=num_classes if cfg.conditional else 0, augment=augment, device=str(device))
     # Position in the pool stream: each round consumes one mini-batch.
     batch_pos = step * rounds
-    prefetch = _Prefetcher(source, batch_pos // steps_per_pool, cfg.prefetch)
+    prefetch = _Prefetcher(source, batch_pos // steps_per_pool, cfg.prefetch,
+                           last=(cfg.total_steps * rounds - 1) // steps_per_pool)
     pool = prefetch.get()
     offset = batch_pos % steps_per_pool
 
