@@ -98,3 +98,16 @@ def test_an_override_can_add_a_study_variant_but_not_an_unknown_key():
         compose("smoke", {"pool_study": {"variants": {"bad": {"pairing": "assignment", "pool_size": 33}}}}, root=ROOT)
     with pytest.raises(ParamError, match=r"did you mean 'pool_study\.rho'"):
         compose("smoke", {"pool_study": {"roh": 7}}, root=ROOT)
+
+
+def test_unknown_study_variant_stops_the_stage_naming_the_section(tmp_path, monkeypatch, capsys):
+    from aot_diffusion.cli import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(compose("smoke", root=ROOT)))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--params", str(params), "--variant", "pool129"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "unknown variant 'pool129'" in err and "'pool_study.variants'" in err
+    assert not (tmp_path / "results").exists()

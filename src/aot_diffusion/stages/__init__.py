@@ -39,8 +39,9 @@ class Run:
 
     def model_spec(self, model: str) -> dict:
         if model not in self.p["models"]:
-            where = "'pool_study.variants'" if self.L.model_results != self.L.results else "'models'"
-            raise ParamError(f"unknown model {model!r}; params.yaml {where} has {sorted(self.p['models'])}")
+            what, where = (("variant", "pool_study.variants") if self.L.model_results != self.L.results
+                           else ("model", "models"))
+            raise ParamError(f"unknown {what} {model!r}; params.yaml '{where}' has {sorted(self.p['models'])}")
         return self.p["models"][model]
 
     def disc_spec(self, disc: str) -> dict:
