@@ -179,17 +179,19 @@ def test_smoke_profile_end_to_end_and_shared_state(tmp_path):
     out = run(["snakemake", "-n", "--config", "guidance={weight_uncond: 3.0}"], proj).stdout
     assert planned_jobs(out) == {"check_params": 1, "guided_sample": 3, "guided_fd": 3, "tables": 1, "figures": 1,
                                  "all": 1, "total": 10}
-    # DVC experiments keep their own metrics: the same run recorded as an experiment, and one with another
-    # confidence level (reruns only the scoring stages and the report).
+    # DVC experiments keep their own metrics: an experiment with another confidence level (reruns only the
+    # scoring stages and the report) beside the committed Snakemake run (the baseline row of `dvc exp show`).
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
     run([*git, "add", "-A"], proj)
     run([*git, "commit", "-qm", "smoke run"], proj)
-    base = ["dvc", "exp", "run", "-S", "profile=smoke", "-S", "train.pool_size=32"]
-    run([*base, "-n", "base"], proj)
-    run([*base, "-S", "fd.ci_level=0.8", "-n", "narrow"], proj)
+    run(["dvc", "exp", "run", "-S", "profile=smoke", "-S", "train.pool_size=32", "-S", "fd.ci_level=0.8",
+         "-n", "narrow"], proj)
     shown = json.loads(run(["dvc", "exp", "show", "--json"], proj).stdout)
     rows, params = {}, {}
     for commit in shown:
+        if commit.get("rev") != "workspace":
+            rows["base"] = commit["data"]["metrics"]["results/smoke/metrics.json"]["data"]
+            params["base"] = commit["data"]["params"]["params.yaml"]["data"]
         for exp in commit.get("experiments") or []:
             for rev in exp["revs"]:
                 data = rev["data"]
@@ -198,7 +200,7 @@ def test_smoke_profile_end_to_end_and_shared_state(tmp_path):
     assert {"base", "narrow"} <= set(rows)
     for name in ("base", "narrow"):  # composed by Hydra: the override beats the smoke profile's pool of 64
         assert params[name]["profile"] == "smoke" and params[name]["train"]["pool_size"] == 32
-    assert params["narrow"]["fd"]["ci_level"] == 0.8
+    assert params["narrow"]["fd"]["ci_level"] == 0.8 and params["base"]["fd"]["ci_level"] == 0.95
     width = {name: rows[name]["edm_uncond.fd_rho7_nfe3_ci"]["high"] - rows[name]["edm_uncond.fd_rho7_nfe3_ci"]["low"]
              for name in ("base", "narrow")}
     assert width["narrow"] < width["base"]
