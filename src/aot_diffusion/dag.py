@@ -15,6 +15,7 @@ from typing import Callable, Mapping
 import yaml
 
 from .layout import FIGURE_NAMES, TABLE_NAMES, Layout
+from .params import DISCRIMINATOR, MODEL, VARIANT
 
 __all__ = ["Stage", "STAGES", "POOL_STUDY_STAGES", "Context", "stage", "keys_of", "command", "dvc_yaml",
            "pool_study_dvc_yaml"]
@@ -227,8 +228,8 @@ def _dvc_entry(st: Stage, ctx: Context, key, wdir: str | None = None) -> dict:
 
 # Free-form sections (their keys differ between profiles) are tracked whole; records have fixed keys.
 _WHOLE = ("train.network", "pool_study.variants")
-_RECORDS = {"models.": ("aot", "conditional"), "guidance.discriminators.": ("model", "aot"),
-            "pool_study.variants.": ("pairing", "pool_size")}
+_RECORDS = {"models.": tuple(MODEL), "guidance.discriminators.": tuple(DISCRIMINATOR),
+            "pool_study.variants.": tuple(VARIANT)}
 
 
 def _leaves(p: Mapping, name: str) -> list:

@@ -374,7 +374,7 @@ def pool_study_view(p: Mapping) -> dict:
 
     q = copy.deepcopy(dict(p))
     q["models"] = {name: {"aot": v["pairing"] != "none", "conditional": False, "pool_size": v["pool_size"],
-                          "pairing": v["pairing"] if v["pairing"] != "none" else p["train"]["pairing"]}
+                          **({"pairing": v["pairing"]} if v["pairing"] != "none" else {})}
                    for name, v in p["pool_study"]["variants"].items()}
     q["sample"]["rho"] = [p["pool_study"]["rho"]]
     return q

@@ -89,6 +89,13 @@ def _markdown(p, df: pd.DataFrame, floor: dict) -> str:
             f"from each variant's training log (separate jobs, not interleaved).\n\n" + "\n".join(lines) + "\n")
 
 
+def _pool_axis(ax, sizes):
+    """Log-scaled pool sizes, labelled at the sizes studied."""
+    ax.set(xscale="log", xlabel="pool size")
+    ax.set_xticks(sizes, [str(int(x)) for x in sizes])
+    ax.minorticks_off()
+
+
 def study_figure(p, df: pd.DataFrame, floor: dict, path):
     from .figures import _figure, _save
 
@@ -106,23 +113,20 @@ def study_figure(p, df: pd.DataFrame, floor: dict, path):
             ax.axhline(r[f"fd_nfe{nfe}"], color=color, ls=ls, lw=1,
                        label=f"{r['variant']} ({r['pairing']})" if i == 0 else None)
     ax.axhline(floor["fd"], color="k", ls=":", lw=1, label=f"real held-out floor (N={int(floor['n'])})")
-    ax.set(xscale="log", yscale="log", xlabel="pool size", ylabel=metric_label(p), title="sample quality")
-    ax.set_xticks(pools["pool_size"], [str(int(x)) for x in pools["pool_size"]])
-    ax.minorticks_off()
+    ax.set(yscale="log", ylabel=metric_label(p), title="sample quality")
+    _pool_axis(ax, pools["pool_size"])
     ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)  # below: the data fill the axes
     ax = axes[0][1]
     ax.plot(pools["pool_size"], pools["paired_distance"], "o-", color="tab:red", label="AOT pairs")
     for (_, r), ls in zip(others.iterrows(), ("--", "-.", ":")):
         ax.axhline(r["paired_distance"], color="gray", ls=ls, lw=1, label=f"{r['variant']} ({r['pairing']})")
-    ax.set(xscale="log", xlabel="pool size", ylabel="mean |x - n| of training pairs", title="pairing distance")
-    ax.set_xticks(pools["pool_size"], [str(int(x)) for x in pools["pool_size"]])
-    ax.minorticks_off()
+    ax.set(ylabel="mean |x - n| of training pairs", title="pairing distance")
+    _pool_axis(ax, pools["pool_size"])
     ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     ax = axes[0][2]
     ax.plot(pools["pool_size"], pools["pair_ms"] / 1000, "o-", color="tab:purple", label="pairing s / pool")
-    ax.set(xscale="log", yscale="log", xlabel="pool size", ylabel="seconds per pool", title="cost")
-    ax.set_xticks(pools["pool_size"], [str(int(x)) for x in pools["pool_size"]])
-    ax.minorticks_off()
+    ax.set(yscale="log", ylabel="seconds per pool", title="cost")
+    _pool_axis(ax, pools["pool_size"])
     if "step_ratio" in pools:
         twin = ax.twinx()
         twin.plot(pools["pool_size"], pools["step_ratio"], "s--", color="tab:green", label="step-time ratio")

@@ -24,6 +24,7 @@ class Run:
         self.p = load_params(params_path)
         forget_snakemake_records(self.p)
         self.L = Layout(self.p["profile"])
+        self.study = study
         if study:  # a pool-size study variant, trained, sampled and scored as a model of its own
             self.p, self.L = pool_study_view(self.p), self.L.pool_study
         self.key = key
@@ -39,8 +40,7 @@ class Run:
 
     def model_spec(self, model: str) -> dict:
         if model not in self.p["models"]:
-            what, where = (("variant", "pool_study.variants") if self.L.model_results != self.L.results
-                           else ("model", "models"))
+            what, where = ("variant", "pool_study.variants") if self.study else ("model", "models")
             raise ParamError(f"unknown {what} {model!r}; params.yaml '{where}' has {sorted(self.p['models'])}")
         return self.p["models"][model]
 
