@@ -10,10 +10,10 @@
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/stages.smk"
-include: "workflow/rules/released.smk"
 
 
 rule all:
+    default_target: True
     input:
         rules.tables.output,
         rules.figures.output,

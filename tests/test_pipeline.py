@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from aot_diffusion.dag import POOL_STUDY_DVC, dvc_yaml, pool_study_dvc_yaml
+from aot_diffusion.dag import (POOL_STUDY_DVC, POOL_STUDY_STAGES, STAGES, Plan, dvc_yaml, job_id, keys_of,
+                               pool_study_dvc_yaml, stage)
 from aot_diffusion.layout import FIGURE_NAMES, Layout
-from aot_diffusion.params import compose
+from aot_diffusion.params import compose, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,8 +73,9 @@ def test_pool_study_is_its_own_target_at_both_front_doors(tmp_path):
     variants = compose(root=ROOT)["pool_study"]["variants"]
     smk = snakemake_commands(proj, "profile=digits", target=["pool_study"])
     assert smk == dvc_commands(proj, str(POOL_STUDY_DVC))
-    assert len(smk) == 3 + 4 * len(variants) + 1 and "aot-diffusion pool-study" in smk
-    assert all(f"aot-diffusion train --variant {v}" in smk for v in variants)
+    assert len(smk) == 3 + 1 + 4 * len(variants) + 1 and "aot-diffusion pool-study" in smk
+    assert "aot-diffusion pool-variants" in smk  # checks the names before any command holds one
+    assert all(f"aot-diffusion train --variant '{v}'" in smk for v in variants)
 
 
 def test_front_doors_refuse_to_run_at_once(tmp_path):
@@ -95,28 +97,6 @@ def test_front_doors_refuse_to_run_at_once(tmp_path):
     out = subprocess.run(["aot-diffusion", "check-params"], cwd=proj, capture_output=True, text=True, env=env)
     assert out.returncode != 0 and "refusing to run under DVC: Snakemake is running" in out.stdout + out.stderr
     assert not (proj / "results").exists()
-
-
-def test_a_stage_run_by_dvc_drops_snakemakes_records_of_its_outputs(tmp_path, monkeypatch):
-    import base64
-
-    from aot_diffusion.frontdoors import forget_snakemake_records
-
-    p = compose("smoke", root=ROOT)
-    L = Layout("smoke")
-    meta = tmp_path / ".snakemake" / "metadata"
-    meta.mkdir(parents=True)
-    mine = [L.fd("edm_uncond"), L.features("edm_uncond"), L.pool_study.fd("pool128")]
-    other = L.fd("aot_uncond")
-    for path in [*mine, other]:
-        (meta / base64.urlsafe_b64encode(str(path).encode()).decode()).write_text("{}")
-    monkeypatch.setenv("DVC_STAGE", "fd@edm_uncond")
-    assert len(forget_snakemake_records(p, tmp_path)) == 2
-    monkeypatch.setenv("DVC_STAGE", "workflow/pool_size/dvc.yaml:pool_fd@pool128")
-    assert len(forget_snakemake_records(p, tmp_path)) == 1
-    assert [f.name for f in meta.iterdir()] == [base64.urlsafe_b64encode(str(other).encode()).decode()]
-    monkeypatch.delenv("DVC_STAGE")  # run by Snakemake or by hand: records stay
-    assert forget_snakemake_records(p, tmp_path) == []
 
 
 def test_typo_in_params_stops_both_front_doors_naming_it(tmp_path):
@@ -152,65 +132,189 @@ def check_outputs(proj: Path, p):
 
 
 def planned_jobs(out: str) -> dict:
+    """Snakemake's job stats per stage (its rules are named as DVC names the jobs: stage@key)."""
     table = re.search(r"Job stats:\n(.*?)\n\n", out, re.S)
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table.group(1), re.M)} if table else {}
+    counts = {}
+    for m in re.finditer(r"^([\w@]+)\s+(\d+)$", table.group(1) if table else "", re.M):
+        name = m.group(1).partition("@")[0]
+        counts[name] = counts.get(name, 0) + int(m.group(2))
+    return counts
+
+
+GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+BOTH = ("dvc.yaml", str(POOL_STUDY_DVC))  # DVC's targets for the main DAG and the pool-size study
+
+
+@pytest.fixture(scope="module")
+def smoke_tree(tmp_path_factory):
+    """One smoke run shared by the end-to-end tests of this module (they run in file order): the default
+    target with an override, then the pool-size study, committed to git."""
+    proj = copy_repo(tmp_path_factory.mktemp("smoke"))  # a DVC repository already (.dvc/config: hydra.enabled)
+    assert "enabled = true" in (proj / ".dvc" / "config").read_text()
+    out = run(["snakemake", "--cores", "2", "--config", "profile=smoke", "train={pool_size: 32}"], proj)
+    study = run(["snakemake", "--cores", "2", "pool_study"], proj)
+    run([*GIT, "add", "-A"], proj)
+    run([*GIT, "commit", "-qm", "smoke run"], proj)
+    return proj, out.stdout + out.stderr, study.stdout + study.stderr
 
 
 @pytest.mark.slow
-def test_smoke_profile_end_to_end_and_shared_state(tmp_path):
-    proj = copy_repo(tmp_path)  # a DVC repository already (.dvc/config, with hydra.enabled, is tracked)
-    assert "enabled = true" in (proj / ".dvc" / "config").read_text()
-    out = run(["snakemake", "--cores", "2", "--config", "profile=smoke", "train={pool_size: 32}"], proj)
+def test_smoke_profile_end_to_end(smoke_tree):
+    """Every stage ran under its declared-parameters view (an undeclared read would have failed the run)."""
+    proj, log, study_log = smoke_tree
     p = yaml.safe_load((proj / "params.yaml").read_text())
     assert p["profile"] == "smoke" and p["train"]["pool_size"] == 32  # the override reached params.yaml...
-    assert "[train aot_uncond] aot=True conditional=False steps=6 batch=32 pool=32" in out.stdout + out.stderr
+    assert "[train aot_uncond] aot=True conditional=False steps=6 batch=32 pool=32" in log  # ...and the stage
     check_outputs(proj, p)
-    # The pool-size study, its own target on top of the main run's data and FD reference.
-    out = run(["snakemake", "--cores", "2", "pool_study"], proj)
-    assert "[train pool_study pool8192] aot=True conditional=False steps=6 batch=32 pool=8192" in out.stdout + out.stderr
+    assert "[train pool_study pool8192] aot=True conditional=False steps=6 batch=32 pool=8192" in study_log
     study = pd.read_csv(Layout("smoke", proj).pool_study.study_table())
     assert list(study["variant"]) == list(p["pool_study"]["variants"])
     assert study[[c for c in study.columns if c.startswith("fd_nfe")]].notna().all().all()
     assert Layout("smoke", proj).pool_study.study_figure.read_bytes()[:4] == b"\x89PNG"
-    assert "up to date" in run(["dvc", "status"], proj).stdout  # both Snakemake runs are recorded in dvc.lock
-    again = run(["snakemake", "-n"], proj)
-    assert "Nothing to be done" in again.stdout + again.stderr
-    # A guidance weight reruns only the guided runs of the unconditional models, and the report.
-    out = run(["snakemake", "-n", "--config", "guidance={weight_uncond: 3.0}"], proj).stdout
-    assert planned_jobs(out) == {"check_params": 1, "guided_sample": 3, "guided_fd": 3, "tables": 1, "figures": 1,
-                                 "all": 1, "total": 10}
-    # DVC experiments keep their own metrics: an experiment with another confidence level (reruns only the
-    # scoring stages and the report) beside the committed Snakemake run (the baseline row of `dvc exp show`).
-    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
-    run([*git, "add", "-A"], proj)
-    run([*git, "commit", "-qm", "smoke run"], proj)
-    run(["dvc", "exp", "run", "-S", "profile=smoke", "-S", "train.pool_size=32", "-S", "fd.ci_level=0.8",
-         "-n", "narrow"], proj)
+    # Every job left its parameter record, with the values it read.
+    plan = Plan(p, proj)
+    for st in STAGES + POOL_STUDY_STAGES:
+        for key in keys_of(st, plan.ctx):
+            assert plan.is_current(st, key), job_id(st, key)
+    record = json.loads((proj / plan.record_path(stage("train"), "aot_uncond")).read_text())
+    assert record["params"]["train"]["pool_size"] == 32 and record["params"]["models.aot_uncond"]["aot"] is True
+    assert "up to date" in run(["dvc", "status", *BOTH], proj).stdout  # both Snakemake runs are in dvc.lock
+    assert "Nothing to be done" in snakemake_plan(proj)
+    # Only what reads a parameter reruns: a guidance weight -> the unconditional guided runs and the report;
+    # the sampler's sigma_max -> everything that samples, the DG fakes and discriminators among them.
+    assert planned_jobs(snakemake_plan(proj, "guidance={weight_uncond: 3.0}")) == {
+        "check_params": 1, "guided_sample": 3, "guided_fd": 3, "tables": 1, "figures": 1, "all": 1, "total": 10}
+    planned = planned_jobs(snakemake_plan(proj, "sample={sigma_max: 60.0}"))
+    assert planned["fake_samples"] == 4 and planned["train_discriminator"] == 6 and "train" not in planned
+
+
+def snakemake_plan(proj, *config, targets=("all",)):
+    out = run(["snakemake", "-n", *targets, *(("--config", *config) if config else ())], proj)
+    return out.stdout + out.stderr
+
+
+def _overrides(changes: dict) -> tuple[list, list]:
+    """The same overrides as Snakemake --config and DVC -S arguments (full set, composed from conf/)."""
+    smk, dvc = ["profile=smoke"], ["-S", "profile=smoke"]
+    tree: dict = {}
+    for key, value in changes.items():
+        node = tree
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+        added = key.startswith("pool_study.variants.") and key.split(".")[2].startswith("added")
+        dvc += ["-S", ("+" if added else "") + f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"]
+    smk += [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}" for k, v in tree.items()]
+    return smk, dvc
+
+
+def _ran(out: str) -> set:
+    """Jobs a door ran: Snakemake's `rule X:` lines, DVC's `Running stage 'X'` (or, for parameters it ran
+    before, its run cache: `Stage 'X' is cached - skipping run, checking out outputs`)."""
+    jobs = set(re.findall(r"^(?:local)?rule ([\w@]+):$", out, re.M)) - {"all"}
+    names = re.findall(r"^(?:Running stage '([^']+)'|Stage '([^']+)' is cached - skipping run)", out, re.M)
+    jobs |= {(a or b).rpartition(":")[2] for a, b in names}
+    return jobs
+
+
+def _changed_jobs(before: dict, after: dict) -> set:
+    """What the stage table says must rerun: the jobs whose record digest changed (or that are new)."""
+    old, new = Plan(before), Plan(after)
+    old_digests = {job_id(st, k): old.digest(st, k) for st in STAGES + POOL_STUDY_STAGES for k in keys_of(st, old.ctx)}
+    return {job_id(st, k) for st in STAGES + POOL_STUDY_STAGES for k in keys_of(st, new.ctx)
+            if old_digests.get(job_id(st, k)) != new.digest(st, k)}
+
+
+# One parameter of each kind per step, each step through the other door than the last one: a training
+# parameter (a study variant's pool), a sampling parameter (the figures' grid steps), an FD parameter, a
+# guidance parameter and an added study variant.
+DOOR_STEPS = [
+    ("dvc repro", {"pool_study.variants.pool128.pool_size": 64, "sample.grid_steps": [2], "fd.kid_subsets": 5,
+                   "guidance.weight_cond": 1.5, "pool_study.variants.added1": {"pairing": "assignment", "pool_size": 32}}),
+    ("snakemake", {"pool_study.variants.pool128.pool_size": 96, "sample.grid_steps": [3], "fd.kid_subsets": 6,
+                   "guidance.weight_cond": 2.0, "pool_study.variants.added2": {"pairing": "none", "pool_size": 32}}),
+    ("dvc exp run", {"pool_study.variants.pool128.pool_size": 128, "sample.grid_steps": [2, 3], "fd.ci_level": 0.8,
+                     "guidance.weight_cond": 2.5, "pool_study.variants.added3": {"pairing": "knn", "pool_size": 32}}),
+    ("snakemake", {"pool_study.variants.pool128.pool_size": 64, "sample.grid_steps": [2], "fd.kid_subsets": 7,
+                   "guidance.weight_cond": 3.0, "pool_study.variants.added4": {"pairing": "assignment", "pool_size": 64}}),
+]
+
+
+@pytest.mark.slow
+def test_parameter_changes_are_seen_whichever_door_ran_last(smoke_tree):
+    """Snakemake then DVC, DVC then Snakemake, Snakemake then `dvc exp run`, `dvc exp run` then Snakemake:
+    the second door reruns exactly the jobs whose declared parameters (or those upstream) changed, their
+    records carry the new values, and then neither door has anything to do."""
+    proj, _, _ = smoke_tree
+    changes = {"train.pool_size": 32}
+    for door, step in DOOR_STEPS:
+        before = load_params(proj / "params.yaml")
+        changes = {k: v for k, v in changes.items() if not k.startswith("pool_study.variants.added")} | step
+        smk, dvc = _overrides(changes)
+        if door == "snakemake":
+            out = run(["snakemake", "--cores", "2", "all", "pool_study", "--config", *smk], proj)
+        elif door == "dvc repro":  # params.yaml composed by hand, then DVC
+            run(["aot-diffusion", "params", "--profile", "smoke",
+                 *[a for kv in smk[1:] for a in ("--set", kv)]], proj)
+            out = run(["dvc", "repro", *BOTH], proj)
+        else:
+            out = run(["dvc", "exp", "run", *BOTH, *dvc, "-n", "doors"], proj)
+        after = load_params(proj / "params.yaml")
+        for key, value in step.items():
+            node = after
+            for part in key.split("."):
+                node = node[part]
+            assert node == value, (door, key)
+        expected = _changed_jobs(before, after)
+        added = next(k.split(".")[2] for k in step if ".added" in k)
+        assert {"pool_train@pool128", f"pool_train@{added}", "figures", "tables", "guided_sample@dg_edm_cond"} <= expected
+        assert not any(job.startswith(("train@", "prepare_data", "pool_train@pool512")) for job in expected)
+        ran = _ran(out.stdout + out.stderr)
+        assert ran == expected, f"{door}: missing {sorted(expected - ran)}, extra {sorted(ran - expected)}"
+        # The records of what reran carry the new values.
+        plan = Plan(after, proj)
+        rec = json.loads((proj / plan.record_path(stage("pool_train"), "pool128")).read_text())
+        assert rec["params"]["pool_study.variants.pool128"]["pool_size"] == step["pool_study.variants.pool128.pool_size"]
+        rec = json.loads((proj / plan.record_path(stage("figures"), None)).read_text())
+        assert rec["params"]["sample.grid_steps"] == step["sample.grid_steps"]
+        # Then neither door has anything to do.
+        assert "Nothing to be done" in snakemake_plan(proj, targets=("all", "pool_study")), door
+        assert "up to date" in run(["dvc", "status", *BOTH], proj).stdout, door
+
+
+@pytest.mark.slow
+def test_dvc_experiments_and_apply_keep_both_doors_consistent(smoke_tree):
+    """The experiment of the matrix is in `dvc exp show` with its parameters; `dvc exp apply` brings back its
+    outputs and records, keeps training checkpoints, and Snakemake then plans nothing."""
+    proj, _, _ = smoke_tree
     shown = json.loads(run(["dvc", "exp", "show", "--json"], proj).stdout)
-    rows, params = {}, {}
-    for commit in shown:
-        if commit.get("rev") != "workspace":
-            rows["base"] = commit["data"]["metrics"]["results/smoke/metrics.json"]["data"]
-            params["base"] = commit["data"]["params"]["params.yaml"]["data"]
-        for exp in commit.get("experiments") or []:
-            for rev in exp["revs"]:
-                data = rev["data"]
-                rows[exp.get("name") or data.get("name")] = data["metrics"]["results/smoke/metrics.json"]["data"]
-                params[exp.get("name") or data.get("name")] = data["params"]["params.yaml"]["data"]
-    assert {"base", "narrow"} <= set(rows)
-    for name in ("base", "narrow"):  # composed by Hydra: the override beats the smoke profile's pool of 64
-        assert params[name]["profile"] == "smoke" and params[name]["train"]["pool_size"] == 32
-    assert params["narrow"]["fd"]["ci_level"] == 0.8 and params["base"]["fd"]["ci_level"] == 0.95
-    width = {name: rows[name]["edm_uncond.fd_rho7_nfe3_ci"]["high"] - rows[name]["edm_uncond.fd_rho7_nfe3_ci"]["low"]
-             for name in ("base", "narrow")}
-    assert width["narrow"] < width["base"]
-    assert rows["narrow"]["edm_uncond.fd_rho7_nfe3"] == rows["base"]["edm_uncond.fd_rho7_nfe3"]
-    # DVC reran the scoring stages with another ci_level: Snakemake's records of them were dropped, so it
-    # judges them by time and plans nothing (instead of rerunning them for its stale parameters).
-    again = run(["snakemake", "-n"], proj)
-    assert "Nothing to be done" in again.stdout + again.stderr
+    exps = {(exp.get("name") or rev["data"].get("name")): rev["data"]
+            for commit in shown for exp in commit.get("experiments") or [] for rev in exp["revs"]}
+    data = exps["doors"]
+    assert data["params"]["params.yaml"]["data"]["fd"]["ci_level"] == 0.8
+    assert data["params"]["params.yaml"]["data"]["train"]["pool_size"] == 32
+    assert "edm_uncond.fd_rho7_nfe3" in data["metrics"]["results/smoke/metrics.json"]["data"]
+    checkpoints = Layout("smoke", proj).checkpoints("edm_uncond")
+    assert any(checkpoints.iterdir())
+    out = run(["dvc", "exp", "apply", "doors"], proj)
+    assert "failed" not in (out.stdout + out.stderr).lower()
+    assert load_params(proj / "params.yaml")["fd"]["ci_level"] == 0.8
+    assert any(checkpoints.iterdir())  # not DVC's: left alone
+    assert "Nothing to be done" in snakemake_plan(proj, targets=("all", "pool_study"))
     # Profiles keep their own outputs; the report lists tables and figures.
     assert not (proj / "results" / "digits").exists()
     run(["snakemake", "--report", "report.html"], proj)
     html = (proj / "report.html").read_text(errors="replace")
     assert "table1_fd_vs_nfe" in html and "fd_vs_nfe" in html
+
+
+@pytest.mark.slow
+def test_unknown_key_stops_dvc_even_when_every_stage_is_cached(smoke_tree):
+    """`+key` gets a typo past Hydra; check_params depends on the whole params.yaml, so it runs and stops it."""
+    proj, _, _ = smoke_tree
+    out = run(["dvc", "exp", "run", "-S", "profile=smoke", "-S", "+guidance.weight_uncnd=1.0", "-n", "typo"], proj,
+              check=False)
+    assert out.returncode != 0 and "guidance.weight_uncnd" in out.stdout + out.stderr
+    shown = run(["dvc", "exp", "show", "--json"], proj).stdout
+    assert '"typo"' not in shown

@@ -1,8 +1,8 @@
-"""``aot-diffusion <stage> [--model M | --disc D | --variant V]``: one subcommand per pipeline stage
-(src/aot_diffusion/dag.py); ``--variant`` runs a stage for a variant of the pool-size study.
+"""``aot-diffusion <stage> [--model M | --disc D | --variant V | --released]``: one subcommand per command of
+the stage table (src/aot_diffusion/dag.py), which also says what each option runs (``--variant``: a variant
+of the pool-size study; ``--released``: the released network pickle named by ``released_pickle``).
 
-Stages read the effective parameters from params.yaml and take every path from layout.Layout; this module
-only parses arguments and dispatches to aot_diffusion.stages.
+This module only parses arguments and dispatches to aot_diffusion.stages.
 """
 
 from __future__ import annotations
@@ -10,51 +10,42 @@ from __future__ import annotations
 import argparse
 import sys
 
-# subcommand -> (module in aot_diffusion.stages, function, what it is keyed by)
-STAGES = {
-    "check-params": ("data", "check_params", None),
-    "prepare-data": ("data", "prepare_data", None),
-    "feature-network": ("data", "feature_network", None),
-    "fd-reference": ("data", "fd_reference", None),
-    "train": ("train", "train", "model"),
-    "sample": ("sample", "sample", "model"),
-    "fd": ("evaluate", "fd", "model"),
-    "curvature": ("evaluate", "curvature", "model"),
-    "fake-samples": ("sample", "fake_samples", "model"),
-    "train-encoder": ("guidance", "train_encoder", None),
-    "train-discriminator": ("guidance", "train_discriminator", "disc"),
-    "guided-sample": ("guidance", "guided_sample", "disc"),
-    "guided-fd": ("evaluate", "guided_fd", "disc"),
-    "tables": ("report", "tables", None),
-    "figures": ("report", "figures", None),
-    "pool-study": ("report", "pool_study", None),
-}
-# Stages that also run for a variant of the pool-size study (`--variant V` instead of `--model M`).
-VARIANT_STAGES = ("train", "sample", "fd", "curvature")
+from . import dag
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="aot-diffusion", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
-    for name, (_, _, key) in STAGES.items():
-        sp = sub.add_parser(name, help=f"run the {name} stage")
+    for cli in dict.fromkeys(st.cli for st in dag.ALL_STAGES):
+        overs = [st.over for st in dag.ALL_STAGES if st.cli == cli]
+        sp = sub.add_parser(cli, help=f"run the stage(s) {', '.join(st.name for st in dag.ALL_STAGES if st.cli == cli)}")
         sp.add_argument("--params", default="params.yaml", help="the effective parameter file")
-        if name in VARIANT_STAGES:
-            which = sp.add_mutually_exclusive_group(required=True)
-            which.add_argument("--model")
-            which.add_argument("--variant", help="a variant of the pool-size study (pool_study.variants)")
-        elif key:
-            sp.add_argument(f"--{key}", required=True)
-    sp = sub.choices["train"]
-    sp.add_argument("--stop-after", type=int, default=None, help="stop after this many steps (tests of resume)")
-    sub.choices["sample"].add_argument("--network", default=None, help="a released .pkl instead of the model's")
+        if any(overs):
+            which = sp.add_mutually_exclusive_group(required=None not in overs)
+            for over in filter(None, overs):
+                if over == "released":
+                    which.add_argument("--released", action="store_true", help="the pickle named by released_pickle")
+                else:
+                    which.add_argument(f"--{over}")
+    sub.choices["train"].add_argument("--stop-after", type=int, default=None,
+                                      help="stop after this many steps (tests of resume)")
     sp = sub.add_parser("params", help="compose params.yaml from conf/ (profile + overrides) and check it")
     sp.add_argument("--profile", default=None, help="digits | smoke | cifar10 (default: conf/config.yaml's)")
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override (YAML value)")
     sp.add_argument("--check", action="store_true", help="only validate the existing params.yaml")
     sub.add_parser("dvc-yaml", help="regenerate dvc.yaml (and the pool-size study's) from the stage table")
     return ap
+
+
+def _chosen(args) -> tuple[str | None, str | None]:
+    """(over, key) from the stage options given."""
+    for over in dag.KEYED:
+        if getattr(args, over, None) is not None:
+            return over, getattr(args, over)
+    if getattr(args, "released", False):
+        return "released", None
+    return None, None
 
 
 def _params_command(args) -> None:
@@ -93,7 +84,7 @@ def _dvc_yaml_command() -> None:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
-    from .params import ParamError
+    from .params import ParamError, UndeclaredParam
 
     try:
         if args.command == "params":
@@ -105,17 +96,18 @@ def main(argv=None) -> None:
         from .stages import Run
         from .utils import set_threads
 
-        module, func, key = STAGES[args.command]
-        variant = getattr(args, "variant", None)
-        run = Run(args.command, variant or (getattr(args, key) if key else None), params_path=args.params,
-                  study=variant is not None)
-        set_threads(run.p["threads"])
-        if module not in ("report",) and func not in ("prepare_data", "check_params"):
+        over, key = _chosen(args)
+        st = dag.find_stage(args.command, over)
+        run = Run(st, key, params_path=args.params)
+        if "device" in run.plan.declared(st, key):
+            set_threads(run.p["threads"])
             run.device  # a stage that runs a network checks its device before any work
-        extra = {k: v for k, v in (("stop_after", getattr(args, "stop_after", None)),
-                                   ("network", getattr(args, "network", None))) if v is not None}
-        getattr(importlib.import_module(f".stages.{module}", __package__), func)(run, **extra)
-    except (ParamError, FileNotFoundError) as exc:
+        module, func = st.run.split(":")
+        extra = {"stop_after": args.stop_after} if getattr(args, "stop_after", None) is not None else {}
+        finished = getattr(importlib.import_module(f".stages.{module}", __package__), func)(run, **extra)
+        if finished is not False:  # False: stopped early on purpose (train --stop-after); no record
+            run.write_record()
+    except (ParamError, FileNotFoundError, UndeclaredParam) as exc:
         print(f"aot-diffusion {args.command}: error: {exc}", file=sys.stderr)
         sys.exit(2)
 

@@ -1,48 +1,62 @@
-"""The pipeline's stages, defined once: the Snakemake rules (workflow/rules/*.smk) read them, and
-dvc.yaml is generated from them (``aot-diffusion dvc-yaml``; a test regenerates and compares).
+"""The pipeline's stages, defined once: the Snakemake rules (workflow/rules/*.smk) are built from them,
+dvc.yaml is generated from them (``aot-diffusion dvc-yaml``; a test regenerates and compares) and the CLI's
+subcommands come from them (cli.py).
 
-A stage runs one CLI subcommand, ``aot-diffusion <cli> [--model M | --disc D]``; the command reads
-params.yaml and takes every path from layout.Layout, so both front doors run the very same command.
-``params`` lists exactly the parameters a stage reads, so a change reruns only what it affects.
+A stage runs one CLI subcommand, ``aot-diffusion <cli> [--model M | --disc D | --variant V | --released]``;
+the command takes every path from layout.Layout, so both front doors run the very same command.
+``params`` lists exactly the parameters a stage reads: the stage sees only those (params.StageParams raises
+on any other), so a change reruns exactly what it affects.
+
+**Parameter records.** A finished stage writes ``records/<job>/<digest>.json`` (layout.Layout.record): the
+values it read and the records of the stages it read from; the digest hashes both (a Merkle chain), so it
+names the parameters of everything upstream too. DVC tracks the record folder as an output; Snakemake takes
+the record of the current digest as an input. Whichever door ran last, a stage whose record for the current
+parameters is missing reruns, and one whose record is there does not.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Mapping
 
 import yaml
 
 from .layout import FIGURE_NAMES, TABLE_NAMES, Layout
-from .params import DISCRIMINATOR, MODEL, VARIANT
+from .params import DISCRIMINATOR, MODEL, NAME_PATTERN, VARIANT, ParamError, digest, select
 
-__all__ = ["Stage", "STAGES", "POOL_STUDY_STAGES", "Context", "stage", "keys_of", "command", "dvc_yaml",
-           "pool_study_dvc_yaml"]
+__all__ = ["Stage", "STAGES", "POOL_STUDY_STAGES", "RELEASED_STAGES", "ALL_STAGES", "Context", "Plan", "stage",
+           "find_stage", "keys_of", "job_id", "command", "dvc_yaml", "pool_study_dvc_yaml"]
 
 # What an output is to DVC: cached data, a metrics file, a plot, or a small file kept in git (cache: false).
-OUT, METRIC, PLOT, GIT, PERSIST = "out", "metric", "plot", "git", "persist"
+OUT, METRIC, PLOT, GIT = "out", "metric", "plot", "git"
+KEYED = ("model", "disc", "variant")  # what a stage runs once per: --model M, --disc D, --variant V
 
 _SAMPLING = ["sample.num_samples", "sample.seeds", "sample.batch_size", "sample.sigma_min", "sample.sigma_max"]
+_NET = ["device", "threads"]  # a stage that runs a network: where, and how many CPU threads (sums change with it)
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
-    cli: str
-    over: str | None                                    # "model", "disc" or None (one job)
-    deps: Callable[[Layout, Mapping, str], list]        # (layout, params, key) -> input paths
-    outs: Callable[[Layout, str], dict]                 # (layout, key) -> {path: kind}
-    params: Callable[[Mapping, str], list]              # (params, key) -> dotted parameter names
-    gpus: Callable[[Mapping], int] = field(default=lambda p: 0)
-    plots: tuple = ()                                   # (path-kind, x, y) for dvc plots of PLOT outputs
+    cli: str                                            # the subcommand: aot-diffusion <cli>
+    over: str | None                                    # "model", "disc", "variant", "released" (a flag) or None
+    run: str                                            # "module:function" in aot_diffusion.stages
+    deps: Callable[[Layout, "Context", str], list]      # (layout, context, key) -> input paths
+    outs: Callable[[Layout, "Context", str], dict]      # (layout, context, key) -> {path: kind}
+    params: Callable[["Context", str], list]            # (context, key) -> dotted parameter names it reads
+    gpus: Callable[["Context"], int] = field(default=lambda ctx: 0)
+    plots: tuple = ()                                   # (x, y) for dvc plots of PLOT outputs
+
 
 
 class Context:
-    """What the stage table needs to know of the parameters; ``template=True`` gives DVC's ``${item...}``."""
+    """What the stage table needs to know of the parameters; ``dvc=True``: for dvc.yaml, ``template=True``
+    also gives DVC's ``${item...}``."""
 
-    def __init__(self, p: Mapping, template: bool = False):
-        self.p, self.template = p, template
+    def __init__(self, p: Mapping, template: bool = False, dvc: bool = False):
+        self.p, self.template, self.dvc = p, template, dvc or template
         self.models = list(p["models"])
         self.discs = list(p["guidance"]["discriminators"])
         self.variants = list(p["pool_study"]["variants"])
@@ -57,154 +71,281 @@ class Context:
         return "guidance.weight_cond" if cond else "guidance.weight_uncond"
 
 
-def _one_gpu(p):
+def _one_gpu(ctx):
     return 1
 
 
+def _ranks(ctx):
+    return ctx.p["train"]["nproc_per_node"]
+
+
 STAGES: list[Stage] = [
-    # First, and reading every parameter: DVC stops here on a renamed or missing key; the run's effective
-    # parameters are recorded beside its results. Only the report depends on it.
-    Stage("check_params", "check-params", None,
-          deps=lambda L, p, k: [],
-          outs=lambda L, k: {L.effective_params: GIT},
-          params=lambda p, k: list(p.p)),
-    Stage("prepare_data", "prepare-data", None,
-          deps=lambda L, p, k: [],
-          outs=lambda L, k: {L.dataset: OUT, L.data_summary: GIT},
-          params=lambda p, k: ["seed", "data"]),
+    # First, and reading every parameter (DVC: its dependency is the whole params.yaml, so it runs whenever the
+    # file changes and stops the run on an unknown key); the run's effective parameters are recorded beside its
+    # results. Only the report depends on it.
+    Stage("check_params", "check-params", None, "data:check_params",
+          deps=lambda L, c, k: [],
+          outs=lambda L, c, k: {L.effective_params: GIT},
+          params=lambda c, k: list(c.p)),
+    Stage("prepare_data", "prepare-data", None, "data:prepare_data",
+          deps=lambda L, c, k: [],
+          outs=lambda L, c, k: {L.dataset: OUT, L.data_summary: GIT},
+          params=lambda c, k: ["seed", "data"]),
     # offline profiles: train the FD feature classifier; cifar10: check clean-fid's Inception assets.
-    Stage("feature_network", "feature-network", None,
-          deps=lambda L, p, k: [L.dataset],
-          outs=lambda L, k: {L.feature_network: OUT, L.feature_network_metrics: GIT},
-          params=lambda p, k: ["seed", "device", "classifier", "fd.allow_download"], gpus=_one_gpu),
-    Stage("fd_reference", "fd-reference", None,
-          deps=lambda L, p, k: [L.dataset, L.feature_network],
-          outs=lambda L, k: {L.fd_reference: OUT, L.fd_floor: GIT},
-          params=lambda p, k: ["seed", "device", "sample.num_samples", "fd"], gpus=_one_gpu),
-    Stage("train", "train", "model",
-          deps=lambda L, p, k: [L.dataset],
-          outs=lambda L, k: {L.network(k): OUT, L.loss_log(k): PLOT, L.checkpoints(k): PERSIST},
-          params=lambda p, k: ["seed", "device", "train", f"models.{k}"],
-          gpus=lambda p: p.p["train"]["nproc_per_node"], plots=(("kimg", "loss"),)),
-    Stage("sample", "sample", "model",
-          deps=lambda L, p, k: [L.network(k)],
-          outs=lambda L, k: {L.samples(k): OUT},
-          params=lambda p, k: ["device", "sample.steps", "sample.rho", *_SAMPLING], gpus=_one_gpu),
-    Stage("fd", "fd", "model",
-          deps=lambda L, p, k: [L.samples(k), L.fd_reference, L.feature_network],
-          outs=lambda L, k: {L.fd(k): GIT, L.features(k): OUT},
-          params=lambda p, k: ["seed", "device", "fd"], gpus=_one_gpu),
-    Stage("curvature", "curvature", "model",
-          deps=lambda L, p, k: [L.network(k)],
-          outs=lambda L, k: {L.curvature(k): OUT, L.curvature_metrics(k): GIT},
-          params=lambda p, k: ["seed", "device", "curvature", "sample.rho", "sample.sigma_min",
-                               "sample.sigma_max"], gpus=_one_gpu),
-    Stage("fake_samples", "fake-samples", "model",
-          deps=lambda L, p, k: [L.network(k)],
-          outs=lambda L, k: {L.fakes(k): OUT},
-          params=lambda p, k: ["seed", "device", "sample.batch_size", "guidance.num_fake",
-                               "guidance.fake_steps", "guidance.fake_rho", "guidance.fake_seed_offset"],
+    Stage("feature_network", "feature-network", None, "data:feature_network",
+          deps=lambda L, c, k: [L.dataset],
+          outs=lambda L, c, k: {L.feature_network: OUT, L.feature_network_metrics: GIT},
+          params=lambda c, k: ["seed", *_NET, "data.dataset", "classifier", "fd.allow_download"], gpus=_one_gpu),
+    Stage("fd_reference", "fd-reference", None, "data:fd_reference",
+          deps=lambda L, c, k: [L.dataset, L.feature_network],
+          outs=lambda L, c, k: {L.fd_reference: OUT, L.fd_floor: GIT},
+          params=lambda c, k: ["seed", *_NET, "data.dataset", "sample.num_samples", "fd"], gpus=_one_gpu),
+    Stage("train", "train", "model", "train:train",
+          deps=lambda L, c, k: [L.dataset],
+          outs=lambda L, c, k: {L.network(k): OUT, L.loss_log(k): PLOT},
+          params=lambda c, k: ["seed", *_NET, "train", f"models.{k}"],
+          gpus=_ranks, plots=("kimg", "loss")),
+    Stage("sample", "sample", "model", "sample:sample",
+          deps=lambda L, c, k: [L.network(k)],
+          outs=lambda L, c, k: {L.samples(k): OUT},
+          params=lambda c, k: [*_NET, "sample.steps", "sample.rho", *_SAMPLING], gpus=_one_gpu),
+    Stage("fd", "fd", "model", "evaluate:fd",
+          deps=lambda L, c, k: [L.samples(k), L.fd_reference, L.feature_network],
+          outs=lambda L, c, k: {L.fd(k): GIT, L.features(k): OUT},
+          params=lambda c, k: ["seed", *_NET, "fd"], gpus=_one_gpu),
+    Stage("curvature", "curvature", "model", "evaluate:curvature",
+          deps=lambda L, c, k: [L.network(k)],
+          outs=lambda L, c, k: {L.curvature(k): OUT, L.curvature_metrics(k): GIT},
+          params=lambda c, k: ["seed", *_NET, "curvature", "sample.rho", "sample.sigma_min", "sample.sigma_max"],
           gpus=_one_gpu),
-    Stage("train_encoder", "train-encoder", None,
-          deps=lambda L, p, k: [L.dataset],
-          outs=lambda L, k: {L.encoder: OUT, L.encoder_metrics: GIT},
-          params=lambda p, k: ["seed", "device", "guidance.encoder", "guidance.encoder_steps",
+    Stage("fake_samples", "fake-samples", "model", "sample:fake_samples",
+          deps=lambda L, c, k: [L.network(k)],
+          outs=lambda L, c, k: {L.fakes(k): OUT},
+          params=lambda c, k: ["seed", *_NET, "sample.batch_size", "sample.sigma_min", "sample.sigma_max",
+                               "guidance.num_fake", "guidance.fake_steps", "guidance.fake_rho",
+                               "guidance.fake_seed_offset"], gpus=_one_gpu),
+    Stage("train_encoder", "train-encoder", None, "guidance:train_encoder",
+          deps=lambda L, c, k: [L.dataset],
+          outs=lambda L, c, k: {L.encoder: OUT, L.encoder_metrics: GIT},
+          params=lambda c, k: ["seed", *_NET, "guidance.encoder", "guidance.encoder_steps",
                                "guidance.encoder_batch_size", "guidance.encoder_lr", "guidance.adm_classifier"],
           gpus=_one_gpu),
-    Stage("train_discriminator", "train-discriminator", "disc",
-          deps=lambda L, p, k: [L.fakes(p.model_of(k)), L.dataset, L.encoder],
-          outs=lambda L, k: {L.discriminator(k): OUT, L.discriminator_metrics(k): GIT},
-          params=lambda p, k: ["seed", "device", f"guidance.discriminators.{k}", "guidance.heldout_fraction",
-                               "guidance.head_channels", "guidance.head_depth", "guidance.pool_size",
-                               "guidance.batch_size", "guidance.steps", "guidance.lr", "guidance.weight_decay",
-                               "train.solver"], gpus=_one_gpu),
-    Stage("guided_sample", "guided-sample", "disc",
-          deps=lambda L, p, k: [L.network(p.model_of(k)), L.discriminator(k), L.encoder],
-          outs=lambda L, k: {L.guided_samples(k): OUT},
-          params=lambda p, k: ["device", p.weight_key(k), "guidance.sigma_window", "guidance.steps_list",
-                               "guidance.rho", *_SAMPLING], gpus=_one_gpu),
-    Stage("guided_fd", "guided-fd", "disc",
-          deps=lambda L, p, k: [L.guided_samples(k), L.fd_reference, L.feature_network],
-          outs=lambda L, k: {L.guided_fd(k): GIT, L.guided_features(k): OUT},
-          params=lambda p, k: ["seed", "device", "fd"], gpus=_one_gpu),
-    Stage("tables", "tables", None,
-          deps=lambda L, p, k: [L.effective_params, L.fd_floor, *[L.fd(m) for m in p.models], *[L.features(m) for m in p.models],
-                                *[L.curvature_metrics(m) for m in p.models],
-                                *[L.guided_fd(d) for d in p.discs],
-                                *[L.discriminator_metrics(d) for d in p.discs]]
-          + [L.feature_network_metrics],
-          outs=lambda L, k: {**{L.table(t, e): GIT for t in TABLE_NAMES for e in ("csv", "md")},
+    Stage("train_discriminator", "train-discriminator", "disc", "guidance:train_discriminator",
+          deps=lambda L, c, k: [L.fakes(c.model_of(k)), L.dataset, L.encoder],
+          outs=lambda L, c, k: {L.discriminator(k): OUT, L.discriminator_metrics(k): GIT},
+          params=lambda c, k: ["seed", *_NET, "data.dataset", f"guidance.discriminators.{k}",
+                               "guidance.heldout_fraction", "guidance.head_channels", "guidance.head_depth",
+                               "guidance.pool_size", "guidance.batch_size", "guidance.steps", "guidance.lr",
+                               "guidance.weight_decay"], gpus=_one_gpu),
+    Stage("guided_sample", "guided-sample", "disc", "guidance:guided_sample",
+          deps=lambda L, c, k: [L.network(c.model_of(k)), L.discriminator(k), L.encoder],
+          outs=lambda L, c, k: {L.guided_samples(k): OUT},
+          params=lambda c, k: [*_NET, f"guidance.discriminators.{k}", c.weight_key(k), "guidance.sigma_window",
+                               "guidance.steps_list", "guidance.rho", *_SAMPLING], gpus=_one_gpu),
+    Stage("guided_fd", "guided-fd", "disc", "evaluate:guided_fd",
+          deps=lambda L, c, k: [L.guided_samples(k), L.fd_reference, L.feature_network],
+          outs=lambda L, c, k: {L.guided_fd(k): GIT, L.guided_features(k): OUT},
+          params=lambda c, k: ["seed", *_NET, "fd"], gpus=_one_gpu),
+    Stage("tables", "tables", None, "report:tables",
+          deps=lambda L, c, k: [L.effective_params, L.fd_floor, *[L.fd(m) for m in c.models],
+                                *[L.features(m) for m in c.models], *[L.curvature_metrics(m) for m in c.models],
+                                *[L.guided_fd(d) for d in c.discs], *[L.discriminator_metrics(d) for d in c.discs],
+                                L.feature_network_metrics],
+          outs=lambda L, c, k: {**{L.table(t, e): GIT for t in TABLE_NAMES for e in ("csv", "md")},
                              L.fd_curves: PLOT, L.metrics: METRIC},
-          params=lambda p, k: ["seed", "fd", "models", "guidance.discriminators", "guidance.steps_list",
-                               "guidance.rho"], plots=(("nfe", "fd"),)),
-    Stage("figures", "figures", None,
-          deps=lambda L, p, k: [*[L.fd(m) for m in p.models], *[L.curvature(m) for m in p.models],
-                                *[L.samples(m) for m in p.models], *[L.loss_log(m) for m in p.models],
-                                *[L.guided_fd(d) for d in p.discs], L.fd_floor],
-          outs=lambda L, k: {L.figure(f): PLOT for f in FIGURE_NAMES},
-          params=lambda p, k: ["models", "sample.grid_steps", "guidance.discriminators"]),
+          params=lambda c, k: ["seed", "data.dataset", "fd", "models", "sample.steps", "sample.rho", "sample.seeds",
+                               "guidance.discriminators", "guidance.steps_list", "guidance.rho"],
+          plots=("nfe", "fd")),
+    Stage("figures", "figures", None, "report:figures",
+          deps=lambda L, c, k: [*[L.fd(m) for m in c.models], *[L.curvature(m) for m in c.models],
+                                *[L.samples(m) for m in c.models], *[L.loss_log(m) for m in c.models],
+                                *[L.guided_fd(d) for d in c.discs], L.fd_floor],
+          outs=lambda L, c, k: {L.figure(f): PLOT for f in FIGURE_NAMES},
+          params=lambda c, k: ["data.dataset", "models", "sample.rho", "sample.seeds", "sample.grid_steps",
+                               "guidance.discriminators", "guidance.steps_list", "guidance.rho"]),
 ]
 
 
 # The pool-size study: its own DAG on top of the main one's data and FD reference, outside the default
 # target (`snakemake pool_study`; DVC: workflow/pool_size/dvc.yaml, which `dvc repro` alone does not run).
-# Its variants are trained, sampled and scored by the main stages' commands with `--variant`.
+# Its variants are trained, sampled and scored by the main stages' commands with `--variant`; those stages
+# see a variant as a model (params.pool_study_view). `pool_variants` comes first: it checks the variants'
+# names before DVC puts any of them into a command, and writes one file per variant.
 POOL_STUDY_STAGES: list[Stage] = [
-    Stage("pool_train", "train", "variant",
-          deps=lambda L, p, k: [L.dataset],
-          outs=lambda L, k: {L.pool_study.network(k): OUT, L.pool_study.loss_log(k): PLOT,
-                             L.pool_study.checkpoints(k): PERSIST},
-          params=lambda p, k: ["seed", "device", "train", f"pool_study.variants.{k}"],
-          gpus=lambda p: p.p["train"]["nproc_per_node"], plots=(("kimg", "loss"),)),
-    Stage("pool_sample", "sample", "variant",
-          deps=lambda L, p, k: [L.pool_study.network(k)],
-          outs=lambda L, k: {L.pool_study.samples(k): OUT},
-          params=lambda p, k: ["device", "sample.steps", "pool_study.rho", *_SAMPLING], gpus=_one_gpu),
-    Stage("pool_fd", "fd", "variant",
-          deps=lambda L, p, k: [L.pool_study.samples(k), L.fd_reference, L.feature_network],
-          outs=lambda L, k: {L.pool_study.fd(k): GIT, L.pool_study.features(k): OUT},
-          params=lambda p, k: ["seed", "device", "fd"], gpus=_one_gpu),
-    Stage("pool_curvature", "curvature", "variant",
-          deps=lambda L, p, k: [L.pool_study.network(k)],
-          outs=lambda L, k: {L.pool_study.curvature(k): OUT, L.pool_study.curvature_metrics(k): GIT},
-          params=lambda p, k: ["seed", "device", "curvature", "pool_study.rho", "sample.sigma_min",
-                               "sample.sigma_max"], gpus=_one_gpu),
-    Stage("pool_study", "pool-study", None,
-          deps=lambda L, p, k: [L.fd_floor, L.fd_reference,
-                                *[path for v in p.variants for path in (
+    Stage("pool_variants", "pool-variants", None, "data:pool_variants",
+          deps=lambda L, c, k: [],
+          # DVC: the folder (its foreach reads the variants when it runs); Snakemake: one file per variant
+          outs=lambda L, c, k: ({L.pool_study.variants_dir: GIT} if c.dvc else
+                                {L.pool_study.variant_spec(v): GIT for v in c.variants}),
+          params=lambda c, k: ["pool_study.variants"]),
+    Stage("pool_train", "train", "variant", "train:train",
+          # DVC: after pool_variants, which checks the name before DVC runs a command that holds it (Snakemake
+          # checks names before it plans anything)
+          deps=lambda L, c, k: [L.dataset, *([L.pool_study.variant_spec(k)] if c.dvc else [])],
+          outs=lambda L, c, k: {L.pool_study.network(k): OUT, L.pool_study.loss_log(k): PLOT},
+          params=lambda c, k: ["seed", *_NET, "train", f"pool_study.variants.{k}"],
+          gpus=_ranks, plots=("kimg", "loss")),
+    Stage("pool_sample", "sample", "variant", "sample:sample",
+          deps=lambda L, c, k: [L.pool_study.network(k)],
+          outs=lambda L, c, k: {L.pool_study.samples(k): OUT},
+          params=lambda c, k: [*_NET, "sample.steps", "pool_study.rho", *_SAMPLING], gpus=_one_gpu),
+    Stage("pool_fd", "fd", "variant", "evaluate:fd",
+          deps=lambda L, c, k: [L.pool_study.samples(k), L.fd_reference, L.feature_network],
+          outs=lambda L, c, k: {L.pool_study.fd(k): GIT, L.pool_study.features(k): OUT},
+          params=lambda c, k: ["seed", *_NET, "fd"], gpus=_one_gpu),
+    Stage("pool_curvature", "curvature", "variant", "evaluate:curvature",
+          deps=lambda L, c, k: [L.pool_study.network(k)],
+          outs=lambda L, c, k: {L.pool_study.curvature(k): OUT, L.pool_study.curvature_metrics(k): GIT},
+          params=lambda c, k: ["seed", *_NET, "curvature", "pool_study.rho", "sample.sigma_min", "sample.sigma_max"],
+          gpus=_one_gpu),
+    Stage("pool_study", "pool-study", None, "report:pool_study",
+          deps=lambda L, c, k: [L.fd_floor, L.fd_reference,
+                                *([L.pool_study.variants_dir] if c.dvc else map(L.pool_study.variant_spec, c.variants)),
+                                *[path for v in c.variants for path in (
                                     L.pool_study.fd(v), L.pool_study.features(v), L.pool_study.curvature_metrics(v),
                                     L.pool_study.loss_log(v))]],
-          outs=lambda L, k: {L.pool_study.study_table("csv"): GIT, L.pool_study.study_table("md"): GIT,
+          outs=lambda L, c, k: {L.pool_study.study_table("csv"): GIT, L.pool_study.study_table("md"): GIT,
                              L.pool_study.study_metrics: METRIC, L.pool_study.study_figure: PLOT},
-          params=lambda p, k: ["seed", "fd", "sample.seeds", "train.batch_size", "train.knn_k", "pool_study"]),
+          params=lambda c, k: ["seed", "data.dataset", "fd", "sample.seeds", "train.batch_size", "train.knn_k",
+                               "pool_study"]),
 ]
+
+# A released NVlabs/edm or EDM-AOT network pickle, sampled and scored at the profile's settings (Snakemake
+# target `released`, outside the default DAG). The pickle's path is a parameter, never part of a command.
+RELEASED_STAGES: list[Stage] = [
+    Stage("released_sample", "sample", "released", "sample:sample",
+          deps=lambda L, c, k: [c.p["released_pickle"] or "released_pickle-is-not-set.pkl"],
+          outs=lambda L, c, k: {L.released_samples: OUT},
+          params=lambda c, k: [*_NET, "released_pickle", "sample.steps", "sample.rho", *_SAMPLING], gpus=_one_gpu),
+    Stage("released_fd", "fd", "released", "evaluate:fd",
+          deps=lambda L, c, k: [L.released_samples, L.fd_reference, L.feature_network],
+          outs=lambda L, c, k: {L.released_fd: GIT, L.released_features: OUT},
+          params=lambda c, k: ["seed", *_NET, "fd"], gpus=_one_gpu),
+]
+ALL_STAGES = STAGES + POOL_STUDY_STAGES + RELEASED_STAGES
 POOL_STUDY_DVC = Path("workflow/pool_size/dvc.yaml")
 
 
 def stage(name: str) -> Stage:
-    for st in STAGES + POOL_STUDY_STAGES:
+    for st in ALL_STAGES:
         if st.name == name:
             return st
     raise KeyError(f"no stage {name!r}")
+
+
+def find_stage(cli: str, over: str | None) -> Stage:
+    """The stage that ``aot-diffusion <cli> [--<over> ...]`` runs."""
+    for st in ALL_STAGES:
+        if st.cli == cli and st.over == over:
+            return st
+    raise KeyError(f"no stage runs `aot-diffusion {cli}`" + (f" --{over}" if over else ""))
 
 
 def keys_of(st: Stage, ctx: Context) -> list:
     return {"model": ctx.models, "disc": ctx.discs, "variant": ctx.variants}.get(st.over, [None])
 
 
+def job_id(st: Stage, key: str | None) -> str:
+    """One run of a stage, as DVC names it: ``stage`` or ``stage@key``."""
+    return st.name if key is None else f"{st.name}@{key}"
+
+
+def quote_name(key: str) -> str:
+    """A model / discriminator / variant name as a shell word. Names are checked by the schema; a name that
+    got here unchecked is refused rather than quoted into something a shell would run."""
+    if not NAME_PATTERN.match(key):
+        raise ParamError(f"the name {key!r} is not allowed in a command ({NAME_PATTERN.pattern})")
+    return f"'{key}'"  # what shlex.quote gives for a name that needs it; the same form as DVC's below
+
+
 def command(st: Stage, key: str | None) -> str:
-    return f"aot-diffusion {st.cli}" + (f" --{st.over} {key}" if st.over else "")
+    cmd = f"aot-diffusion {st.cli}"
+    if st.over == "released":
+        return cmd + " --released"
+    if st.over in KEYED:
+        # DVC fills in its ${item} / ${key} when it runs: single quotes keep a shell from reading it, and
+        # the stage `pool_variants` refuses a bad name before any such command runs.
+        return cmd + f" --{st.over} " + (f"'{key}'" if key.startswith("${") else quote_name(key))
+    return cmd
+
+
+class Plan:
+    """The jobs of one parameter set and their parameter records (module docstring)."""
+
+    def __init__(self, p: Mapping, root: Path | str = "."):
+        self.p, self.ctx = p, Context(p)
+        self.L = Layout(p["profile"])
+        self.root = Path(root)
+        self.producer = {}
+        for st in ALL_STAGES:
+            for key in keys_of(st, self.ctx):
+                for path in st.outs(self.L, self.ctx, key):
+                    self.producer[str(path)] = (st, key)
+        self._digests = {}
+
+    def declared(self, st: Stage, key: str | None) -> list:
+        return st.params(self.ctx, key)
+
+    def upstream(self, st: Stage, key: str | None) -> list:
+        return [self.producer[str(d)] for d in st.deps(self.L, self.ctx, key) if str(d) in self.producer]
+
+    def record(self, st: Stage, key: str | None) -> dict:
+        """What the stage reads (values) and the digests of the records it reads from."""
+        ups = {job_id(*up): self.digest(*up) for up in self.upstream(st, key)}
+        return {"stage": job_id(st, key), "params": select(self.p, self.declared(st, key)),
+                "upstream": dict(sorted(ups.items()))}
+
+    def digest(self, st: Stage, key: str | None) -> str:
+        job = job_id(st, key)
+        if job not in self._digests:
+            self._digests[job] = digest(self.record(st, key))
+        return self._digests[job]
+
+    def record_path(self, st: Stage, key: str | None) -> Path:
+        return self.L.record(job_id(st, key), self.digest(st, key))
+
+    def job(self, job: str) -> tuple[Stage, str | None]:
+        name, _, key = job.partition("@")
+        st = stage(name)
+        if (key or None) not in keys_of(st, self.ctx):
+            raise ParamError(f"no job {job!r} in the current parameters")
+        return st, key or None
+
+    def write_record(self, st: Stage, key: str | None, expect: str | None = None) -> Path:
+        """Write the stage's record (the only one in its folder). ``expect``: the digest a front door planned
+        with; a different one means params.yaml changed since, and nothing is written."""
+        import json
+        import os
+
+        from .utils import AtomicPath
+
+        path = self.root / self.record_path(st, key)
+        if expect is not None and expect != self.digest(st, key):
+            raise ParamError(f"{job_id(st, key)}: planned with parameter digest {expect}, but params.yaml now gives "
+                             f"{self.digest(st, key)}; was params.yaml changed during the run?")
+        if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 writes
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for old in path.parent.iterdir():
+            if old.name != path.name:
+                old.unlink()
+        with AtomicPath(path, suffix=".json") as tmp:
+            tmp.write_text(json.dumps(dict(self.record(st, key), digest=self.digest(st, key)), indent=2) + "\n")
+        return path
+
+    def is_current(self, st: Stage, key: str | None) -> bool:
+        """Outputs there and made with the current parameters (its record of the current digest is there)."""
+        paths = [*st.outs(self.L, self.ctx, key), self.record_path(st, key)]
+        return all((self.root / path).exists() for path in paths)
 
 
 def _dvc_entry(st: Stage, ctx: Context, key, wdir: str | None = None) -> dict:
     L = Layout("${profile}")
     outs, metrics, plots = [], [], []
-    for path, kind in st.outs(L, key).items():
+    for path, kind in st.outs(L, ctx, key).items():
         path = str(path)
         if kind == OUT:
             outs.append(path)
-        elif kind == PERSIST:
-            outs.append({path: {"persist": True, "cache": False}})
         elif kind == GIT:
             outs.append({path: {"cache": False}})
         elif kind == METRIC:
@@ -212,11 +353,16 @@ def _dvc_entry(st: Stage, ctx: Context, key, wdir: str | None = None) -> dict:
         elif kind == PLOT:
             opts = {"cache": False}
             if path.endswith(".csv") and st.plots:
-                opts.update(x=st.plots[0][0], y=st.plots[0][1])
+                opts.update(x=st.plots[0], y=st.plots[1])
             plots.append({path: opts})
+    # The stage's parameter record (module docstring); cached, so `dvc exp apply` brings back the record of
+    # the experiment it applies and Snakemake sees the same parameters as DVC.
+    outs.append(str(L.records(job_id(st, key))))
     entry = {"wdir": wdir} if wdir else {}
     entry["cmd"] = command(st, key)
     deps = [str(d) for d in st.deps(L, ctx, key)]
+    if st.name == "check_params":  # the whole file: an unknown key (not a tracked parameter) reruns it
+        deps.append("params.yaml")
     if deps:
         entry["deps"] = deps
     entry["params"] = [leaf for name in st.params(ctx, key) for leaf in _leaves(ctx.p, name)]
@@ -255,7 +401,7 @@ def _get(p: Mapping, name: str):
 
 def dvc_yaml(p: Mapping) -> str:
     """dvc.yaml for the stage table: paths per ``${profile}``, ``foreach`` over models and discriminators."""
-    ctx, tmpl = Context(p), Context(p, template=True)
+    ctx, tmpl = Context(p, dvc=True), Context(p, template=True)
     stages = {}
     for st in STAGES:
         if st.over is None:
@@ -277,7 +423,7 @@ def dvc_yaml(p: Mapping) -> str:
 def pool_study_dvc_yaml(p: Mapping) -> str:
     """workflow/pool_size/dvc.yaml: the study's stages, run from the repository root (wdir), over the variants
     that params.yaml names (``foreach`` reads them, so ``-S`` can add one)."""
-    ctx, tmpl = Context(p), Context(p, template=True)
+    ctx, tmpl = Context(p, dvc=True), Context(p, template=True)
     up = "/".join([".."] * len(POOL_STUDY_DVC.parent.parts))
     stages = {}
     for st in POOL_STUDY_STAGES:
@@ -297,22 +443,21 @@ class _NoAliases(yaml.SafeDumper):
 
 
 def dvc_commit_targets(root=".") -> tuple[list, int]:
-    """What `dvc commit` can record after a Snakemake run, and how many stages finished: a pipeline file whose
-    stages all finished is one target (one pass over it is ~5x faster than naming its stages), otherwise each
-    finished stage by name (``file:stage@key`` for the study's file)."""
+    """What `dvc commit` can record after a Snakemake run, and how many stages finished with the current
+    parameters (outputs and the record of the current digest there): a pipeline file whose stages all
+    finished is one target (one pass over it is ~5x faster than naming its stages), otherwise each finished
+    stage by name (``file:stage@key`` for the study's file)."""
     from .params import load_params
 
-    p = load_params(Path(root) / "params.yaml")
-    ctx, L = Context(p), Layout(p["profile"], root)
+    plan = Plan(load_params(Path(root) / "params.yaml"), root)
     targets, finished = [], 0
     for table, dvcfile in ((STAGES, Path("dvc.yaml")), (POOL_STUDY_STAGES, POOL_STUDY_DVC)):
         names, total = [], 0
         for st in table:
-            for key in keys_of(st, ctx):
+            for key in keys_of(st, plan.ctx):
                 total += 1
-                if all(Path(path).exists() for path in st.outs(L, key)):
-                    name = st.name if key is None else f"{st.name}@{key}"
-                    names.append(name if table is STAGES else f"{dvcfile}:{name}")
+                if plan.is_current(st, key):
+                    names.append(job_id(st, key) if table is STAGES else f"{dvcfile}:{job_id(st, key)}")
         finished += len(names)
         targets += [str(dvcfile)] if names and len(names) == total else names
     return targets, finished

@@ -1,11 +1,14 @@
-"""Snakemake and DVC run the same stages on the same files: keep them from running at once, and let each
-see what the other did (a finished Snakemake run is recorded in dvc.lock)."""
+"""Snakemake and DVC run the same stages on the same files: keep them (and two Snakemake runs with other
+parameters) from running at once, and let each see what the other did: both judge a stage by its parameter
+record (dag.Plan), and a finished Snakemake run is also recorded in dvc.lock."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -13,7 +16,7 @@ import yaml
 from .params import ParamError
 
 __all__ = ["check_dag_shape", "refuse_if_dvc_running", "refuse_if_snakemake_running", "record_in_dvc",
-           "forget_snakemake_records"]
+           "acquire_run_lock", "release_run_lock", "check_run_lock"]
 
 
 def check_dag_shape(p, root: Path | str = ".") -> None:
@@ -63,37 +66,51 @@ def refuse_if_snakemake_running(root: Path | str = ".") -> None:
                          "wait for it, or run `snakemake --unlock` if it was killed")
 
 
-def forget_snakemake_records(p, root: Path | str = ".") -> list:
-    """Called by every stage run under DVC: drop Snakemake's records of the outputs this stage rewrites.
+RUNS_DIR = Path(".snakemake") / "aot-diffusion-runs"  # one file per running Snakemake run: its parameters
 
-    Snakemake keeps, per output, the parameters it last ran the job with (.snakemake/metadata/<urlsafe
-    base64 of the path>, its file persistence). When DVC reruns a stage with other parameters, that record
-    is stale and Snakemake would rerun the job although its outputs match params.yaml; without a record
-    Snakemake judges the outputs by modification time, so after `dvc repro` `snakemake -n` plans nothing.
-    Returns the records removed."""
-    import base64
 
-    from .dag import Context, keys_of, stage
-    from .layout import Layout
+def _live_runs(root: Path) -> list:
+    runs = []
+    for entry in sorted((root / RUNS_DIR).glob("*.json")):
+        try:
+            info = json.loads(entry.read_text())
+            os.kill(int(info["pid"]), 0)
+        except (OSError, ValueError, KeyError, TypeError):
+            entry.unlink(missing_ok=True)  # a finished or killed run
+            continue
+        if info["pid"] != os.getpid():
+            runs.append(info)
+    return runs
 
-    name = os.environ.get("DVC_STAGE", "").rpartition(":")[2]  # "stage@key", or "file:stage@key"
-    meta = Path(root) / ".snakemake" / "metadata"
-    if not name or not meta.is_dir():
-        return []
-    st_name, _, key = name.partition("@")
-    try:
-        st = stage(st_name)
-    except KeyError:
-        return []
-    if key and key not in keys_of(st, Context(p)):
-        return []
-    removed = []
-    for path in st.outs(Layout(p["profile"]), key or None):
-        record = meta / base64.urlsafe_b64encode(str(path).encode()).decode()
-        if len(record.name) < 255 and record.is_file():  # longer names are split into folders: none of ours
-            record.unlink()
-            removed.append(record)
-    return removed
+
+def acquire_run_lock(p, root: Path | str = ".") -> None:
+    """A Snakemake run holds its parameters for its whole duration: a second run in the same checkout with
+    other parameters refuses to start (it would rewrite params.yaml under the first one's jobs)."""
+    from .params import digest
+
+    root, mine = Path(root), digest(dict(p))
+    for info in _live_runs(root):
+        if info["params"] != mine:
+            raise SystemExit(f"refusing to start: Snakemake run {info['pid']} (`{info['argv']}`) is running in this "
+                             "checkout with other parameters; wait for it, or run from another checkout")
+    path = root / RUNS_DIR / f"{os.getpid()}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"pid": os.getpid(), "params": mine, "argv": " ".join(sys.argv)}))
+
+
+def release_run_lock(root: Path | str = ".") -> None:
+    (Path(root) / RUNS_DIR / f"{os.getpid()}.json").unlink(missing_ok=True)
+
+
+def check_run_lock(p, root: Path | str = ".") -> None:
+    """Called by every stage: params.yaml must still hold the parameters of any Snakemake run going on here."""
+    from .params import digest
+
+    mine = digest(dict(p))
+    for info in _live_runs(Path(root)):
+        if info["params"] != mine:
+            raise SystemExit(f"refusing to run: params.yaml changed while Snakemake run {info['pid']} "
+                             f"(`{info['argv']}`) is running in this checkout with other parameters")
 
 
 def record_in_dvc(root: Path | str = ".") -> None:

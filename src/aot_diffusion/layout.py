@@ -152,6 +152,21 @@ class Layout:
     def study_figure(self):
         return self.figures / "pool_size_study.png"
 
+    # parameter records: what each finished stage read (dag.Plan); one folder per job, one file per digest
+    def records(self, job: str):
+        return self.results / "records" / job
+
+    def record(self, job: str, digest: str):
+        return self.records(job) / f"{digest}.json"
+
+    # the pool-size study's variants, checked and written one file each (stage pool_variants)
+    @property
+    def variants_dir(self):
+        return self.model_results / "variants"
+
+    def variant_spec(self, variant):
+        return self.variants_dir / f"{variant}.json"
+
     # released checkpoints (Snakemake target `released`, outside the default DAG)
     @property
     def released_samples(self):
@@ -160,3 +175,7 @@ class Layout:
     @property
     def released_fd(self):
         return self.results / "released" / "fd.csv"
+
+    @property
+    def released_features(self):
+        return self.results / "released" / "fd.features.npz"

@@ -15,16 +15,20 @@ booleans), ranges and cross-field rules all stop the run before any stage starts
 
 from __future__ import annotations
 
+import copy
 import difflib
+import hashlib
+import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
-__all__ = ["ParamError", "PROFILES", "SCHEMA", "load_params", "validate", "compose", "resolve", "flatten",
-           "write_params", "select"]
+__all__ = ["ParamError", "UndeclaredParam", "PROFILES", "SCHEMA", "NAME_PATTERN", "load_yaml", "load_params",
+           "validate", "compose", "resolve", "flatten", "write_params", "select", "StageParams", "digest"]
 
 PROFILES = ("digits", "smoke", "cifar10")
 CONF_DIR = "conf"
@@ -36,6 +40,52 @@ HEADER = ("# The effective parameters of this run, composed from conf/config.yam
 
 class ParamError(ValueError):
     """A missing, unknown, malformed or out-of-range parameter."""
+
+
+class UndeclaredParam(KeyError):
+    """A stage read a parameter that its entry in the stage table (dag.py) does not declare."""
+
+    def __str__(self):
+        return self.args[0]
+
+
+# Names of models, discriminators and study variants become file names, DVC stage names and command
+# arguments: nothing a shell or a path could read as syntax.
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+# ---------------------------------------------------------------------------------------------- YAML
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML without its two traps for a parameter file: a duplicated key (the last one silently wins) and
+    anchors/aliases (one line can expand into gigabytes). Both are refused with the file and line."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.MarkedYAMLError("while reading a parameter file", None,
+                                       "YAML anchors and aliases are not allowed here", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.MarkedYAMLError("while reading a parameter file", node.start_mark,
+                                           f"duplicate key {key!r} (first on line {seen[key] + 1})",
+                                           key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(path: Path | str):
+    """Read one YAML file strictly (no duplicate keys, no aliases); errors name the file and line."""
+    path = Path(path)
+    try:
+        return yaml.load(path.read_text(), Loader=_StrictLoader)
+    except yaml.YAMLError as exc:
+        raise ParamError(f"{path} is not a valid parameter file: {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------- schema
@@ -182,6 +232,9 @@ def _check_value(path: str, value, spec: Spec):
         if not isinstance(value, Mapping) or not value:
             _fail(path, "must be a non-empty mapping of names to entries")
         for name, entry in value.items():
+            if not isinstance(name, str) or not NAME_PATTERN.match(name):
+                _fail(path, f"the name {name!r} is not allowed: names are lower-case letters, digits and '_', "
+                            f"starting with a letter ({NAME_PATTERN.pattern})")
             _check_section(f"{path}.{name}", entry, _RECORDS[spec.item.kind], required=True)
 
 
@@ -279,6 +332,8 @@ def compose(profile: str | None = None, overrides: Mapping | None = None, root: 
     conf = (Path(root) / CONF_DIR).resolve()
     if not (conf / "config.yaml").exists():
         raise ParamError(f"{conf}/config.yaml not found: run from the repository root")
+    for path in [conf / "config.yaml", *sorted((conf / "profile").glob("*.yaml"))]:
+        load_yaml(path)  # Hydra would take a duplicated key's last value and expand aliases
     args = [] if profile is None else [f"profile={profile}"]
     if profile is not None and profile not in PROFILES:
         raise ParamError(f"parameter 'profile': unknown profile {profile!r}; choose from {list(PROFILES)}")
@@ -307,10 +362,7 @@ def load_params(path: Path | str = PARAMS_FILE) -> dict:
     path = Path(path)
     if not path.exists():
         raise ParamError(f"parameter file {path} not found (compose it: aot-diffusion params)")
-    try:
-        p = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ParamError(f"parameter file {path} is not valid YAML: {exc}") from None
+    p = load_yaml(path)
     if not isinstance(p, Mapping):
         raise ParamError(f"parameter file {path} must hold a mapping")
     return validate(p)
@@ -332,9 +384,11 @@ def _typed(tree):
     however Snakemake parsed it (params.yaml itself stays strict: there a quoted '32' is an error)."""
     if isinstance(tree, Mapping):
         return {k: _typed(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_typed(v) for v in tree]
     if isinstance(tree, str):
         try:
-            return yaml.safe_load(tree)
+            return yaml.load(tree, Loader=_StrictLoader)  # no aliases on the command line either
         except yaml.YAMLError:
             return tree
     return tree
@@ -347,16 +401,16 @@ def write_params(p: Mapping, path: Path | str = PARAMS_FILE) -> bool:
     path = Path(path)
     if path.exists():
         try:
-            if yaml.safe_load(path.read_text()) == dict(p):
+            if load_yaml(path) == dict(p):
                 return False
-        except yaml.YAMLError:
+        except ParamError:
             pass
     atomic_write_text(path, HEADER + yaml.safe_dump(dict(p), sort_keys=False, width=120))
     return True
 
 
 def select(p: Mapping, keys) -> dict:
-    """The values of dotted ``keys`` (what one stage reads), for Snakemake's ``params`` trigger."""
+    """The values of dotted ``keys`` (what one stage reads): its parameter record."""
     out = {}
     for key in keys:
         node: Any = p
@@ -366,18 +420,76 @@ def select(p: Mapping, keys) -> dict:
     return out
 
 
-def pool_study_view(p: Mapping) -> dict:
-    """The parameters as the pool-size study's stages read them: each variant is an unconditional model with
-    its own pairing and pool (the rest of train.* shared), sampled at sample.steps with the one rho
-    pool_study.rho. The same stage code then trains, samples and scores a variant as it does a model."""
-    import copy
+def digest(obj) -> str:
+    """A short content address of a JSON-able value (key order does not matter)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+
+# Every stage may read the profile: it is the folder its outputs live in.
+ALWAYS_READABLE = ("profile",)
+
+
+class StageParams(Mapping):
+    """A read-only view of the parameters one stage declares in the stage table (dag.py). Reading a key
+    that is neither declared nor inside / on the way to a declared one raises :class:`UndeclaredParam`,
+    naming the stage and the key, so a stage can't depend on what its front doors don't track."""
+
+    def __init__(self, tree: Mapping, declared, stage: str, _prefix: str = ""):
+        self._tree, self._stage, self._prefix = tree, stage, _prefix
+        self._declared = tuple(declared) + ALWAYS_READABLE
+
+    def _access(self, path: str) -> str | None:
+        if any(path == d or path.startswith(d + ".") for d in self._declared):
+            return "all"
+        if any(d.startswith(path + ".") for d in self._declared):
+            return "part"
+        return None
+
+    def __getitem__(self, key):
+        path = f"{self._prefix}{key}"
+        access = self._access(path)
+        if access is None:
+            raise UndeclaredParam(f"stage {self._stage!r} read parameter {path!r}, which it does not declare in "
+                                  f"the stage table (src/aot_diffusion/dag.py): its front doors would not rerun it "
+                                  f"when {path!r} changes")
+        value = self._tree[key]
+        if isinstance(value, Mapping):
+            return StageParams(value, self._declared, self._stage, path + ".")
+        return copy.deepcopy(value)
+
+    def __iter__(self):
+        return (k for k in self._tree if self._access(f"{self._prefix}{k}"))
+
+    def __len__(self):
+        return sum(1 for _ in self)
+
+    def to_dict(self) -> dict:
+        """The readable part as plain data (for writing it out)."""
+        return {k: (v.to_dict() if isinstance(v, StageParams) else v) for k, v in self.items()}
+
+
+# The pool-size study's stages see a variant as a model: what they read, and where it comes from.
+STUDY_ALIASES = {"models.{key}": "pool_study.variants.{key}", "sample.rho": "pool_study.rho"}
+
+
+def pool_study_view(p: Mapping) -> dict:
+    """The parameters as the pool-size study's per-variant stages read them: each variant is an unconditional
+    model with its own pairing and pool (the rest of train.* shared), sampled at sample.steps with the one rho
+    pool_study.rho (STUDY_ALIASES). The same stage code then trains, samples and scores a variant as it does
+    a model."""
     q = copy.deepcopy(dict(p))
     q["models"] = {name: {"aot": v["pairing"] != "none", "conditional": False, "pool_size": v["pool_size"],
                           **({"pairing": v["pairing"]} if v["pairing"] != "none" else {})}
                    for name, v in p["pool_study"]["variants"].items()}
-    q["sample"]["rho"] = [p["pool_study"]["rho"]]
+    q["sample"] = dict(q["sample"], rho=[p["pool_study"]["rho"]])
     return q
+
+
+def study_declared(declared, key: str) -> list:
+    """A study stage's declared names as its view reads them (the aliases' left sides)."""
+    back = {src.format(key=key): view.format(key=key) for view, src in STUDY_ALIASES.items()}
+    return [back.get(name, name) for name in declared]
 
 
 def device_of(p: Mapping) -> str:

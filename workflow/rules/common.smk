@@ -2,8 +2,7 @@
 import sys
 
 from aot_diffusion import dag, frontdoors
-from aot_diffusion.layout import Layout
-from aot_diffusion.params import ParamError, resolve, select, write_params
+from aot_diffusion.params import ParamError, resolve, write_params
 
 try:
     P = resolve(config)
@@ -11,53 +10,40 @@ try:
 except ParamError as exc:
     sys.exit(f"params: {exc}")
 
-L = Layout(P["profile"])
-CTX = dag.Context(P)
-MODELS, DISCS = CTX.models, CTX.discs
+PLAN = dag.Plan(P)
+L, CTX = PLAN.L, PLAN.ctx
 THREADS = P["threads"]
 
 
-def _key(st, w):
-    return w.get(st.over) if st.over else None
+def stage_input(st, key):
+    """Inputs (data, and the parameter records of the jobs it reads from), as `ancient`: file times don't
+    count. A job reruns when one of its outputs is missing, among them its parameter record for the current
+    parameters (src/aot_diffusion/dag.py: the record's name hashes the parameters of the stage and of every
+    stage upstream, so a change upstream renames the records downstream too). So files that DVC rewrote or restored (`dvc exp apply`) rerun nothing here, and a parameter
+    change that DVC ran, or that nobody ran yet, is seen by its record: both doors judge by the same evidence."""
+    records = [PLAN.record_path(*up) for up in PLAN.upstream(st, key)]  # requested, so checked
+    return [ancient(str(path)) for path in [*st.deps(L, CTX, key), *records]]
 
 
-def stage_input(name):
-    st = dag.stage(name)
-    return lambda w: [str(path) for path in st.deps(L, CTX, _key(st, w))]
+def stage_output(st, key):
+    return [str(path) for path in [*st.outs(L, CTX, key), PLAN.record_path(st, key)]]
 
 
-def stage_output(name):
-    """Declared outputs; checkpoint directories stay out (Snakemake would delete them before a resume)."""
-    st = dag.stage(name)
-    return [str(path) for path, kind in st.outs(L, "{%s}" % st.over if st.over else None).items()
-            if kind != dag.PERSIST]
-
-
-def stage_params(name):
-    st = dag.stage(name)
-    return lambda w: select(P, st.params(CTX, _key(st, w)))
-
-
-def stage_gpus(name):
-    return dag.stage(name).gpus(CTX) if P["device"] != "cpu" else 0
-
-
-def stage_command(name):
-    st = dag.stage(name)
-    return lambda w: dag.command(st, _key(st, w))
-
-
-wildcard_constraints:
-    model="|".join(MODELS),
-    disc="|".join(DISCS),
-    variant="|".join(CTX.variants),
+def stage_gpus(st):
+    return st.gpus(CTX) if P["device"] != "cpu" else 0
 
 
 onstart:
     frontdoors.refuse_if_dvc_running()
+    frontdoors.acquire_run_lock(P)
     if write_params(P):
         print("params.yaml: written with the --config overrides (the run's effective parameters)")
 
 
 onsuccess:
+    frontdoors.release_run_lock()
     frontdoors.record_in_dvc()
+
+
+onerror:
+    frontdoors.release_run_lock()

@@ -1,5 +1,6 @@
-# One thin rule per stage of the tables in src/aot_diffusion/dag.py (wildcards: {model}, {disc}, {variant}):
-# the main DAG (target `all`) and the pool-size study (target `pool_study`, not part of `all`).
+# One thin rule per job of the stage tables in src/aot_diffusion/dag.py, named as DVC names it (stage@key):
+# the main DAG (target `all`), the pool-size study (target `pool_study`) and the released-pickle scoring
+# (target `released`), the last two not part of `all`.
 # Tables and figures go into `snakemake --report report.html`, with captions from workflow/report/.
 from pathlib import Path
 
@@ -17,20 +18,27 @@ def reported(path):
                   labels={"name": stem, "profile": P["profile"]})
 
 
-for st in dag.STAGES + dag.POOL_STUDY_STAGES:
+for st in dag.ALL_STAGES:
+    for key in dag.keys_of(st, CTX):
 
-    rule:
-        name:
-            st.name
-        input:
-            stage_input(st.name),
-        output:
-            [reported(path) for path in stage_output(st.name)],
-        params:
-            values=stage_params(st.name),
-            command=stage_command(st.name),
-        threads: THREADS if st.over or st.gpus(CTX) else 1
-        resources:
-            gpu=stage_gpus(st.name),
-        shell:
-            "{params.command}"  # the directive runs late: the command is bound per rule in params
+        rule:
+            name:
+                dag.job_id(st, key)  # DVC's name of the same job: stage or stage@key
+            input:
+                stage_input(st, key),
+            output:
+                [reported(path) for path in stage_output(st, key)],
+            params:
+                command=dag.command(st, key),
+            threads: THREADS if st.over or st.gpus(CTX) else 1
+            resources:
+                gpu=stage_gpus(st),
+            shell:
+                "{params.command}"  # the directive runs late: the command is bound per rule in params
+
+
+# Score a released NVlabs/edm or EDM-AOT network pickle (not part of `all`):
+#   snakemake --cores all --config profile=cifar10 released_pickle=/path/to/network.pkl -- released
+rule released:
+    input:
+        rules.released_fd.output,

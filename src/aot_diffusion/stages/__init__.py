@@ -1,5 +1,6 @@
-"""What each CLI subcommand runs: one module per stage family. A stage reads params.yaml, takes its paths
-from layout.Layout and writes its outputs atomically; the CLI only parses arguments and dispatches."""
+"""What each CLI subcommand runs: one module per stage family. A stage reads its declared parameters (a
+params.StageParams view), takes its paths from layout.Layout and writes its outputs atomically; the CLI only
+parses arguments and dispatches."""
 
 from __future__ import annotations
 
@@ -7,28 +8,39 @@ import json
 import time
 from functools import cached_property
 
-from ..layout import Layout
-from ..params import ParamError, device_of, load_params, pool_study_view
+from ..params import ParamError, StageParams, device_of, load_params, pool_study_view, study_declared
 from ..utils import atomic_write_text
 
 __all__ = ["Run"]
 
 
 class Run:
-    """One stage run: its parameters, paths, device and a log that names the stage and model."""
+    """One stage run: its declared parameters (read-only), paths, device, a log that names the stage and key,
+    and, when it finishes, its parameter record (dag.Plan)."""
 
-    def __init__(self, stage: str, key: str | None = None, params_path="params.yaml", study: bool = False):
-        from ..frontdoors import forget_snakemake_records, refuse_if_snakemake_running
+    def __init__(self, stage, key: str | None = None, params_path="params.yaml"):
+        from .. import dag
+        from ..frontdoors import check_run_lock, refuse_if_snakemake_running
+        from ..layout import Layout
 
         refuse_if_snakemake_running()
-        self.p = load_params(params_path)
-        forget_snakemake_records(self.p)
-        self.L = Layout(self.p["profile"])
-        self.study = study
-        if study:  # a pool-size study variant, trained, sampled and scored as a model of its own
-            self.p, self.L = pool_study_view(self.p), self.L.pool_study
-        self.key = key
-        self.tag = stage + (" pool_study" if study else "") + (f" {key}" if key else "")
+        full = load_params(params_path)
+        check_run_lock(full)
+        self.stage, self.key = stage, key
+        self.plan = dag.Plan(full)
+        if stage.over in dag.KEYED and key not in dag.keys_of(stage, self.plan.ctx):
+            where = {"model": "models", "disc": "guidance.discriminators", "variant": "pool_study.variants"}[stage.over]
+            raise ParamError(f"unknown {stage.over} {key!r}; params.yaml '{where}' has "
+                             f"{sorted(dag.keys_of(stage, self.plan.ctx))}")
+        declared = self.plan.declared(stage, key)
+        self.study = stage.over == "variant"
+        if self.study:  # a pool-size study variant, trained, sampled and scored as a model of its own
+            tree, declared = pool_study_view(full), study_declared(declared, key)
+            self.L = Layout(full["profile"]).pool_study
+        else:
+            tree, self.L = full, Layout(full["profile"])
+        self.p = StageParams(tree, declared, dag.job_id(stage, key))
+        self.tag = stage.cli + (" pool_study" if self.study else "") + (f" {key}" if key else "")
         self.t0 = time.perf_counter()
 
     @cached_property
@@ -39,16 +51,14 @@ class Run:
         print(f"[{self.tag}] {msg} ({time.perf_counter() - self.t0:.0f} s)", flush=True)
 
     def model_spec(self, model: str) -> dict:
-        if model not in self.p["models"]:
-            what, where = ("variant", "pool_study.variants") if self.study else ("model", "models")
-            raise ParamError(f"unknown {what} {model!r}; params.yaml '{where}' has {sorted(self.p['models'])}")
         return self.p["models"][model]
 
     def disc_spec(self, disc: str) -> dict:
-        discs = self.p["guidance"]["discriminators"]
-        if disc not in discs:
-            raise ParamError(f"unknown discriminator {disc!r}; 'guidance.discriminators' has {sorted(discs)}")
-        return discs[disc]
+        return self.p["guidance"]["discriminators"][disc]
+
+    def write_record(self) -> None:
+        """The evidence of what this run computed from: written last, the only record in its folder."""
+        self.plan.write_record(self.stage, self.key)
 
     @staticmethod
     def write_json(path, obj) -> None:

@@ -14,8 +14,21 @@ def check_params(run: Run) -> None:
     """Validated already (Run loads params.yaml through the schema); record them beside the results."""
     from ..params import write_params
 
-    write_params(run.p, run.L.effective_params)
+    write_params(run.p.to_dict(), run.L.effective_params)
     run.log(f"parameters of profile {run.p['profile']}: OK")
+
+
+def pool_variants(run: Run) -> None:
+    """The pool-size study's variants, one file each (names checked by the schema before any command of the
+    study names one): a variant's stages depend on its own file only, so adding one reruns nothing else."""
+    variants = run.p["pool_study"]["variants"]
+    run.L.pool_study.variants_dir.mkdir(parents=True, exist_ok=True)
+    for old in run.L.pool_study.variants_dir.glob("*.json"):
+        if old.stem not in variants:
+            old.unlink()
+    for name, spec in variants.items():
+        run.write_json(run.L.pool_study.variant_spec(name), spec.to_dict())
+    run.log(f"{len(variants)} variants: {', '.join(variants)}")
 
 
 def prepare_data(run: Run) -> None:

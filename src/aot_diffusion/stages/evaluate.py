@@ -39,16 +39,13 @@ def _score(run: Run, samples_path, csv_path, features_path, name: str) -> None:
 
 
 def fd(run: Run) -> None:
-    if run.key == "released":
-        _score(run, run.L.released_samples, run.L.released_fd, run.L.released_fd.with_suffix(".features.npz"),
-               "released")
+    if run.stage.over == "released":
+        _score(run, run.L.released_samples, run.L.released_fd, run.L.released_features, "released")
         return
-    run.model_spec(run.key)
     _score(run, run.L.samples(run.key), run.L.fd(run.key), run.L.features(run.key), run.key)
 
 
 def guided_fd(run: Run) -> None:
-    run.disc_spec(run.key)
     _score(run, run.L.guided_samples(run.key), run.L.guided_fd(run.key), run.L.guided_features(run.key), run.key)
 
 

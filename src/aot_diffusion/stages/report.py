@@ -18,7 +18,6 @@ def figures(run: Run) -> None:
 
 
 def pool_study(run: Run) -> None:
-    from ..params import pool_study_view
     from ..report.pool_study import write_pool_study
 
-    write_pool_study(pool_study_view(run.p), run.L.pool_study, log=run.log)
+    write_pool_study(run.p, run.L.pool_study, log=run.log)

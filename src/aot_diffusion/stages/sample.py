@@ -56,13 +56,14 @@ def sweep(run: Run, net, denoise, settings, out_path, denoise_euler=None, counte
     write_sweep(out_path, images, grads)
 
 
-def sample(run: Run, network=None) -> None:
+def sample(run: Run) -> None:
     s = run.p["sample"]
-    path = network or run.L.network(run.key)
-    net, denoise = load_denoiser(path, run.device)
+    released = run.stage.over == "released"
+    if released and not run.p["released_pickle"]:
+        raise FileNotFoundError("released_pickle is not set: --config released_pickle=/path/to/network.pkl")
+    net, denoise = load_denoiser(run.p["released_pickle"] if released else run.L.network(run.key), run.device)
     settings = [(st, r, seed) for r in s["rho"] for st in s["steps"] for seed in s["seeds"]]
-    out = run.L.released_samples if run.key == "released" else run.L.samples(run.key)
-    sweep(run, net, denoise, settings, out)
+    sweep(run, net, denoise, settings, run.L.released_samples if released else run.L.samples(run.key))
 
 
 def fake_samples(run: Run) -> None:

@@ -79,6 +79,6 @@ def train(run: Run, stop_after: int | None = None) -> None:
                         augment=augment, log=run.log, stop_after=stop_after)
     if result.get("stopped"):
         run.log(f"stopped after step {result['step']} (--stop-after); rerun to resume")
-        return
+        return False
     if int(os.environ.get("RANK", "0")) == 0:
         _loss_csv(ckpt / "loss.jsonl", run.L.loss_log(model))

@@ -1,0 +1,155 @@
+"""One truth about what was computed: stages read only what they declare, parameter records name what
+they read, strict parameter files, one run's parameters at a time, and no name or path reaching a shell."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aot_diffusion import dag
+from aot_diffusion.frontdoors import RUNS_DIR, acquire_run_lock, check_run_lock
+from aot_diffusion.params import ParamError, StageParams, UndeclaredParam, compose, load_params, validate
+
+from test_pipeline import ROOT, copy_repo, run
+
+P = compose("smoke", root=ROOT)
+
+
+# ---------------------------------------------------------------------------------------------- views
+
+def test_a_stage_reads_only_what_it_declares():
+    view = StageParams(P, ["seed", "sample.sigma_min", "guidance"], "fake_samples@edm_uncond")
+    assert view["seed"] == P["seed"] and view["sample"]["sigma_min"] == P["sample"]["sigma_min"]
+    assert view["guidance"]["num_fake"] == P["guidance"]["num_fake"]  # inside a declared section
+    assert view["profile"] == "smoke"  # the output folder: every stage may read it
+    with pytest.raises(UndeclaredParam, match=r"'fake_samples@edm_uncond' read parameter 'sample.sigma_max'"):
+        view["sample"]["sigma_max"]
+    with pytest.raises(UndeclaredParam, match="'train'"):
+        view["train"]
+    assert list(view["sample"]) == ["sigma_min"]  # iteration shows only what is declared
+    with pytest.raises(TypeError):
+        view["seed"] = 3  # read-only
+    view["guidance"]["sigma_window"].append(99.0)  # a copy: the parameters themselves don't change
+    assert 99.0 not in P["guidance"]["sigma_window"]
+
+
+def test_every_declared_parameter_exists_for_every_profile():
+    """A declared name that is not in the parameters would be a silent no-op for DVC and the records."""
+    for profile in ("digits", "smoke", "cifar10"):
+        plan = dag.Plan(compose(profile, root=ROOT))
+        for st in dag.ALL_STAGES:
+            for key in dag.keys_of(st, plan.ctx):
+                plan.record(st, key)  # select() raises KeyError on a missing name
+
+
+def test_records_chain_the_parameters_upstream():
+    """A change reruns its readers and everything after them (their digests change), nothing else."""
+    before, after = dag.Plan(P), dag.Plan(validate(dict(P, sample=dict(P["sample"], sigma_max=60.0))))
+    changed = {dag.job_id(st, k) for st in dag.STAGES for k in dag.keys_of(st, before.ctx)
+               if before.digest(st, k) != after.digest(st, k)}
+    models, discs = list(P["models"]), list(P["guidance"]["discriminators"])
+    assert changed == {"check_params", "tables", "figures", *[f"{s}@{m}" for s in ("sample", "fd", "curvature",
+                       "fake_samples") for m in models], *[f"{s}@{d}" for s in ("train_discriminator",
+                       "guided_sample", "guided_fd") for d in discs]}
+    st = dag.stage("fd")
+    assert before.record(st, "edm_uncond")["upstream"]["sample@edm_uncond"] == before.digest(dag.stage("sample"), "edm_uncond")
+
+
+# ---------------------------------------------------------------------------------------------- YAML
+
+@pytest.mark.parametrize("text, what", [
+    ("seed: 0\nseed: 1\n", "duplicate key 'seed'"),
+    ("a: &x [1, 2]\nb: *x\n", "anchors and aliases"),
+    ("a: &a [x, x]\nb: &b [*a, *a]\nc: &c [*b, *b]\n", "anchors and aliases"),
+])
+def test_parameter_files_refuse_duplicates_and_aliases_naming_the_line(tmp_path, text, what):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamError, match=what) as info:
+        load_params(path)
+    assert str(path) in str(info.value) and "line" in str(info.value)
+
+
+def test_duplicate_key_in_params_yaml_stops_snakemake(tmp_path):
+    proj = copy_repo(tmp_path)
+    (proj / "params.yaml").write_text((proj / "params.yaml").read_text() + "seed: 5\n")
+    out = run(["snakemake", "-n"], proj, check=False)
+    assert out.returncode != 0 and "duplicate key 'seed'" in out.stdout + out.stderr
+
+
+# ---------------------------------------------------------------------------------------------- names
+
+@pytest.mark.parametrize("name", ["a`touch X`b", "x$(touch X)", "; touch X", "a'b", "Upper", "1abc", "a-b", "a b"])
+def test_names_are_plain_identifiers(name):
+    p = yaml.safe_load(yaml.safe_dump(P))
+    p["pool_study"]["variants"][name] = {"pairing": "none", "pool_size": 32}
+    with pytest.raises(ParamError, match="not allowed"):
+        validate(p)
+    with pytest.raises(ParamError):
+        dag.quote_name(name)
+
+
+def test_payloads_create_nothing_through_either_door(tmp_path):
+    """A hostile variant name through Snakemake's --config and through params.yaml under DVC, and a hostile
+    released_pickle path through Snakemake: no command runs them."""
+    proj = copy_repo(tmp_path)
+    run(["aot-diffusion", "params", "--profile", "smoke"], proj)
+    marker = proj / "PWNED"
+    for name in ("a`touch PWNED`b", "a'$(touch PWNED)'b", "; touch PWNED"):
+        config = "pool_study={variants: {%s: {pairing: none, pool_size: 32}}}" % json.dumps(name)
+        out = run(["snakemake", "--cores", "1", "pool_study", "--config", config], proj, check=False)
+        assert out.returncode != 0 and "not allowed" in out.stdout + out.stderr
+        # DVC reads the variants from params.yaml when it runs (foreach); written here past the composer.
+        p = yaml.safe_load((proj / "params.yaml").read_text())
+        p["pool_study"]["variants"] = {name: {"pairing": "none", "pool_size": 32}}
+        (proj / "params.yaml").write_text(yaml.safe_dump(p))
+        out = run(["dvc", "repro", str(dag.POOL_STUDY_DVC)], proj, check=False)
+        assert out.returncode != 0
+        assert not marker.exists(), name
+        run(["aot-diffusion", "params", "--profile", "smoke"], proj)
+    # The released pickle's path is a parameter the stage reads, never part of a command.
+    evil = proj / "x$(touch PWNED).pkl"
+    evil.write_bytes(b"not a pickle")
+    out = run(["snakemake", "--cores", "1", "-p", "released_sample", "--config", f"released_pickle={evil.name}"],
+              proj, check=False)
+    assert "aot-diffusion sample --released" in out.stdout + out.stderr
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------- one run at a time
+
+def test_a_second_run_with_other_parameters_refuses(tmp_path):
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = tmp_path / RUNS_DIR / f"{other.pid}.json"
+        lock.parent.mkdir(parents=True)
+        lock.write_text(json.dumps({"pid": other.pid, "params": "0123456789abcdef", "argv": "snakemake --config x"}))
+        with pytest.raises(SystemExit, match=f"Snakemake run {other.pid}"):
+            acquire_run_lock(P, tmp_path)
+        with pytest.raises(SystemExit, match="params.yaml changed while Snakemake run"):
+            check_run_lock(P, tmp_path)
+    finally:
+        other.kill()
+        other.wait()
+    acquire_run_lock(P, tmp_path)  # its owner is gone: the stale lock is dropped
+    check_run_lock(P, tmp_path)
+    assert [f.name for f in (tmp_path / RUNS_DIR).iterdir()] == [f"{os.getpid()}.json"]
+
+
+def test_snakemake_refuses_while_another_run_holds_other_parameters(tmp_path):
+    proj = copy_repo(tmp_path)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        lock = proj / RUNS_DIR / f"{other.pid}.json"
+        lock.parent.mkdir(parents=True)
+        lock.write_text(json.dumps({"pid": other.pid, "params": "0123456789abcdef", "argv": "snakemake (first)"}))
+        out = run(["snakemake", "--cores", "1", "check_params", "--config", "seed=5"], proj, check=False)
+        assert out.returncode != 0 and "snakemake (first)" in out.stdout + out.stderr
+        assert yaml.safe_load((proj / "params.yaml").read_text())["seed"] == 0  # not rewritten
+    finally:
+        other.kill()
+        other.wait()
