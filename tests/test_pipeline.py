@@ -193,6 +193,10 @@ def snakemake_plan(proj, *config, targets=("all",)):
     return out.stdout + out.stderr
 
 
+def _flow(value) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+
 def _overrides(changes: dict) -> tuple[list, list]:
     """The same overrides as Snakemake --config and DVC -S arguments (full set, composed from conf/)."""
     smk, dvc = ["profile=smoke"], ["-S", "profile=smoke"]
@@ -204,8 +208,8 @@ def _overrides(changes: dict) -> tuple[list, list]:
             node = node.setdefault(part, {})
         node[last] = value
         added = key.startswith("pool_study.variants.") and key.split(".")[2].startswith("added")
-        dvc += ["-S", ("+" if added else "") + f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"]
-    smk += [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}" for k, v in tree.items()]
+        dvc += ["-S", ("+" if added else "") + f"{key}={_flow(value)}"]
+    smk += [f"{k}={_flow(v)}" for k, v in tree.items()]
     return smk, dvc
 
 

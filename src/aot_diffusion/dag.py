@@ -48,6 +48,7 @@ class Stage:
     params: Callable[["Context", str], list]            # (context, key) -> dotted parameter names it reads
     gpus: Callable[["Context"], int] = field(default=lambda ctx: 0)
     plots: tuple = ()                                   # (x, y) for dvc plots of PLOT outputs
+    cluster: dict = field(default_factory=dict)         # cluster requests beyond the profile's defaults
 
 
 
@@ -79,6 +80,10 @@ def _ranks(ctx):
     return ctx.p["train"]["nproc_per_node"]
 
 
+# A paper-scale training run: 200 Mimg on 4 A100-class GPUs takes about 2 days.
+_TRAIN_CLUSTER = dict(runtime=4320, mem_mb=128000, cpus_per_task=32)
+
+
 STAGES: list[Stage] = [
     # First, and reading every parameter (DVC: its dependency is the whole params.yaml, so it runs whenever the
     # file changes and stops the run on an unknown key); the run's effective parameters are recorded beside its
@@ -104,11 +109,12 @@ STAGES: list[Stage] = [
           deps=lambda L, c, k: [L.dataset],
           outs=lambda L, c, k: {L.network(k): OUT, L.loss_log(k): PLOT},
           params=lambda c, k: ["seed", *_NET, "train", f"models.{k}"],
-          gpus=_ranks, plots=("kimg", "loss")),
+          gpus=_ranks, plots=("kimg", "loss"), cluster=_TRAIN_CLUSTER),
     Stage("sample", "sample", "model", "sample:sample",
           deps=lambda L, c, k: [L.network(k)],
           outs=lambda L, c, k: {L.samples(k): OUT},
-          params=lambda c, k: [*_NET, "sample.steps", "sample.rho", *_SAMPLING], gpus=_one_gpu),
+          params=lambda c, k: [*_NET, "sample.steps", "sample.rho", *_SAMPLING], gpus=_one_gpu,
+          cluster=dict(runtime=720, mem_mb=64000)),
     Stage("fd", "fd", "model", "evaluate:fd",
           deps=lambda L, c, k: [L.samples(k), L.fd_reference, L.feature_network],
           outs=lambda L, c, k: {L.fd(k): GIT, L.features(k): OUT},
@@ -136,12 +142,13 @@ STAGES: list[Stage] = [
           params=lambda c, k: ["seed", *_NET, "data.dataset", f"guidance.discriminators.{k}",
                                "guidance.heldout_fraction", "guidance.head_channels", "guidance.head_depth",
                                "guidance.pool_size", "guidance.batch_size", "guidance.steps", "guidance.lr",
-                               "guidance.weight_decay"], gpus=_one_gpu),
+                               "guidance.weight_decay"], gpus=_one_gpu, cluster=dict(runtime=720)),
     Stage("guided_sample", "guided-sample", "disc", "guidance:guided_sample",
           deps=lambda L, c, k: [L.network(c.model_of(k)), L.discriminator(k), L.encoder],
           outs=lambda L, c, k: {L.guided_samples(k): OUT},
           params=lambda c, k: [*_NET, f"guidance.discriminators.{k}", c.weight_key(k), "guidance.sigma_window",
-                               "guidance.steps_list", "guidance.rho", *_SAMPLING], gpus=_one_gpu),
+                               "guidance.steps_list", "guidance.rho", *_SAMPLING], gpus=_one_gpu,
+          cluster=dict(runtime=720)),
     Stage("guided_fd", "guided-fd", "disc", "evaluate:guided_fd",
           deps=lambda L, c, k: [L.guided_samples(k), L.fd_reference, L.feature_network],
           outs=lambda L, c, k: {L.guided_fd(k): GIT, L.guided_features(k): OUT},
@@ -184,7 +191,7 @@ POOL_STUDY_STAGES: list[Stage] = [
           deps=lambda L, c, k: [L.dataset, *([L.pool_study.variant_spec(k)] if c.dvc else [])],
           outs=lambda L, c, k: {L.pool_study.network(k): OUT, L.pool_study.loss_log(k): PLOT},
           params=lambda c, k: ["seed", *_NET, "train", f"pool_study.variants.{k}"],
-          gpus=_ranks, plots=("kimg", "loss")),
+          gpus=_ranks, plots=("kimg", "loss"), cluster=_TRAIN_CLUSTER),
     Stage("pool_sample", "sample", "variant", "sample:sample",
           deps=lambda L, c, k: [L.pool_study.network(k)],
           outs=lambda L, c, k: {L.pool_study.samples(k): OUT},

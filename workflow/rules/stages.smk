@@ -33,6 +33,7 @@ for st in dag.ALL_STAGES:
             threads: THREADS if st.over or st.gpus(CTX) else 1
             resources:
                 gpu=stage_gpus(st),
+                **st.cluster,  # runtime / memory / CPUs on a cluster (config/slurm holds the site's defaults)
             shell:
                 "{params.command}"  # the directive runs late: the command is bound per rule in params
 
