@@ -99,8 +99,10 @@ def main(argv=None) -> None:
         over, key = _chosen(args)
         st = dag.find_stage(args.command, over)
         run = Run(st, key, params_path=args.params)
+        # torch's threads, as before for every stage; declared (tracked) by the stages that run a network,
+        # whose sums it changes (the report stages compute with numpy, which this setting doesn't touch).
+        set_threads(run.plan.p["threads"])
         if "device" in run.plan.declared(st, key):
-            set_threads(run.p["threads"])
             run.device  # a stage that runs a network checks its device before any work
         module, func = st.run.split(":")
         extra = {"stop_after": args.stop_after} if getattr(args, "stop_after", None) is not None else {}
