@@ -198,3 +198,14 @@ def test_inception_preflight_and_input_checks(monkeypatch, tmp_path):
     check_inception_assets(allow_download=True)
     with pytest.raises(ValueError, match="uint8"):
         inception_features(np.zeros((2, 3, 32, 32), dtype=np.float32), device="cpu", feature_model=lambda b: b)
+
+
+def test_nearest_distance_is_the_mean_distance_to_the_closest_reference():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(50, 1, 4, 4)).astype(np.float32)
+    assert M.nearest_distance(ref, ref) == pytest.approx(0.0, abs=1e-5)
+    shifted = ref[:10] + 0.01  # every image 0.01 * 4 = 0.04 away from its source, far from the others
+    assert M.nearest_distance(shifted, ref, chunk=3) == pytest.approx(0.04, rel=1e-4)
+    q = np.random.default_rng(1).normal(size=(7, 1, 4, 4))
+    brute = np.mean([np.min(np.linalg.norm(ref.reshape(50, -1) - x.reshape(-1), axis=1)) for x in q])
+    assert M.nearest_distance(q, ref, chunk=2) == pytest.approx(brute, rel=1e-5)

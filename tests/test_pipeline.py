@@ -124,6 +124,11 @@ def check_outputs(proj: Path, p):
     metrics = json.loads(L.metrics.read_text())
     assert "fd_floor" in metrics and "edm_uncond.fd_rho7_nfe3" in metrics and "aot_vs_edm.uncond.rho7_nfe3" in metrics
     assert not any(k.startswith("fid") or ".fid_" in k for k in metrics)  # offline: FD, never FID
+    # Headline against held-out statistics, with its own floor, and the memorisation measure beside the real one.
+    assert rows["fd_heldout"].notna().all() and floor["fd_heldout"].notna().all()
+    assert ((rows["fd_heldout_low"] <= rows["fd_heldout"]) & (rows["fd_heldout"] <= rows["fd_heldout_high"])).all()
+    assert {"fd_heldout_floor", "heldout_images.nn_train_dist", "edm_uncond.fd_heldout_rho7_nfe3",
+            "edm_uncond.nn_train_dist_rho7_nfe3"} <= set(metrics)
     for disc in p["guidance"]["discriminators"]:
         assert set(metrics[f"{disc}.heldout_accuracy_by_sigma"]) == {"<0.1", "0.1-1", "1-10", ">10"}
     for name in FIGURE_NAMES:

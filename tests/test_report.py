@@ -72,7 +72,7 @@ def fixture_run(tmp_path_factory):
 def test_tables_floor_row_paired_differences_and_metric_names(fixture_run):
     p, L = fixture_run
     t1, t2, t3 = tables.write_tables(p, L, log=lambda m: None)
-    assert t1.iloc[0]["model"].startswith("real held-out") and t1.iloc[0]["fd"] == 0.1
+    assert t1.iloc[0]["model"].startswith("real") and t1.iloc[0]["fd"] == 0.1
     diffs = pd.read_csv(L.table("aot_vs_edm"))
     few = diffs[diffs["steps"] == 2]
     assert few["outside_noise"].all() and (few["low"] > 0).all()  # EDM clearly worse at NFE 3
@@ -83,6 +83,44 @@ def test_tables_floor_row_paired_differences_and_metric_names(fixture_run):
     assert set(metrics["edm_uncond.fd_rho7_nfe3_ci"]) == {"low", "high"}
     assert not any("fid" in k for k in metrics)
     assert "FD (digits-classifier features)" in L.table("table1_fd_vs_nfe", "md").read_text()
+
+
+def test_a_mean_over_seeds_comes_with_an_interval_over_seeds(fixture_run):
+    """Two sampling seeds (smoke): Table 1 gives their mean FD with a t-interval over the seeds, never the
+    first seed's bootstrap interval beside the mean; one seed gives that seed's value and interval."""
+    import scipy.stats
+
+    p, L = fixture_run
+    assert len(p["sample"]["seeds"]) == 2
+    t1, _, _ = tables.write_tables(p, L, log=lambda m: None)
+    raw = pd.read_csv(L.fd("edm_uncond"))
+    row = t1[(t1["model"] == "edm_uncond") & (t1["rho"] == 7) & (t1["steps"] == 2)].iloc[0]
+    per_seed = raw[(raw["rho"] == 7) & (raw["steps"] == 2)].sort_values("seed")
+    first = per_seed.iloc[0]
+    assert row["seeds"] == 2 and row["fd"] == pytest.approx(per_seed["fd"].mean())
+    assert (row["fd_low"], row["fd_high"]) != (first["fd_low"], first["fd_high"])
+    half = scipy.stats.t.ppf(0.975, 1) * per_seed["fd"].std(ddof=1) / 2 ** 0.5
+    assert row["fd_low"] == pytest.approx(row["fd"] - half) and row["fd_high"] == pytest.approx(row["fd"] + half)
+    one = tables._summary(per_seed.iloc[:1], 0.95).iloc[0]
+    assert (one["fd"], one["fd_low"], one["fd_high"]) == (first["fd"], first["fd_low"], first["fd_high"])
+
+
+def test_intervals_are_labelled_with_the_configured_level(fixture_run):
+    """fd.ci_level 0.9: every table caption, the pool study's header and the metric keys say 90 %, none 95 %."""
+    import copy
+
+    p, L = fixture_run
+    q = copy.deepcopy(p)
+    q["fd"]["ci_level"] = 0.9
+    tables.write_tables(q, L, log=lambda m: None)
+    for name in ("table1_fd_vs_nfe", "table2_guidance", "aot_vs_edm"):
+        text = L.table(name, "md").read_text()
+        assert "90%" in text and "95%" not in text, name
+    metrics = json.loads(L.metrics.read_text())
+    diffs = [v for k, v in metrics.items() if k.startswith("aot_vs_edm.")]
+    assert diffs and all("ci90" in d and "ci95" not in d for d in diffs)
+    tables.write_tables(p, L, log=lambda m: None)  # back to the fixture's 0.95 for the other tests
+    assert all("ci95" in v for k, v in json.loads(L.metrics.read_text()).items() if k.startswith("aot_vs_edm."))
 
 
 def test_figures_have_their_content(fixture_run, monkeypatch):

@@ -9,15 +9,15 @@ on any other), so a change reruns exactly what it affects.
 
 **Parameter records.** A finished stage writes ``records/<job>/<digest>.json`` (layout.Layout.record): the
 values it read and the records of the stages it read from; the digest hashes both (a Merkle chain), so it
-names the parameters of everything upstream too. DVC tracks the record folder as an output; Snakemake takes
-the record of the current digest as an input. Whichever door ran last, a stage whose record for the current
-parameters is missing reruns, and one whose record is there does not.
+names the parameters of everything upstream too. DVC tracks the record folder as an output; for Snakemake the
+record of the current digest is an output of the job and an input of the jobs that read from it. Whichever
+door ran last, a stage whose record for the current parameters is missing reruns, and one whose record is
+there does not.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -49,7 +49,6 @@ class Stage:
     gpus: Callable[["Context"], int] = field(default=lambda ctx: 0)
     plots: tuple = ()                                   # (x, y) for dvc plots of PLOT outputs
     cluster: dict = field(default_factory=dict)         # cluster requests beyond the profile's defaults
-
 
 
 class Context:
@@ -116,7 +115,7 @@ STAGES: list[Stage] = [
           params=lambda c, k: [*_NET, "sample.steps", "sample.rho", *_SAMPLING], gpus=_one_gpu,
           cluster=dict(runtime=720, mem_mb=64000)),
     Stage("fd", "fd", "model", "evaluate:fd",
-          deps=lambda L, c, k: [L.samples(k), L.fd_reference, L.feature_network],
+          deps=lambda L, c, k: [L.samples(k), L.fd_reference, L.feature_network, L.dataset],
           outs=lambda L, c, k: {L.fd(k): GIT, L.features(k): OUT},
           params=lambda c, k: ["seed", *_NET, "fd"], gpus=_one_gpu),
     Stage("curvature", "curvature", "model", "evaluate:curvature",
@@ -150,7 +149,7 @@ STAGES: list[Stage] = [
                                "guidance.steps_list", "guidance.rho", *_SAMPLING], gpus=_one_gpu,
           cluster=dict(runtime=720)),
     Stage("guided_fd", "guided-fd", "disc", "evaluate:guided_fd",
-          deps=lambda L, c, k: [L.guided_samples(k), L.fd_reference, L.feature_network],
+          deps=lambda L, c, k: [L.guided_samples(k), L.fd_reference, L.feature_network, L.dataset],
           outs=lambda L, c, k: {L.guided_fd(k): GIT, L.guided_features(k): OUT},
           params=lambda c, k: ["seed", *_NET, "fd"], gpus=_one_gpu),
     Stage("tables", "tables", None, "report:tables",
@@ -168,7 +167,7 @@ STAGES: list[Stage] = [
                                 *[L.samples(m) for m in c.models], *[L.loss_log(m) for m in c.models],
                                 *[L.guided_fd(d) for d in c.discs], L.fd_floor],
           outs=lambda L, c, k: {L.figure(f): PLOT for f in FIGURE_NAMES},
-          params=lambda c, k: ["data.dataset", "models", "sample.rho", "sample.seeds", "sample.grid_steps",
+          params=lambda c, k: ["data.dataset", "fd.ci_level", "models", "sample.rho", "sample.seeds", "sample.grid_steps",
                                "guidance.discriminators", "guidance.steps_list", "guidance.rho"]),
 ]
 
@@ -197,7 +196,7 @@ POOL_STUDY_STAGES: list[Stage] = [
           outs=lambda L, c, k: {L.pool_study.samples(k): OUT},
           params=lambda c, k: [*_NET, "sample.steps", "pool_study.rho", *_SAMPLING], gpus=_one_gpu),
     Stage("pool_fd", "fd", "variant", "evaluate:fd",
-          deps=lambda L, c, k: [L.pool_study.samples(k), L.fd_reference, L.feature_network],
+          deps=lambda L, c, k: [L.pool_study.samples(k), L.fd_reference, L.feature_network, L.dataset],
           outs=lambda L, c, k: {L.pool_study.fd(k): GIT, L.pool_study.features(k): OUT},
           params=lambda c, k: ["seed", *_NET, "fd"], gpus=_one_gpu),
     Stage("pool_curvature", "curvature", "variant", "evaluate:curvature",
@@ -225,7 +224,7 @@ RELEASED_STAGES: list[Stage] = [
           outs=lambda L, c, k: {L.released_samples: OUT},
           params=lambda c, k: [*_NET, "released_pickle", "sample.steps", "sample.rho", *_SAMPLING], gpus=_one_gpu),
     Stage("released_fd", "fd", "released", "evaluate:fd",
-          deps=lambda L, c, k: [L.released_samples, L.fd_reference, L.feature_network],
+          deps=lambda L, c, k: [L.released_samples, L.fd_reference, L.feature_network, L.dataset],
           outs=lambda L, c, k: {L.released_fd: GIT, L.released_features: OUT},
           params=lambda c, k: ["seed", *_NET, "fd"], gpus=_one_gpu),
 ]

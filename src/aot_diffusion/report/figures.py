@@ -16,7 +16,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from ..sampling import num_function_evals  # noqa: E402
 from ..samples import read_sweep  # noqa: E402
 from ..utils import AtomicPath  # noqa: E402
-from .tables import metric_label  # noqa: E402
+from .tables import ci_label, metric_label  # noqa: E402
 
 
 def _save(fig, path):
@@ -51,7 +51,7 @@ def fd_vs_nfe(p, fd: pd.DataFrame, floor: dict, path):
         _integer_nfe(ax)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"{p['profile']} profile, {floor['n']} samples per setting, 95% bootstrap bands", fontsize=9)
+    fig.suptitle(f"{p['profile']} profile, {floor['n']} samples per setting, {ci_label(p)} bootstrap bands", fontsize=9)
     _save(fig, path)
 
 

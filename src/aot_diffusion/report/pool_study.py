@@ -18,7 +18,7 @@ import pandas as pd
 from ..layout import sample_key
 from ..metrics import fd as fdm
 from ..utils import AtomicPath, atomic_write_text
-from .tables import _summary, metric_label, metric_name
+from .tables import _summary, ci_label, metric_label, metric_name
 
 
 def _baseline(p) -> str | None:
@@ -45,7 +45,7 @@ def study_table(p, L) -> pd.DataFrame:
         row = dict(variant=name, pairing=v["pairing"], pool_size=v["pool_size"],
                    knn_k=p["train"]["knn_k"] if v["pairing"] == "knn" else np.nan)
         feats = np.load(L.features(name))
-        for _, r in _summary(pd.read_csv(L.fd(name))).iterrows():
+        for _, r in _summary(pd.read_csv(L.fd(name)), p["fd"]["ci_level"]).iterrows():
             nfe = int(r["nfe"])
             row.update({f"fd_nfe{nfe}": r["fd"], f"fd_nfe{nfe}_low": r["fd_low"], f"fd_nfe{nfe}_high": r["fd_high"]})
             if base is not None and name != base:
@@ -67,8 +67,8 @@ def study_table(p, L) -> pd.DataFrame:
 def _markdown(p, df: pd.DataFrame, floor: dict) -> str:
     nfes = sorted(int(c[6:]) for c in df.columns if c.startswith("fd_nfe") and c[6:].isdigit())
     name = metric_name(p).upper()
-    head = ["variant", "pairing", "pool"] + [f"{name} NFE {n} [95% CI]" for n in nfes]
-    head += [f"gain NFE {nfes[0]} [95% CI]", "curvature", "paired dist", "pair ms/pool", "step ms", "step ratio"]
+    head = ["variant", "pairing", "pool"] + [f"{name} NFE {n} [{ci_label(p)} CI]" for n in nfes]
+    head += [f"gain NFE {nfes[0]} [{ci_label(p)} CI]", "curvature", "paired dist", "pair ms/pool", "step ms", "step ratio"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in df.iterrows():
         cells = [r["variant"], r["pairing"] + (f" (k={int(r['knn_k'])})" if r["pairing"] == "knn" else ""),
@@ -83,7 +83,7 @@ def _markdown(p, df: pd.DataFrame, floor: dict) -> str:
     return (f"# Pool-size study: {metric_label(p)} ({p['profile']} profile, rho {p['pool_study']['rho']:g}, "
             f"{int(floor['n'])} samples per setting)\n\n"
             f"Real held-out floor at the same N: {floor['fd']:.2f} [{floor['low']:.2f}, {floor['high']:.2f}]. "
-            f"gain: FD of the no-pairing baseline minus the variant's, same latents, 95% paired bootstrap "
+            f"gain: FD of the no-pairing baseline minus the variant's, same latents, {ci_label(p)} paired bootstrap "
             f"(positive: the variant is better; an interval that holds 0 is inside the noise). paired dist: mean "
             f"|x - n| of the training pairs (random pairs: {df['random_distance'].mean():.2f}). Step times come "
             f"from each variant's training log (separate jobs, not interleaved).\n\n" + "\n".join(lines) + "\n")
@@ -135,7 +135,7 @@ def study_figure(p, df: pd.DataFrame, floor: dict, path):
         twin.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.7, -0.2))
     ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.3, -0.2))
     fig.suptitle(f"Pool-size study ({p['profile']} profile, unconditional, rho {p['pool_study']['rho']:g}, "
-                 f"95% bootstrap intervals)", fontsize=9)
+                 f"{ci_label(p)} bootstrap intervals)", fontsize=9)
     _save(fig, path)
 
 

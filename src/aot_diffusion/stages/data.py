@@ -105,10 +105,19 @@ def fd_reference(run: Run) -> None:
                 f"not at sample.num_samples = {run.p['sample']['num_samples']}")
     floor = fdm.fd_floor(held, (mu, sigma), n, n_boot=f["bootstrap"], seed=run.p["seed"], level=f["ci_level"],
                          ref_features=ref_feats, kid_subsets=f["kid_subsets"])
+    # Against held-out statistics a model can't score well by reproducing its training images: the floor
+    # is then N real *training* images against them.
+    mu_h, sigma_h = fdm.feature_statistics(held)
+    train_feats = ref_feats if len(ref_feats) == len(d["train_images"]) else feats(d["train_images"])
+    floor["heldout"] = fdm.fd_floor(train_feats, (mu_h, sigma_h), min(n, len(train_feats)), n_boot=f["bootstrap"],
+                                    seed=run.p["seed"], level=f["ci_level"])
+    floor["nn_train_dist"] = fdm.nearest_distance(d["test_images"][:n], d["train_images"], device=run.device)
     from ..utils import AtomicPath
 
     with AtomicPath(run.L.fd_reference, suffix=".npz") as tmp:
-        np.savez(tmp, mu=mu, sigma=sigma, ref_features=ref_feats)
+        np.savez(tmp, mu=mu, sigma=sigma, ref_features=ref_feats, mu_heldout=mu_h, sigma_heldout=sigma_h)
     run.write_json(run.L.fd_floor, floor)
-    run.log(f"FD floor (N = {n} held-out real images): {floor['fd']:.3f} [{floor['low']:.3f}, {floor['high']:.3f}], "
-            f"KID {floor['kid']:.4f}")
+    h = floor["heldout"]
+    run.log(f"FD floor (N = {n} held-out real images vs training statistics): {floor['fd']:.3f} [{floor['low']:.3f}, "
+            f"{floor['high']:.3f}], KID {floor['kid']:.4f}; training images vs held-out statistics: {h['fd']:.3f} "
+            f"[{h['low']:.3f}, {h['high']:.3f}]; held-out images' nearest training image: {floor['nn_train_dist']:.3f}")

@@ -15,8 +15,13 @@ from .data import FeatureSpace
 
 
 def _score(run: Run, samples_path, csv_path, features_path, name: str) -> None:
+    from ..data import load_dataset
+    from ..samples import from_uint8
+
     ref = np.load(run.L.fd_reference)
     stats, ref_feats = (ref["mu"], ref["sigma"]), ref["ref_features"]
+    held_stats = (ref["mu_heldout"], ref["sigma_heldout"])
+    train_images = load_dataset(run.L.dataset)["train_images"]
     feats, f, rows = FeatureSpace(run), run.p["fd"], []
     kept = {}
     for steps, rho, seed, pixels, grads in read_sweep(samples_path):
@@ -26,11 +31,16 @@ def _score(run: Run, samples_path, csv_path, features_path, name: str) -> None:
         kid = fdm.kid(x, ref_feats, stats, seed=run.p["seed"], num_subsets=f["kid_subsets"])
         kid_low, kid_high = fdm.kid_ci(x, ref_feats, stats, n_boot=f["bootstrap"], seed=run.p["seed"],
                                        level=f["ci_level"], num_subsets=f["kid_subsets"])
+        fd_h = fdm.frechet_distance(fdm.feature_statistics(x), held_stats)
+        fd_h_low, fd_h_high = fdm.fd_ci(x, held_stats, n_boot=f["bootstrap"], seed=run.p["seed"], level=f["ci_level"])
+        nn = fdm.nearest_distance(from_uint8(pixels), train_images, device=run.device)
         rows.append(dict(model=name, steps=steps, rho=rho, nfe=num_function_evals(steps), seed=seed, n=len(x),
                          disc_grad_evals=grads, fd=fd, fd_low=low, fd_high=high, kid=kid, kid_low=kid_low,
-                         kid_high=kid_high))
+                         kid_high=kid_high, fd_heldout=fd_h, fd_heldout_low=fd_h_low, fd_heldout_high=fd_h_high,
+                         nn_train_dist=nn))
         kept[sample_key(steps, rho, seed)] = x.astype(np.float32)
-        run.log(f"steps {steps} rho {rho:g} seed {seed}: FD {fd:.3f} [{low:.3f}, {high:.3f}], KID {kid:.4f}")
+        run.log(f"steps {steps} rho {rho:g} seed {seed}: FD {fd:.3f} [{low:.3f}, {high:.3f}], KID {kid:.4f}; "
+                f"vs held-out: FD {fd_h:.3f} [{fd_h_low:.3f}, {fd_h_high:.3f}]; nearest training image {nn:.3f}")
     df = pd.DataFrame(rows).sort_values(["rho", "steps", "seed"])
     with AtomicPath(features_path, suffix=".npz") as tmp:
         np.savez(tmp, **kept)
