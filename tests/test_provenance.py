@@ -152,3 +152,17 @@ def test_snakemake_refuses_while_another_run_holds_other_parameters(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+def test_the_cli_is_built_from_the_stage_table():
+    from aot_diffusion.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert set(sub.choices) == {st.cli for st in dag.ALL_STAGES} | {"params", "dvc-yaml"}
+    for st in dag.ALL_STAGES:  # every stage's command parses to that very stage
+        key = "pool128" if st.over == "variant" else "dg_edm_uncond" if st.over == "disc" else "edm_uncond"
+        cmd = dag.command(st, key if st.over in dag.KEYED else None).split()[1:]
+        args = build_parser().parse_args([a.strip("'") for a in cmd])
+        from aot_diffusion.cli import _chosen
+
+        assert dag.find_stage(args.command, _chosen(args)[0]) is st
