@@ -143,3 +143,19 @@ def test_edm_loss_sigma_distribution():
     log_s = sample_sigma(20000, generator=g).log()
     assert log_s.mean().item() == pytest.approx(-1.2, abs=0.03)
     assert log_s.std().item() == pytest.approx(1.2, abs=0.03)
+
+
+def test_a_killed_writers_temporary_files_are_removed_by_the_next_run(tmp_path):
+    from aot_diffusion.utils import AtomicPath, remove_stale_temps
+
+    target = tmp_path / "samples.npz"
+    with pytest.raises(KeyboardInterrupt):
+        with AtomicPath(target, suffix=".npz") as tmp:
+            tmp.write_bytes(b"half")
+            raise KeyboardInterrupt  # AtomicPath cleans up after an exception...
+    killed = tmp_path / ".samples.npz.k1ll3d.tmp.npz"  # ...but not after SIGKILL: what that leaves
+    killed.write_bytes(b"half")
+    other = tmp_path / ".other.npz.x.tmp.npz"
+    other.write_bytes(b"someone else's")
+    assert remove_stale_temps(target) == [killed]
+    assert not killed.exists() and other.exists()

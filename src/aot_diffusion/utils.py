@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["AtomicPath", "atomic_save", "atomic_write_text", "set_threads"]
+__all__ = ["AtomicPath", "atomic_save", "atomic_write_text", "remove_stale_temps", "set_threads"]
 
 _UMASK_LOCK = threading.Lock()
 
@@ -47,6 +47,16 @@ class AtomicPath:
         else:
             self.tmp.unlink(missing_ok=True)
         return False
+
+
+def remove_stale_temps(path) -> list:
+    """Remove what a killed writer of ``path`` left behind (AtomicPath's ``.<name>.*.tmp*`` files). Call it
+    only from the one job that writes ``path``, before it writes."""
+    path = Path(path)
+    stale = list(path.parent.glob(f".{path.name}.*.tmp*")) if path.parent.is_dir() else []
+    for f in stale:
+        f.unlink(missing_ok=True)
+    return stale
 
 
 def atomic_save(obj, path) -> None:

@@ -9,7 +9,7 @@ import time
 from functools import cached_property
 
 from ..params import ParamError, StageParams, device_of, load_params, pool_study_view, study_declared
-from ..utils import atomic_write_text
+from ..utils import atomic_write_text, remove_stale_temps
 
 __all__ = ["Run"]
 
@@ -41,6 +41,8 @@ class Run:
             tree, self.L = full, Layout(full["profile"])
         self.p = StageParams(tree, declared, dag.job_id(stage, key))
         self.tag = stage.cli + (" pool_study" if self.study else "") + (f" {key}" if key else "")
+        for path in [*stage.outs(self.plan.L, self.plan.ctx, key), self.plan.record_path(stage, key)]:
+            remove_stale_temps(path)  # a killed run of this job left them; nobody else writes these paths
         self.t0 = time.perf_counter()
 
     @cached_property

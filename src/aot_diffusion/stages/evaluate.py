@@ -79,6 +79,9 @@ def curvature(run: Run) -> None:
             coarse = edm_sampler(denoise, z, num_steps=steps, rho=rho, sigma_min=s["sigma_min"],
                                  sigma_max=s["sigma_max"], class_labels=labels)
             trunc.append(dict(steps=steps, rho=rho, nfe=num_function_evals(steps), error=truncation_error(coarse, fine)))
+    if not np.isfinite([float(kappa_grid.mean()), *[t["error"] for t in trunc]]).all():  # before any output
+        raise FloatingPointError(f"non-finite curvature or truncation error for {run.key}: the network or the "
+                                 f"sampler settings (sample.sigma_min = {s['sigma_min']}) are broken")
     # The teaser strip: denoiser outputs D(x_sigma; sigma) of latent 0 at 8 points along the fine path.
     picks = np.unique(np.linspace(0, len(sigma) - 1, 8).round().astype(int))
     trunc_table = pd.DataFrame(trunc)

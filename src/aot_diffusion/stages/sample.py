@@ -77,6 +77,9 @@ def fake_samples(run: Run) -> None:
     x = sample_batched(denoise, z, labels, s["batch_size"], num_steps=g["fake_steps"], rho=g["fake_rho"],
                        sigma_min=s["sigma_min"], sigma_max=s["sigma_max"],
                        progress=lambda k: run.log(f"{k}/{g['num_fake']} samples"))
+    if not torch.isfinite(x).all():
+        raise FloatingPointError(f"non-finite fake samples of {run.key}: the network or the sampler settings "
+                                 f"(sample.sigma_min = {s['sigma_min']}, sigma_max = {s['sigma_max']}) are broken")
     ids = labels.argmax(1).cpu().numpy() if labels is not None else np.zeros(g["num_fake"], dtype=np.int64)
     with AtomicPath(run.L.fakes(run.key), suffix=".npz") as tmp:
         np.savez(tmp, images=x.cpu().numpy(), labels=ids, conditional=labels is not None)
