@@ -166,3 +166,19 @@ def test_the_cli_is_built_from_the_stage_table():
         from aot_diffusion.cli import _chosen
 
         assert dag.find_stage(args.command, _chosen(args)[0]) is st
+
+
+def test_an_undeclared_read_stops_the_stage_through_the_cli(tmp_path, monkeypatch, capsys):
+    from aot_diffusion import cli
+    from aot_diffusion.params import write_params
+    from aot_diffusion.stages import data as data_stages
+
+    write_params(P, tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(data_stages, "prepare_data", lambda run: run.p["train"]["lr"])  # prepare_data: seed, data
+    with pytest.raises(SystemExit) as info:
+        cli.main(["prepare-data"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "stage 'prepare_data' read parameter 'train'" in err
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("*.json"))  # no record
