@@ -24,7 +24,7 @@ from typing import Callable, Mapping
 import yaml
 
 from .layout import FIGURE_NAMES, TABLE_NAMES, Layout
-from .params import DISCRIMINATOR, MODEL, NAME_PATTERN, VARIANT, ParamError, digest, select
+from .params import DISCRIMINATOR, MODEL, NAME_PATTERN, PARAMS_FILE, VARIANT, ParamError, digest, select
 
 __all__ = ["Stage", "STAGES", "POOL_STUDY_STAGES", "RELEASED_STAGES", "ALL_STAGES", "Context", "Plan", "stage",
            "find_stage", "keys_of", "job_id", "command", "dvc_yaml", "pool_study_dvc_yaml"]
@@ -88,7 +88,7 @@ STAGES: list[Stage] = [
     # file changes and stops the run on an unknown key); the run's effective parameters are recorded beside its
     # results. Only the report depends on it.
     Stage("check_params", "check-params", None, "data:check_params",
-          deps=lambda L, c, k: [],
+          deps=lambda L, c, k: [Path(PARAMS_FILE)],
           outs=lambda L, c, k: {L.effective_params: GIT},
           params=lambda c, k: list(c.p)),
     Stage("prepare_data", "prepare-data", None, "data:prepare_data",
@@ -310,33 +310,20 @@ class Plan:
     def record_path(self, st: Stage, key: str | None) -> Path:
         return self.L.record(job_id(st, key), self.digest(st, key))
 
-    def job(self, job: str) -> tuple[Stage, str | None]:
-        name, _, key = job.partition("@")
-        st = stage(name)
-        if (key or None) not in keys_of(st, self.ctx):
-            raise ParamError(f"no job {job!r} in the current parameters")
-        return st, key or None
-
-    def write_record(self, st: Stage, key: str | None, expect: str | None = None) -> Path:
-        """Write the stage's record (the only one in its folder). ``expect``: the digest a front door planned
-        with; a different one means params.yaml changed since, and nothing is written."""
+    def write_record(self, st: Stage, key: str | None) -> Path:
+        """Write the stage's record, the only one in its folder (torchrun: rank 0 writes)."""
         import json
         import os
 
-        from .utils import AtomicPath
+        from .utils import atomic_write_text
 
         path = self.root / self.record_path(st, key)
-        if expect is not None and expect != self.digest(st, key):
-            raise ParamError(f"{job_id(st, key)}: planned with parameter digest {expect}, but params.yaml now gives "
-                             f"{self.digest(st, key)}; was params.yaml changed during the run?")
-        if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 writes
-            return path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for old in path.parent.iterdir():
-            if old.name != path.name:
-                old.unlink()
-        with AtomicPath(path, suffix=".json") as tmp:
-            tmp.write_text(json.dumps(dict(self.record(st, key), digest=self.digest(st, key)), indent=2) + "\n")
+        if int(os.environ.get("RANK", "0")) == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            for old in path.parent.iterdir():
+                if old.name != path.name:
+                    old.unlink()
+            atomic_write_text(path, json.dumps(dict(self.record(st, key), digest=self.digest(st, key)), indent=2) + "\n")
         return path
 
     def is_current(self, st: Stage, key: str | None) -> bool:
@@ -367,8 +354,6 @@ def _dvc_entry(st: Stage, ctx: Context, key, wdir: str | None = None) -> dict:
     entry = {"wdir": wdir} if wdir else {}
     entry["cmd"] = command(st, key)
     deps = [str(d) for d in st.deps(L, ctx, key)]
-    if st.name == "check_params":  # the whole file: an unknown key (not a tracked parameter) reruns it
-        deps.append("params.yaml")
     if deps:
         entry["deps"] = deps
     entry["params"] = [leaf for name in st.params(ctx, key) for leaf in _leaves(ctx.p, name)]

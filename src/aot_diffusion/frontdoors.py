@@ -83,16 +83,24 @@ def _live_runs(root: Path) -> list:
     return runs
 
 
+def _other_run(p, root: Path) -> dict | None:
+    """A live Snakemake run in this checkout whose parameters differ from ``p``."""
+    from .params import digest
+
+    mine = digest(dict(p))
+    return next((info for info in _live_runs(root) if info["params"] != mine), None)
+
+
 def acquire_run_lock(p, root: Path | str = ".") -> None:
     """A Snakemake run holds its parameters for its whole duration: a second run in the same checkout with
     other parameters refuses to start (it would rewrite params.yaml under the first one's jobs)."""
     from .params import digest
 
-    root, mine = Path(root), digest(dict(p))
-    for info in _live_runs(root):
-        if info["params"] != mine:
-            raise SystemExit(f"refusing to start: Snakemake run {info['pid']} (`{info['argv']}`) is running in this "
-                             "checkout with other parameters; wait for it, or run from another checkout")
+    root = Path(root)
+    if info := _other_run(p, root):
+        raise SystemExit(f"refusing to start: Snakemake run {info['pid']} (`{info['argv']}`) is running in this "
+                         "checkout with other parameters; wait for it, or run from another checkout")
+    mine = digest(dict(p))
     path = root / RUNS_DIR / f"{os.getpid()}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"pid": os.getpid(), "params": mine, "argv": " ".join(sys.argv)}))
@@ -104,13 +112,9 @@ def release_run_lock(root: Path | str = ".") -> None:
 
 def check_run_lock(p, root: Path | str = ".") -> None:
     """Called by every stage: params.yaml must still hold the parameters of any Snakemake run going on here."""
-    from .params import digest
-
-    mine = digest(dict(p))
-    for info in _live_runs(Path(root)):
-        if info["params"] != mine:
-            raise SystemExit(f"refusing to run: params.yaml changed while Snakemake run {info['pid']} "
-                             f"(`{info['argv']}`) is running in this checkout with other parameters")
+    if info := _other_run(p, Path(root)):
+        raise SystemExit(f"refusing to run: params.yaml changed while Snakemake run {info['pid']} "
+                         f"(`{info['argv']}`) is running in this checkout with other parameters")
 
 
 def record_in_dvc(root: Path | str = ".") -> None:

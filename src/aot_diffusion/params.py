@@ -439,17 +439,13 @@ class StageParams(Mapping):
         self._tree, self._stage, self._prefix = tree, stage, _prefix
         self._declared = tuple(declared) + ALWAYS_READABLE
 
-    def _access(self, path: str) -> str | None:
-        if any(path == d or path.startswith(d + ".") for d in self._declared):
-            return "all"
-        if any(d.startswith(path + ".") for d in self._declared):
-            return "part"
-        return None
+    def _readable(self, path: str) -> bool:
+        """Declared, inside a declared section, or on the way to a declared key."""
+        return any(path == d or path.startswith(d + ".") or d.startswith(path + ".") for d in self._declared)
 
     def __getitem__(self, key):
         path = f"{self._prefix}{key}"
-        access = self._access(path)
-        if access is None:
+        if not self._readable(path):
             raise UndeclaredParam(f"stage {self._stage!r} read parameter {path!r}, which it does not declare in "
                                   f"the stage table (src/aot_diffusion/dag.py): its front doors would not rerun it "
                                   f"when {path!r} changes")
@@ -459,7 +455,7 @@ class StageParams(Mapping):
         return copy.deepcopy(value)
 
     def __iter__(self):
-        return (k for k in self._tree if self._access(f"{self._prefix}{k}"))
+        return (k for k in self._tree if self._readable(f"{self._prefix}{k}"))
 
     def __len__(self):
         return sum(1 for _ in self)

@@ -21,7 +21,6 @@ class Run:
     def __init__(self, stage, key: str | None = None, params_path="params.yaml"):
         from .. import dag
         from ..frontdoors import check_run_lock, refuse_if_snakemake_running
-        from ..layout import Layout
 
         refuse_if_snakemake_running()
         full = load_params(params_path)
@@ -36,9 +35,9 @@ class Run:
         self.study = stage.over == "variant"
         if self.study:  # a pool-size study variant, trained, sampled and scored as a model of its own
             tree, declared = pool_study_view(full), study_declared(declared, key)
-            self.L = Layout(full["profile"]).pool_study
+            self.L = self.plan.L.pool_study
         else:
-            tree, self.L = full, Layout(full["profile"])
+            tree, self.L = full, self.plan.L
         self.p = StageParams(tree, declared, dag.job_id(stage, key))
         self.tag = stage.cli + (" pool_study" if self.study else "") + (f" {key}" if key else "")
         for path in [*stage.outs(self.plan.L, self.plan.ctx, key), self.plan.record_path(stage, key)]:
