@@ -6,7 +6,7 @@ import torch
 
 from aot_diffusion.loss import EDMLoss, loss_weight
 from aot_diffusion.networks import build_network
-from aot_diffusion.sampling import edm_sampler, num_function_evals, sigma_steps
+from aot_diffusion.sampling import edm_sampler, num_function_evals, sigma_steps, switch_denoiser
 
 TINY = dict(model_type="SongUNet", img_resolution=8, img_channels=1, model_channels=16, channel_mult=[1, 2],
             num_blocks=1, attn_resolutions=[4], dropout=0.0)
@@ -159,3 +159,23 @@ def test_a_killed_writers_temporary_files_are_removed_by_the_next_run(tmp_path):
     other.write_bytes(b"someone else's")
     assert remove_stale_temps(target) == [killed]
     assert not killed.exists() and other.exists()
+
+
+def test_hybrid_sampler_switches_denoisers_by_the_sigma_of_each_evaluation():
+    """Above the switch the first denoiser evaluates, at and below it the second; the limits are the pure ones."""
+    calls = []
+
+    def tagged(tag, scale):
+        def denoise(x, sigma, labels):
+            calls.append((tag, float(sigma.reshape(-1)[0])))
+            return x * scale
+        return denoise
+
+    a, b = tagged("a", 0.5), tagged("b", 0.9)
+    z = torch.randn(3, 1, 4, 4, dtype=torch.float64)
+    edm_sampler(switch_denoiser(a, b, 2.0), z, num_steps=6)
+    assert calls and all((tag == "a") == (s > 2.0) for tag, s in calls)
+    assert {tag for tag, _ in calls} == {"a", "b"}
+    pure = edm_sampler(a, z, num_steps=6)
+    assert torch.equal(edm_sampler(switch_denoiser(a, b, 0.0), z, num_steps=6), pure)
+    assert torch.equal(edm_sampler(switch_denoiser(b, a, 1e9), z, num_steps=6), pure)

@@ -340,6 +340,27 @@ def test_discriminator_learns_and_is_evaluated_per_sigma_band():
     assert evaluate_discriminator(disc, held_real, held_fake, sigma=0.05)["bands"]["<0.1"]["n"] == 400
 
 
+def test_early_stopping_keeps_the_weights_of_the_best_heldout_bce():
+    """A scripted validation curve: improves until the 2nd check, then worsens. Training stops after `patience`
+    checks without a new best and the trainable weights are those at the best check, exactly."""
+    real, fake, _, _ = _toy_sets(n=128, seed=2)
+    disc = small_disc(seed=4)
+    curve, snapshots = iter([0.60, 0.50, 0.55, 0.58, 0.70, 0.71]), []
+
+    def validate(d):
+        snapshots.append({n: p.detach().clone() for n, p in d.named_parameters() if p.requires_grad})
+        return dict(bce=next(curve), accuracy=0.5)
+
+    history = train_discriminator(disc, real, fake, pool_size=64, batch_size=32, steps=100, lr=3e-3, seed=6,
+                                  log_every=5, sigma_distribution="lognormal", validate=validate, patience=3)
+    assert [h["step"] for h in history] == [5, 10, 15, 20, 25]  # 3 checks after the best at step 10
+    assert [h["best"] for h in history] == [False, True, False, False, False]
+    assert [h["val_bce"] for h in history] == [0.60, 0.50, 0.55, 0.58, 0.70]
+    kept = {n: p for n, p in disc.named_parameters() if p.requires_grad}
+    assert all(torch.equal(kept[n], snapshots[1][n]) for n in kept)
+    assert not all(torch.equal(kept[n], snapshots[-1][n]) for n in kept)  # it did move on, then went back
+
+
 def _label_only_sets(n, seed):
     """Real: class 0 bright, class 1 dark; fake: the reverse. The images alone are identically
     distributed, so only a discriminator that uses the labels can tell real from fake."""

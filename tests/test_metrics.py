@@ -186,6 +186,8 @@ def test_extract_features_checks_shape_and_values():
 def test_uint8_roundtrip():
     x = np.linspace(-1, 1, 256, dtype=np.float32)
     assert to_uint8(x).dtype == np.uint8 and np.array_equal(to_uint8([-2.0, 2.0]), [0, 255])
+    with pytest.raises(TypeError, match="already"):  # scaled again, stored pixels would all clip to 255
+        to_uint8(to_uint8(x))
     assert np.abs(from_uint8(to_uint8(x)) - x).max() <= 1 / 127.5 / 2 + 1e-7
 
 

@@ -66,8 +66,9 @@ def test_device_cuda_without_cuda_is_an_error_naming_it():
             device_of(p)
 
 
-@pytest.mark.parametrize("stage,key", [("feature-network", None), ("train", "edm_uncond"), ("sample", "edm_uncond"),
-                                       ("fd", "edm_uncond"), ("curvature", "edm_uncond"), ("fake-samples", "edm_uncond"),
+@pytest.mark.parametrize("stage,key", [("feature-network", None), ("train", "edm_uncond_s0"), ("sample", "edm_uncond_s0"),
+                                       ("fd", "edm_uncond_s0"), ("curvature", "edm_uncond_s0"),
+                                       ("fake-samples", "edm_uncond_s0"), ("hybrid", None),
                                        ("train-encoder", None), ("train-discriminator", "dg_edm_uncond"),
                                        ("guided-sample", "dg_edm_uncond"), ("fd-reference", None)])
 def test_every_network_stage_stops_at_once_on_device_cuda_without_cuda(tmp_path, monkeypatch, capsys, stage, key):

@@ -63,7 +63,8 @@ def test_both_front_doors_plan_the_same_commands(tmp_path, profile):
     run(["aot-diffusion", "params", "--profile", profile], proj)
     smk, dvc = snakemake_commands(proj, f"profile={profile}"), dvc_commands(proj)
     assert smk and smk == dvc
-    assert len(smk) == 45 and not any("--variant" in c for c in smk)  # the pool-size study is not in `all`
+    # two training seeds (8 trained models) in every profile; the pool-size study is not in `all`
+    assert len(smk) == 62 and not any("--variant" in c for c in smk)
 
 
 def test_pool_study_is_its_own_target_at_both_front_doors(tmp_path):
@@ -116,13 +117,22 @@ def check_outputs(proj: Path, p):
     floor = t1[t1["model"].str.startswith("real")]
     assert len(floor) == 1 and floor["fd"].iloc[0] > 0
     rows = t1[~t1["model"].str.startswith("real")]
-    assert set(rows["model"]) == set(p["models"]) and len(rows) == len(p["models"]) * 4  # 2 steps x 2 rho
+    # per trained model and setting (2 steps x 2 rho), and the mean over the training seeds
+    assert set(rows["model"]) == set(p["models"]) and len(rows) == len(p["models"]) * 4 * (len(p["train"]["seeds"]) + 1)
+    assert set(rows["train_seed"].astype(str)) == {*map(str, p["train"]["seeds"]), "mean"}
     assert ((rows["fd_low"] <= rows["fd"]) & (rows["fd"] <= rows["fd_high"])).all()
     t2 = pd.read_csv(L.table("table2_guidance"))
     assert {"EDM + DG", "AOT + AOT-DG", "AOT + DG"} <= set(t2["method"])
     assert (t2["disc_grad_evals"] > 0).all() and t2["outside_noise"].isin([True, False]).all()
     metrics = json.loads(L.metrics.read_text())
-    assert "fd_floor" in metrics and "edm_uncond.fd_rho7_nfe3" in metrics and "aot_vs_edm.uncond.rho7_nfe3" in metrics
+    assert "fd_floor" in metrics and "edm_uncond.fd_rho7_nfe3" in metrics
+    assert metrics["aot_vs_edm.uncond.fd_heldout_rho7_nfe3"]["ci95"]["over"] == "training seeds"
+    # DG at every setting where it is evaluated (the paper's own among them), with the learning curves
+    assert {(int(r.steps), float(r.rho)) for r in t2[~t2["conditional"]].itertuples()} == {(2, 7.0), (3, 7.0), (3, 90.0)}
+    assert all(pd.read_csv(L.discriminator_curve(d))["val_bce"].notna().all() for d in p["guidance"]["discriminators"])
+    hybrid = pd.read_csv(L.table("hybrid_switch"))
+    assert set(hybrid["switch_sigma"].astype(str)) == {"pure", "2"} and hybrid["fd_heldout"].notna().all()
+    assert {"hybrid.uncond.aot_above_2.fd_heldout_nfe5", "dg_edm_uncond.gain_fd_heldout_rho7_nfe5"} <= set(metrics)
     assert not any(k.startswith("fid") or ".fid_" in k for k in metrics)  # offline: FD, never FID
     # Headline against held-out statistics, with its own floor, and the memorisation measure beside the real one.
     assert rows["fd_heldout"].notna().all() and floor["fd_heldout"].notna().all()
@@ -169,7 +179,7 @@ def test_smoke_profile_end_to_end(smoke_tree):
     proj, log, study_log = smoke_tree
     p = yaml.safe_load((proj / "params.yaml").read_text())
     assert p["profile"] == "smoke" and p["train"]["pool_size"] == 32  # the override reached params.yaml...
-    assert "[train aot_uncond] aot=True conditional=False steps=6 batch=32 pool=32" in log  # ...and the stage
+    assert "[train aot_uncond_s1] aot=True conditional=False steps=6 batch=32 pool=32" in log  # ...and the stage
     check_outputs(proj, p)
     assert "[train pool_study pool8192] aot=True conditional=False steps=6 batch=32 pool=8192" in study_log
     study = pd.read_csv(Layout("smoke", proj).pool_study.study_table())
@@ -181,8 +191,8 @@ def test_smoke_profile_end_to_end(smoke_tree):
     for st in STAGES + POOL_STUDY_STAGES:
         for key in keys_of(st, plan.ctx):
             assert plan.is_current(st, key), job_id(st, key)
-    record = json.loads((proj / plan.record_path(stage("train"), "aot_uncond")).read_text())
-    assert record["params"]["train"]["pool_size"] == 32 and record["params"]["models.aot_uncond"]["aot"] is True
+    record = json.loads((proj / plan.record_path(stage("train"), "aot_uncond_s1")).read_text())
+    assert record["params"]["train.pool_size"] == 32 and record["params"]["models.aot_uncond"]["aot"] is True
     assert "up to date" in run(["dvc", "status", *BOTH], proj).stdout  # both Snakemake runs are in dvc.lock
     assert "Nothing to be done" in snakemake_plan(proj)
     # Only what reads a parameter reruns: a guidance weight -> the unconditional guided runs and the report;
@@ -304,7 +314,7 @@ def test_dvc_experiments_and_apply_keep_both_doors_consistent(smoke_tree):
     assert data["params"]["params.yaml"]["data"]["fd"]["ci_level"] == 0.8
     assert data["params"]["params.yaml"]["data"]["train"]["pool_size"] == 32
     assert "edm_uncond.fd_rho7_nfe3" in data["metrics"]["results/smoke/metrics.json"]["data"]
-    checkpoints = Layout("smoke", proj).checkpoints("edm_uncond")
+    checkpoints = Layout("smoke", proj).checkpoints("edm_uncond_s0")
     assert any(checkpoints.iterdir())
     out = run(["dvc", "exp", "apply", "doors"], proj)
     assert "failed" not in (out.stdout + out.stderr).lower()

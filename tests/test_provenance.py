@@ -11,7 +11,8 @@ import yaml
 
 from aot_diffusion import dag
 from aot_diffusion.frontdoors import RUNS_DIR, acquire_run_lock, check_run_lock
-from aot_diffusion.params import ParamError, StageParams, UndeclaredParam, compose, load_params, validate
+from aot_diffusion.params import (ParamError, StageParams, UndeclaredParam, compose, load_params, model_instances,
+                                  validate)
 
 from test_pipeline import ROOT, copy_repo, run
 
@@ -21,19 +22,19 @@ P = compose("smoke", root=ROOT)
 # ---------------------------------------------------------------------------------------------- views
 
 def test_a_stage_reads_only_what_it_declares():
-    view = StageParams(P, ["seed", "sample.sigma_min", "guidance"], "fake_samples@edm_uncond")
+    view = StageParams(P, ["seed", "sample.sigma_min", "guidance"], "fake_samples@edm_uncond_s0")
     assert view["seed"] == P["seed"] and view["sample"]["sigma_min"] == P["sample"]["sigma_min"]
     assert view["guidance"]["num_fake"] == P["guidance"]["num_fake"]  # inside a declared section
     assert view["profile"] == "smoke"  # the output folder: every stage may read it
-    with pytest.raises(UndeclaredParam, match=r"'fake_samples@edm_uncond' read parameter 'sample.sigma_max'"):
+    with pytest.raises(UndeclaredParam, match=r"'fake_samples@edm_uncond_s0' read parameter 'sample.sigma_max'"):
         view["sample"]["sigma_max"]
     with pytest.raises(UndeclaredParam, match="'train'"):
         view["train"]
     assert list(view["sample"]) == ["sigma_min"]  # iteration shows only what is declared
     with pytest.raises(TypeError):
         view["seed"] = 3  # read-only
-    view["guidance"]["sigma_window"].append(99.0)  # a copy: the parameters themselves don't change
-    assert 99.0 not in P["guidance"]["sigma_window"]
+    view["guidance"]["steps_list"].append(99)  # a copy: the parameters themselves don't change
+    assert 99 not in P["guidance"]["steps_list"]
 
 
 def test_every_declared_parameter_exists_for_every_profile():
@@ -50,12 +51,29 @@ def test_records_chain_the_parameters_upstream():
     before, after = dag.Plan(P), dag.Plan(validate(dict(P, sample=dict(P["sample"], sigma_max=60.0))))
     changed = {dag.job_id(st, k) for st in dag.STAGES for k in dag.keys_of(st, before.ctx)
                if before.digest(st, k) != after.digest(st, k)}
-    models, discs = list(P["models"]), list(P["guidance"]["discriminators"])
-    assert changed == {"check_params", "tables", "figures", *[f"{s}@{m}" for s in ("sample", "fd", "curvature",
-                       "fake_samples") for m in models], *[f"{s}@{d}" for s in ("train_discriminator",
-                       "guided_sample", "guided_fd") for d in discs]}
+    models, discs = list(model_instances(P)), list(P["guidance"]["discriminators"])
+    firsts = [f"{m}_s{P['train']['seeds'][0]}" for m in P["models"]]
+    assert changed == {"check_params", "hybrid", "tables", "figures",
+                       *[f"{s}@{m}" for s in ("sample", "fd", "curvature") for m in models],
+                       *[f"fake_samples@{m}" for m in firsts],
+                       *[f"{s}@{d}" for s in ("train_discriminator", "guided_sample", "guided_fd") for d in discs]}
     st = dag.stage("fd")
-    assert before.record(st, "edm_uncond")["upstream"]["sample@edm_uncond"] == before.digest(dag.stage("sample"), "edm_uncond")
+    assert before.record(st, "edm_uncond_s1")["upstream"]["sample@edm_uncond_s1"] == \
+        before.digest(dag.stage("sample"), "edm_uncond_s1")
+
+
+def test_training_seeds_multiply_the_trained_models_and_adding_one_reruns_none_of_the_others():
+    """train.seeds [0, 1] (smoke): every model is trained, sampled and scored per seed; adding seed 2 adds its
+    jobs and changes only the report's digests (and check_params), not those of seeds 0 and 1."""
+    before = dag.Plan(P)
+    after = dag.Plan(validate(dict(P, train=dict(P["train"], seeds=[0, 1, 2]))))
+    assert before.ctx.models == [f"{m}_s{s}" for m in P["models"] for s in (0, 1)]
+    jobs = lambda plan: {dag.job_id(st, k): plan.digest(st, k) for st in dag.STAGES for k in dag.keys_of(st, plan.ctx)}
+    old, new = jobs(before), jobs(after)
+    assert set(new) - set(old) == {f"{s}@{m}_s2" for s in ("train", "sample", "fd", "curvature") for m in P["models"]}
+    assert {j for j in old if old[j] != new[j]} == {"check_params", "tables", "figures"}
+    with pytest.raises(ParamError, match="may not end in _s<digits>"):
+        validate(dict(P, models={**P["models"], "edm_s3": {"aot": False, "conditional": False}}))
 
 
 # ---------------------------------------------------------------------------------------------- YAML
@@ -160,7 +178,7 @@ def test_the_cli_is_built_from_the_stage_table():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert set(sub.choices) == {st.cli for st in dag.ALL_STAGES} | {"params", "dvc-yaml"}
     for st in dag.ALL_STAGES:  # every stage's command parses to that very stage
-        key = "pool128" if st.over == "variant" else "dg_edm_uncond" if st.over == "disc" else "edm_uncond"
+        key = "pool128" if st.over == "variant" else "dg_edm_uncond" if st.over == "disc" else "edm_uncond_s0"
         cmd = dag.command(st, key if st.over in dag.KEYED else None).split()[1:]
         args = build_parser().parse_args([a.strip("'") for a in cmd])
         from aot_diffusion.cli import _chosen

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 
 from aot_diffusion.layout import Layout, sample_key
-from aot_diffusion.params import compose
+from aot_diffusion.params import compose, guidance_settings, model_instances
 from aot_diffusion.report import figures, tables
+from aot_diffusion.stages.evaluate import pairs
 from aot_diffusion.samples import write_sweep
 from aot_diffusion.utils import atomic_write_text
 
@@ -18,7 +19,8 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def fixture_run(tmp_path_factory):
-    """Stage outputs of a made-up smoke run: EDM's samples are noisier than AOT's at NFE 3 only."""
+    """Stage outputs of a made-up smoke run (two training seeds, two sampling seeds): EDM's samples are
+    noisier than AOT's at NFE 3 only."""
     root = tmp_path_factory.mktemp("run")
     p = compose("smoke", root=ROOT)
     L = Layout("smoke", root)
@@ -26,46 +28,64 @@ def fixture_run(tmp_path_factory):
     ref = rng.normal(size=(200, 4))
     mu, sigma = ref.mean(0), np.cov(ref, rowvar=False)
     L.fd_reference.parent.mkdir(parents=True)
-    np.savez(L.fd_reference, mu=mu, sigma=sigma, ref_features=ref)
+    np.savez(L.fd_reference, mu=mu, sigma=sigma, mu_heldout=mu, sigma_heldout=sigma, ref_features=ref)
     atomic_write_text(L.fd_floor, json.dumps(dict(fd=0.1, low=0.05, high=0.2, n=64, kid=0.0, kid_low=-0.01,
                                                   kid_high=0.01)))
     atomic_write_text(L.feature_network_metrics, json.dumps({"classifier_test_accuracy": 0.9}))
     atomic_write_text(L.effective_params, "profile: smoke\n")
     n = 64
-    for model, spec in p["models"].items():
+    for key, (model, train_seed) in model_instances(p).items():
+        spec = p["models"][model]
         rows, feats, images = [], {}, {}
-        for rho in p["sample"]["rho"]:
-            for steps in p["sample"]["steps"]:
-                for seed in p["sample"]["seeds"]:
-                    shift = 3.0 if (not spec["aot"] and steps == 2) else 0.0  # EDM much worse at the fewest steps
-                    f = rng.normal(size=(n, 4)) + shift
-                    feats[sample_key(steps, rho, seed)] = f
-                    images[(steps, rho, seed)] = np.clip(rng.normal(size=(n, 1, 8, 8)) * 0.3, -1, 1)
-                    rows.append(dict(model=model, steps=steps, rho=rho, nfe=2 * steps - 1, seed=seed, n=n,
-                                     disc_grad_evals=0, fd=1 + shift ** 2, fd_low=0.5 + shift ** 2,
-                                     fd_high=1.5 + shift ** 2, kid=0.1, kid_low=0.0, kid_high=0.2))
-        L.fd(model).parent.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(rows).to_csv(L.fd(model), index=False)
-        np.savez(L.features(model), **feats)
-        write_sweep(L.samples(model), images)
-        L.loss_log(model).parent.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(dict(step=[2, 4, 6], kimg=[0.1, 0.2, 0.3], loss=[2.0, 1.5, 1.2])).to_csv(L.loss_log(model))
-        L.curvature(model).parent.mkdir(parents=True, exist_ok=True)
+        grid = [(st, float(r)) for r in p["sample"]["rho"] for st in p["sample"]["steps"]]
+        grid += [x for x in guidance_settings(p, spec["conditional"]) if x not in grid]
+        for steps, rho in grid:
+            for seed in p["sample"]["seeds"]:
+                shift = 3.0 if (not spec["aot"] and steps == 2) else 0.0  # EDM much worse at the fewest steps
+                f = rng.normal(size=(n, 4)) + shift
+                feats[sample_key(steps, rho, seed)] = f
+                images[(steps, rho, seed)] = np.clip(rng.normal(size=(n, 1, 8, 8)) * 0.3, -1, 1)
+                value = 1 + shift ** 2 + 0.5 * train_seed + 0.1 * seed
+                rows.append(dict(model=key, steps=steps, rho=rho, nfe=2 * steps - 1, seed=seed, n=n,
+                                 disc_grad_evals=0, fd=value, fd_low=value - 0.5, fd_high=value + 0.5, kid=0.1,
+                                 kid_low=0.0, kid_high=0.2, fd_heldout=value + 1, fd_heldout_low=value + 0.5,
+                                 fd_heldout_high=value + 1.5, nn_train_dist=3.0))
+        L.fd(key).parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_csv(L.fd(key), index=False)
+        np.savez(L.features(key), **feats)
+        write_sweep(L.samples(key), images)
+        L.loss_log(key).parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(dict(step=[2, 4, 6], kimg=[0.1, 0.2, 0.3], loss=[2.0, 1.5, 1.2])).to_csv(L.loss_log(key))
+        L.curvature(key).parent.mkdir(parents=True, exist_ok=True)
         grid = np.geomspace(0.002, 80, 8)
-        np.savez(L.curvature(model), sigma=grid, kappa_mean=grid * 0, grid=grid, kappa_grid=grid * 0 + 0.01,
+        np.savez(L.curvature(key), sigma=grid, kappa_mean=grid * 0, grid=grid, kappa_grid=grid * 0 + 0.01,
                  trunc_steps=np.array([2, 3]), trunc_rho=np.array([7.0, 7.0]), trunc_nfe=np.array([3, 5]),
                  trunc_error=np.array([0.5, 0.2]), strip=np.zeros((8, 1, 8, 8)), strip_sigma=grid,
                  strip_x=np.zeros((8, 1, 8, 8)))
-        atomic_write_text(L.curvature_metrics(model), json.dumps(dict(
+        atomic_write_text(L.curvature_metrics(key), json.dumps(dict(
             curvature_mean=0.01, truncation=[dict(steps=2, rho=7, nfe=3, error=0.5)])))
     bands = {b: dict(accuracy=0.5, bce=0.7, n=10) for b in ("<0.1", "0.1-1", "1-10", ">10")}
     for disc, d in p["guidance"]["discriminators"].items():
-        src_csv = pd.read_csv(L.fd(d["model"]))
+        src = tables.first(p, d["model"])
         L.guided_fd(disc).parent.mkdir(parents=True, exist_ok=True)
-        src_csv.to_csv(L.guided_fd(disc), index=False)
-        np.savez(L.guided_features(disc), **dict(np.load(L.features(d["model"]))))
+        pd.read_csv(L.fd(src)).to_csv(L.guided_fd(disc), index=False)
+        np.savez(L.guided_features(disc), **dict(np.load(L.features(src))))
         L.discriminator_metrics(disc).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(L.discriminator_metrics(disc), json.dumps(dict(heldout=dict(accuracy=0.6, bands=bands))))
+        atomic_write_text(L.discriminator_metrics(disc), json.dumps(dict(heldout=dict(accuracy=0.6, bands=bands),
+                                                                         steps_run=6, best_step=4)))
+        pd.DataFrame(dict(step=[2, 4, 6], loss=[0.7, 0.6, 0.5], val_bce=[0.69, 0.6, 0.65],
+                          best=[False, True, False])).to_csv(L.discriminator_curve(disc), index=False)
+    hyb = []
+    for pair, (edm, aot) in pairs(p).items():
+        for above in ("aot", "edm"):
+            for switch in p["hybrid"]["switch_sigmas"]:
+                for steps in p["hybrid"]["steps"]:
+                    hyb.append(dict(pair=pair, above=f"{above} (x)", below="y", switch_sigma=switch, steps=steps,
+                                    rho=p["hybrid"]["rho"], nfe=2 * steps - 1, seed=0, n=n, fd=2.0, fd_low=1.0,
+                                    fd_high=3.0, fd_heldout=2.5, fd_heldout_low=1.5, fd_heldout_high=3.5,
+                                    nn_train_dist=3.0))
+    L.hybrid_fd.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(hyb).to_csv(L.hybrid_fd, index=False)
     return p, L
 
 
@@ -80,7 +100,9 @@ def test_tables_floor_row_paired_differences_and_metric_names(fixture_run):
     assert not t2["outside_noise"].any()  # guided == unguided here
     metrics = json.loads(L.metrics.read_text())
     assert metrics["fd_floor"] == 0.1 and "edm_uncond.fd_rho7_nfe3" in metrics
-    assert set(metrics["edm_uncond.fd_rho7_nfe3_ci"]) == {"low", "high"}
+    assert {"low", "high"} <= set(metrics["edm_uncond.fd_rho7_nfe3_ci"])
+    assert {"dg_edm_uncond.gain_fd_heldout_rho7_nfe5", "aot_vs_edm.uncond.fd_heldout_rho7_nfe3",
+            "hybrid.uncond.aot_above_2.fd_heldout_nfe5", "edm_uncond.nn_train_dist_rho7_nfe3"} <= set(metrics)
     assert not any("fid" in k for k in metrics)
     assert "FD (digits-classifier features)" in L.table("table1_fd_vs_nfe", "md").read_text()
 
@@ -93,8 +115,8 @@ def test_a_mean_over_seeds_comes_with_an_interval_over_seeds(fixture_run):
     p, L = fixture_run
     assert len(p["sample"]["seeds"]) == 2
     t1, _, _ = tables.write_tables(p, L, log=lambda m: None)
-    raw = pd.read_csv(L.fd("edm_uncond"))
-    row = t1[(t1["model"] == "edm_uncond") & (t1["rho"] == 7) & (t1["steps"] == 2)].iloc[0]
+    raw = pd.read_csv(L.fd("edm_uncond_s0"))
+    row = t1[(t1["model"] == "edm_uncond") & (t1["train_seed"] == 0) & (t1["rho"] == 7) & (t1["steps"] == 2)].iloc[0]
     per_seed = raw[(raw["rho"] == 7) & (raw["steps"] == 2)].sort_values("seed")
     first = per_seed.iloc[0]
     assert row["seeds"] == 2 and row["fd"] == pytest.approx(per_seed["fd"].mean())
@@ -113,7 +135,7 @@ def test_intervals_are_labelled_with_the_configured_level(fixture_run):
     q = copy.deepcopy(p)
     q["fd"]["ci_level"] = 0.9
     tables.write_tables(q, L, log=lambda m: None)
-    for name in ("table1_fd_vs_nfe", "table2_guidance", "aot_vs_edm"):
+    for name in ("table1_fd_vs_nfe", "table2_guidance", "aot_vs_edm", "hybrid_switch"):
         text = L.table(name, "md").read_text()
         assert "90%" in text and "95%" not in text, name
     metrics = json.loads(L.metrics.read_text())
@@ -145,8 +167,41 @@ def test_figures_have_their_content(fixture_run, monkeypatch):
     assert drawn["samples_low_nfe"]["images"] == models
     assert drawn["teaser_denoiser_strip"]["images"] == models * 8
     assert drawn["rho_steps_heatmap"]["images"] == models
-    assert drawn["loss_curves"]["lines"] == models
+    assert drawn["loss_curves"]["lines"] == models * len(p["train"]["seeds"])  # every trained model
+    assert "mean of 2 training seeds" in drawn["fd_vs_nfe"]["title"]
+    discs = len(p["guidance"]["discriminators"])
+    assert drawn["dg_learning_curves"]["lines"] == 3 * discs + 2  # held-out, training, kept step; chance per panel
+    # hybrid: per pair, NFE and order one line from pure to pure through the switch points
+    assert drawn["hybrid_switch"]["lines"] == len(pairs(p)) * len(p["hybrid"]["steps"]) * 2
     assert all(L.figure(name).exists() for name in drawn)
+
+
+def test_across_training_seeds_a_mean_comes_with_the_interval_over_training_seeds(fixture_run):
+    """Two training seeds: Table 1's and the difference table's 'mean' rows are the mean over the training seeds
+    with the t-interval over the per-seed values, never one trained model's interval; metrics.json's headline
+    difference is that mean, saying so."""
+    import scipy.stats
+
+    p, L = fixture_run
+    assert p["train"]["seeds"] == [0, 1]
+    t1, _, _ = tables.write_tables(p, L, log=lambda m: None)
+    sel = (t1["model"] == "aot_uncond") & (t1["rho"] == 7) & (t1["steps"] == 3)
+    per_seed, mean = t1[sel & (t1["train_seed"].isin([0, 1]))], t1[sel & (t1["train_seed"] == "mean")].iloc[0]
+    assert len(per_seed) == 2 and mean["train_seeds"] == 2
+    half = scipy.stats.t.ppf(0.975, 1) * per_seed["fd_heldout"].std(ddof=1) / 2 ** 0.5
+    assert mean["fd_heldout"] == pytest.approx(per_seed["fd_heldout"].mean())
+    assert (mean["fd_heldout_low"], mean["fd_heldout_high"]) == pytest.approx((mean["fd_heldout"] - half,
+                                                                              mean["fd_heldout"] + half))
+    for _, r in per_seed.iterrows():  # not a trained model's own interval
+        assert (mean["fd_heldout_low"], mean["fd_heldout_high"]) != (r["fd_heldout_low"], r["fd_heldout_high"])
+    diffs = pd.read_csv(L.table("aot_vs_edm"))
+    d = diffs[(diffs["pair"] == "uncond") & (diffs["rho"] == 7) & (diffs["steps"] == 2)]
+    seeds, m = d[d["train_seed"] != "mean"], d[d["train_seed"] == "mean"].iloc[0]
+    half = scipy.stats.t.ppf(0.975, 1) * seeds["diff"].std(ddof=1) / 2 ** 0.5
+    assert (m["low"], m["high"]) == pytest.approx((m["diff"] - half, m["diff"] + half))
+    head = json.loads(L.metrics.read_text())["aot_vs_edm.uncond.fd_heldout_rho7_nfe3"]
+    assert head["diff"] == pytest.approx(m["diff"]) and head["ci95"]["over"] == "training seeds"
+    assert (head["ci95"]["low"], head["ci95"]["high"]) == pytest.approx((m["low"], m["high"]))
 
 
 def test_pool_study_table_gains_ratio_and_figure(fixture_run, monkeypatch):

@@ -24,7 +24,8 @@ from typing import Callable, Mapping
 import yaml
 
 from .layout import FIGURE_NAMES, TABLE_NAMES, Layout
-from .params import DISCRIMINATOR, MODEL, NAME_PATTERN, PARAMS_FILE, VARIANT, ParamError, digest, select
+from .params import (DISCRIMINATOR, MODEL, NAME_PATTERN, PARAMS_FILE, VARIANT, ParamError, digest, instance_key,
+                     model_instances, select)
 
 __all__ = ["Stage", "STAGES", "POOL_STUDY_STAGES", "RELEASED_STAGES", "ALL_STAGES", "Context", "Plan", "stage",
            "find_stage", "keys_of", "job_id", "command", "dvc_yaml", "pool_study_dvc_yaml"]
@@ -35,6 +36,8 @@ KEYED = ("model", "disc", "variant")  # what a stage runs once per: --model M, -
 
 _SAMPLING = ["sample.num_samples", "sample.seeds", "sample.batch_size", "sample.sigma_min", "sample.sigma_max"]
 _NET = ["device", "threads"]  # a stage that runs a network: where, and how many CPU threads (sums change with it)
+# where guidance is evaluated (params.guidance_settings)
+_GUIDED_AT = ["guidance.steps_list", "guidance.rho", "guidance.paper_setting_uncond", "guidance.paper_setting_cond"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class Stage:
     gpus: Callable[["Context"], int] = field(default=lambda ctx: 0)
     plots: tuple = ()                                   # (x, y) for dvc plots of PLOT outputs
     cluster: dict = field(default_factory=dict)         # cluster requests beyond the profile's defaults
+    keys: Callable[["Context"], list] | None = None     # a subset of its `over` keys (default: all)
 
 
 class Context:
@@ -57,18 +61,44 @@ class Context:
 
     def __init__(self, p: Mapping, template: bool = False, dvc: bool = False):
         self.p, self.template, self.dvc = p, template, dvc or template
-        self.models = list(p["models"])
+        self.model_names = list(p["models"])
+        self.instances = model_instances(p)
+        self.models = list(self.instances)  # the trained models, <model>_s<seed>: what `--model` takes
         self.discs = list(p["guidance"]["discriminators"])
         self.variants = list(p["pool_study"]["variants"])
 
+    def first(self, model: str) -> str:
+        """The trained model of the first training seed: what DG and the hybrid samplers use."""
+        return instance_key(model, self.p["train"]["seeds"][0])
+
+    def spec_name(self, key):
+        """The `models` entry of a trained model."""
+        return "${item.model}" if self.template else self.instances[key][0]
+
     def model_of(self, disc):
-        return "${item.model}" if self.template else self.p["guidance"]["discriminators"][disc]["model"]
+        """The trained model a discriminator guides (its model, first training seed)."""
+        return "${item.instance}" if self.template else self.first(self.p["guidance"]["discriminators"][disc]["model"])
+
+    def setting_key(self, key):
+        """The paper's guidance setting that a trained model is also sampled at (params.guidance_settings)."""
+        if self.template:
+            return "${item.setting}"
+        cond = self.p["models"][self.instances[key][0]]["conditional"]
+        return "guidance.paper_setting_" + ("cond" if cond else "uncond")
 
     def weight_key(self, disc):
         if self.template:
             return "${item.weight}"
-        cond = self.p["models"][self.model_of(disc)]["conditional"]
+        cond = self.p["models"][self.p["guidance"]["discriminators"][disc]["model"]]["conditional"]
         return "guidance.weight_cond" if cond else "guidance.weight_uncond"
+
+    def guided_models(self) -> list:
+        """The trained models that DG samples fakes of (first training seed of each guided model)."""
+        return list(dict.fromkeys(self.first(d["model"]) for d in self.p["guidance"]["discriminators"].values()))
+
+    def train_keys(self) -> list:
+        """train.* as a trained model reads it: every key but the seed list (its own seed is in its key)."""
+        return [f"train.{k}" for k in self.p["train"] if k != "seeds"]
 
 
 def _one_gpu(ctx):
@@ -107,12 +137,13 @@ STAGES: list[Stage] = [
     Stage("train", "train", "model", "train:train",
           deps=lambda L, c, k: [L.dataset],
           outs=lambda L, c, k: {L.network(k): OUT, L.loss_log(k): PLOT},
-          params=lambda c, k: ["seed", *_NET, "train", f"models.{k}"],
+          params=lambda c, k: ["seed", *_NET, *c.train_keys(), f"models.{c.spec_name(k)}"],
           gpus=_ranks, plots=("kimg", "loss"), cluster=_TRAIN_CLUSTER),
     Stage("sample", "sample", "model", "sample:sample",
           deps=lambda L, c, k: [L.network(k)],
           outs=lambda L, c, k: {L.samples(k): OUT},
-          params=lambda c, k: [*_NET, "sample.steps", "sample.rho", *_SAMPLING], gpus=_one_gpu,
+          params=lambda c, k: [*_NET, "sample.steps", "sample.rho", *_SAMPLING, "guidance.steps_list", "guidance.rho",
+                               c.setting_key(k)], gpus=_one_gpu,
           cluster=dict(runtime=720, mem_mb=64000)),
     Stage("fd", "fd", "model", "evaluate:fd",
           deps=lambda L, c, k: [L.samples(k), L.fd_reference, L.feature_network, L.dataset],
@@ -128,7 +159,8 @@ STAGES: list[Stage] = [
           outs=lambda L, c, k: {L.fakes(k): OUT},
           params=lambda c, k: ["seed", *_NET, "sample.batch_size", "sample.sigma_min", "sample.sigma_max",
                                "guidance.num_fake", "guidance.fake_steps", "guidance.fake_rho",
-                               "guidance.fake_seed_offset"], gpus=_one_gpu),
+                               "guidance.fake_seed_offset"], gpus=_one_gpu,
+          keys=lambda c: c.guided_models()),
     Stage("train_encoder", "train-encoder", None, "guidance:train_encoder",
           deps=lambda L, c, k: [L.dataset],
           outs=lambda L, c, k: {L.encoder: OUT, L.encoder_metrics: GIT},
@@ -137,38 +169,50 @@ STAGES: list[Stage] = [
           gpus=_one_gpu),
     Stage("train_discriminator", "train-discriminator", "disc", "guidance:train_discriminator",
           deps=lambda L, c, k: [L.fakes(c.model_of(k)), L.dataset, L.encoder],
-          outs=lambda L, c, k: {L.discriminator(k): OUT, L.discriminator_metrics(k): GIT},
+          outs=lambda L, c, k: {L.discriminator(k): OUT, L.discriminator_metrics(k): GIT,
+                                L.discriminator_curve(k): PLOT},
           params=lambda c, k: ["seed", *_NET, "data.dataset", f"guidance.discriminators.{k}",
                                "guidance.heldout_fraction", "guidance.head_channels", "guidance.head_depth",
-                               "guidance.pool_size", "guidance.batch_size", "guidance.steps", "guidance.lr",
-                               "guidance.weight_decay"], gpus=_one_gpu, cluster=dict(runtime=720)),
+                               "guidance.pool_size", "guidance.batch_size", "guidance.steps", "guidance.eval_every",
+                               "guidance.patience", "guidance.lr", "guidance.weight_decay"], gpus=_one_gpu,
+          plots=("step", "val_bce"), cluster=dict(runtime=720)),
     Stage("guided_sample", "guided-sample", "disc", "guidance:guided_sample",
           deps=lambda L, c, k: [L.network(c.model_of(k)), L.discriminator(k), L.encoder],
           outs=lambda L, c, k: {L.guided_samples(k): OUT},
           params=lambda c, k: [*_NET, f"guidance.discriminators.{k}", c.weight_key(k), "guidance.sigma_window",
-                               "guidance.steps_list", "guidance.rho", *_SAMPLING], gpus=_one_gpu,
+                               "guidance.steps_list", "guidance.rho", c.setting_key(c.model_of(k)), *_SAMPLING],
+          gpus=_one_gpu,
           cluster=dict(runtime=720)),
     Stage("guided_fd", "guided-fd", "disc", "evaluate:guided_fd",
           deps=lambda L, c, k: [L.guided_samples(k), L.fd_reference, L.feature_network, L.dataset],
           outs=lambda L, c, k: {L.guided_fd(k): GIT, L.guided_features(k): OUT},
           params=lambda c, k: ["seed", *_NET, "fd"], gpus=_one_gpu),
+    Stage("hybrid", "hybrid", None, "evaluate:hybrid",
+          deps=lambda L, c, k: [*[L.network(c.first(m)) for m in c.model_names], L.fd_reference, L.feature_network,
+                                L.dataset],
+          outs=lambda L, c, k: {L.hybrid_samples: OUT, L.hybrid_fd: GIT},
+          params=lambda c, k: ["seed", *_NET, "models", "hybrid", "fd", *_SAMPLING], gpus=_one_gpu),
     Stage("tables", "tables", None, "report:tables",
           deps=lambda L, c, k: [L.effective_params, L.fd_floor, *[L.fd(m) for m in c.models],
                                 *[L.features(m) for m in c.models], *[L.curvature_metrics(m) for m in c.models],
                                 *[L.guided_fd(d) for d in c.discs], *[L.discriminator_metrics(d) for d in c.discs],
-                                L.feature_network_metrics],
+                                L.feature_network_metrics, L.hybrid_fd],
           outs=lambda L, c, k: {**{L.table(t, e): GIT for t in TABLE_NAMES for e in ("csv", "md")},
                              L.fd_curves: PLOT, L.metrics: METRIC},
-          params=lambda c, k: ["seed", "data.dataset", "fd", "models", "sample.steps", "sample.rho", "sample.seeds",
-                               "guidance.discriminators", "guidance.steps_list", "guidance.rho"],
+          params=lambda c, k: ["seed", "data.dataset", "fd", "models", "train.seeds", "sample.steps", "sample.rho",
+                               "sample.seeds",
+                               "guidance.discriminators", *_GUIDED_AT, "hybrid"],
           plots=("nfe", "fd")),
     Stage("figures", "figures", None, "report:figures",
           deps=lambda L, c, k: [*[L.fd(m) for m in c.models], *[L.curvature(m) for m in c.models],
                                 *[L.samples(m) for m in c.models], *[L.loss_log(m) for m in c.models],
-                                *[L.guided_fd(d) for d in c.discs], L.fd_floor],
+                                *[L.guided_fd(d) for d in c.discs], *[L.discriminator_curve(d) for d in c.discs],
+                                L.fd_floor, L.hybrid_fd],
           outs=lambda L, c, k: {L.figure(f): PLOT for f in FIGURE_NAMES},
-          params=lambda c, k: ["data.dataset", "fd.ci_level", "models", "sample.rho", "sample.seeds", "sample.grid_steps",
-                               "guidance.discriminators", "guidance.steps_list", "guidance.rho"]),
+          params=lambda c, k: ["data.dataset", "fd.ci_level", "models", "train.seeds", "sample.steps", "sample.rho",
+                               "sample.seeds",
+                               "sample.grid_steps",
+                               "guidance.discriminators", *_GUIDED_AT, "hybrid"]),
 ]
 
 
@@ -248,6 +292,8 @@ def find_stage(cli: str, over: str | None) -> Stage:
 
 
 def keys_of(st: Stage, ctx: Context) -> list:
+    if st.keys is not None:
+        return st.keys(ctx)
     return {"model": ctx.models, "disc": ctx.discs, "variant": ctx.variants}.get(st.over, [None])
 
 
@@ -398,9 +444,11 @@ def dvc_yaml(p: Mapping) -> str:
         if st.over is None:
             stages[st.name] = _dvc_entry(st, ctx, None)
         elif st.over == "model":
-            stages[st.name] = {"foreach": ctx.models, "do": _dvc_entry(st, tmpl, "${item}")}
+            items = {m: {"model": ctx.spec_name(m), "setting": ctx.setting_key(m)} for m in keys_of(st, ctx)}
+            stages[st.name] = {"foreach": items, "do": _dvc_entry(st, tmpl, "${key}")}
         else:
-            items = {d: {"model": ctx.model_of(d), "weight": ctx.weight_key(d)} for d in ctx.discs}
+            items = {d: {"instance": ctx.model_of(d), "weight": ctx.weight_key(d),
+                         "setting": ctx.setting_key(ctx.model_of(d))} for d in ctx.discs}
             stages[st.name] = {"foreach": items, "do": _dvc_entry(st, tmpl, "${key}")}
     L = Layout("${profile}")
     body = {"stages": stages, "plots": [

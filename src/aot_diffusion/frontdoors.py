@@ -26,9 +26,11 @@ def check_dag_shape(p, root: Path | str = ".") -> None:
     if not path.exists():
         return
     stages = yaml.safe_load(path.read_text())["stages"]
-    models, discs = stages["train"]["foreach"], list(stages["train_discriminator"]["foreach"])
-    if list(p["models"]) != models or list(p["guidance"]["discriminators"]) != discs:
-        raise ParamError(f"parameters 'models' / 'guidance.discriminators' ({list(p['models'])}, "
+    from .params import model_instances
+
+    models, discs = list(stages["train"]["foreach"]), list(stages["train_discriminator"]["foreach"])
+    if list(model_instances(p)) != models or list(p["guidance"]["discriminators"]) != discs:
+        raise ParamError(f"parameters 'models' x 'train.seeds' / 'guidance.discriminators' ({list(model_instances(p))}, "
                          f"{list(p['guidance']['discriminators'])}) differ from the DAG in dvc.yaml ({models}, {discs}); "
                          "edit conf/config.yaml and regenerate it: aot-diffusion dvc-yaml")
 

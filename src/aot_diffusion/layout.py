@@ -11,8 +11,8 @@ from pathlib import Path
 __all__ = ["Layout", "FIGURE_NAMES", "TABLE_NAMES", "sample_key", "parse_sample_key"]
 
 FIGURE_NAMES = ("fd_vs_nfe", "rho_steps_heatmap", "curvature_vs_sigma", "truncation_vs_nfe", "guidance_fd_vs_nfe",
-                "samples_low_nfe", "samples_high_nfe", "loss_curves", "teaser_denoiser_strip")
-TABLE_NAMES = ("table1_fd_vs_nfe", "table2_guidance", "table3_curvature", "aot_vs_edm")
+                "dg_learning_curves", "hybrid_switch", "samples_low_nfe", "samples_high_nfe", "loss_curves", "teaser_denoiser_strip")
+TABLE_NAMES = ("table1_fd_vs_nfe", "table2_guidance", "table3_curvature", "aot_vs_edm", "hybrid_switch")
 
 
 def sample_key(steps: int, rho: float, seed: int) -> str:
@@ -116,6 +116,9 @@ class Layout:
     def discriminator_metrics(self, disc):
         return self.results / "dg" / "discriminators" / f"{disc}.json"
 
+    def discriminator_curve(self, disc):  # the learning curve: training and held-out BCE per check
+        return self.results / "dg" / "discriminators" / f"{disc}.curve.csv"
+
     def guided_samples(self, disc):
         return self.results / "dg" / "samples" / f"{disc}.npz"
 
@@ -124,6 +127,15 @@ class Layout:
 
     def guided_features(self, disc):
         return self.results / "dg" / "fd" / f"{disc}.features.npz"
+
+    # the hybrid-sampler analysis: AOT's denoiser above a switch sigma and EDM's below, and the reverse
+    @property
+    def hybrid_samples(self):
+        return self.results / "hybrid" / "samples.npz"
+
+    @property
+    def hybrid_fd(self):
+        return self.results / "hybrid" / "fd.csv"
 
     # report
     def table(self, name, ext="csv"):

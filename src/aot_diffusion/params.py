@@ -28,7 +28,8 @@ from typing import Any, Mapping
 import yaml
 
 __all__ = ["ParamError", "UndeclaredParam", "PROFILES", "SCHEMA", "NAME_PATTERN", "load_yaml", "load_params",
-           "validate", "compose", "resolve", "flatten", "write_params", "select", "StageParams", "digest"]
+           "validate", "compose", "resolve", "flatten", "write_params", "select", "StageParams", "digest",
+           "guidance_settings", "instance_key", "split_instance", "model_instances"]
 
 PROFILES = ("digits", "smoke", "cifar10")
 CONF_DIR = "conf"
@@ -52,6 +53,28 @@ class UndeclaredParam(KeyError):
 # Names of models, discriminators and study variants become file names, DVC stage names and command
 # arguments: nothing a shell or a path could read as syntax.
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+# A trained model is one model of `models` trained with one of `train.seeds`: its key is <model>_s<seed>.
+_INSTANCE = re.compile(r"^(?P<model>[a-z][a-z0-9_]*)_s(?P<seed>[0-9]+)$")
+
+
+def instance_key(model: str, seed: int) -> str:
+    """The key of ``model`` trained with training seed ``seed`` (jobs, paths and table rows use it)."""
+    return f"{model}_s{int(seed)}"
+
+
+def split_instance(key: str) -> tuple[str, int]:
+    """``edm_uncond_s1`` -> ("edm_uncond", 1)."""
+    m = _INSTANCE.match(key)
+    if not m:
+        raise ParamError(f"{key!r} is not a trained model's key (<model>_s<seed>)")
+    return m["model"], int(m["seed"])
+
+
+def model_instances(p: Mapping) -> dict[str, tuple[str, int]]:
+    """Every trained model: {key: (model, training seed)}, models outer, seeds inner."""
+    return {instance_key(m, s): (m, s) for m in p["models"] for s in p["train"]["seeds"]}
 
 
 # ---------------------------------------------------------------------------------------------- YAML
@@ -137,6 +160,8 @@ ENCODER = {  # the noise-aware classifier (ADM encoder) that DG's discriminator 
     "attention_resolutions": List(Int(1, 64), min_len=0), "num_head_channels": Int(1, 256),
 }
 
+SETTING = {"steps": Int(2, 1000), "rho": Num(0, 1000, gt=True)}  # one sampler setting (Heun steps, rho)
+
 SCHEMA: dict[str, Any] = {
     "profile": Str(*PROFILES),
     "seed": Int(0, 2**31 - 1),
@@ -159,7 +184,7 @@ SCHEMA: dict[str, Any] = {
         "ema_halflife_kimg": Num(0, gt=True), "ema_rampup_ratio": Num(0, 10, gt=True, nullable=True),
         "P_mean": Num(-10, 10), "P_std": Num(0, 10, gt=True), "augment_p": Num(0, 1),
         "prefetch": Bool(), "log_every": Int(1), "checkpoint_every": Int(1),
-        "nproc_per_node": Int(1, 64), "max_nonfinite_steps": Int(1, 1000), "seed": Int(0, 2**31 - 1),
+        "nproc_per_node": Int(1, 64), "max_nonfinite_steps": Int(1, 1000), "seeds": List(Int(0, 2**31 - 1)),
     },
     "classifier": {"steps": Int(1), "batch_size": Int(1), "lr": Num(0, 10, gt=True), "feature_dim": Int(2, 4096)},
     "sample": {
@@ -183,13 +208,16 @@ SCHEMA: dict[str, Any] = {
         "encoder_steps": Int(1), "encoder_batch_size": Int(1), "encoder_lr": Num(0, 10, gt=True),
         "adm_classifier": Str(nullable=True),
         "head_channels": Int(1, 1024), "head_depth": Int(1, 8),
-        "pool_size": Int(1), "batch_size": Int(2), "steps": Int(1), "lr": Num(0, 10, gt=True),
+        "pool_size": Int(1), "batch_size": Int(2), "steps": Int(1), "eval_every": Int(1), "patience": Int(1, 1000),
+        "lr": Num(0, 10, gt=True),
         "weight_decay": Num(0, 1), "weight_uncond": Num(0, 100), "weight_cond": Num(0, 100),
         "sigma_window": List(Num(0, 1e4, gt=True), min_len=2, nullable=True),
         "steps_list": List(Int(2, 1000)), "rho": List(Num(0, 1000, gt=True)),
+        "paper_setting_uncond": SETTING, "paper_setting_cond": SETTING,
         "discriminators": Spec("map", item=Spec("discriminator")),
     },
     "pool_study": {"rho": Num(0, 1000, gt=True), "variants": Spec("map", item=Spec("variant"))},
+    "hybrid": {"switch_sigmas": List(Num(0, 1e4, gt=True)), "steps": List(Int(2, 1000)), "rho": Num(0, 1000, gt=True)},
 }
 
 _RECORDS = {"model": MODEL, "discriminator": DISCRIMINATOR, "variant": VARIANT}
@@ -280,7 +308,9 @@ def validate(p: Mapping) -> dict:
     for key, sub, full in (("sample.grid_steps", s["grid_steps"], s["steps"]),
                            ("guidance.steps_list", g["steps_list"], s["steps"]),
                            ("guidance.rho", g["rho"], s["rho"]),
-                           ("curvature.coarse_steps", c["coarse_steps"], s["steps"])):
+                           ("curvature.coarse_steps", c["coarse_steps"], s["steps"]),
+                           ("hybrid.steps", p["hybrid"]["steps"], s["steps"]),
+                           ("hybrid.rho", [p["hybrid"]["rho"]], s["rho"])):
         if not set(sub) <= set(full):
             _fail(key, f"{sub} must be a subset of {full} (the sweep it is compared with)")
     if g["batch_size"] % 2:
@@ -296,6 +326,11 @@ def validate(p: Mapping) -> dict:
         lo, hi = g["sigma_window"][:2]
         if len(g["sigma_window"]) != 2 or lo >= hi:
             _fail("guidance.sigma_window", f"must be [low, high] with low < high, got {g['sigma_window']}")
+    if len(set(t["seeds"])) != len(t["seeds"]):
+        _fail("train.seeds", f"repeats a seed: {t['seeds']}")
+    for name in p["models"]:
+        if _INSTANCE.match(name):
+            _fail(f"models.{name}", "a model name may not end in _s<digits>: that suffix names its training seeds")
     for name, d in g["discriminators"].items():
         if d["model"] not in p["models"]:
             _fail(f"guidance.discriminators.{name}.model", f"{d['model']!r} is not one of {sorted(p['models'])}")
@@ -424,6 +459,18 @@ def digest(obj) -> str:
     """A short content address of a JSON-able value (key order does not matter)."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def guidance_settings(p: Mapping, conditional: bool) -> list[tuple[int, float]]:
+    """The (steps, rho) settings where guidance is evaluated for a model: guidance.steps_list x guidance.rho
+    and the paper's own setting for its conditioning (guidance.paper_setting_{uncond,cond}). The unguided
+    model is sampled there too (stage sample), so every guided FD has its paired baseline."""
+    g = p["guidance"]
+    out = [(int(st), float(r)) for r in g["rho"] for st in g["steps_list"]]
+    paper = g["paper_setting_cond" if conditional else "paper_setting_uncond"]
+    if (int(paper["steps"]), float(paper["rho"])) not in out:
+        out.append((int(paper["steps"]), float(paper["rho"])))
+    return out
 
 
 # Every stage may read the profile: it is the folder its outputs live in.

@@ -13,7 +13,10 @@ __all__ = ["to_uint8", "from_uint8", "write_sweep", "read_sweep"]
 
 
 def to_uint8(images) -> np.ndarray:
-    """[-1, 1] floats -> uint8 pixels (round to nearest, clip)."""
+    """[-1, 1] floats -> uint8 pixels (round to nearest, clip). Pixels that are already uint8 are refused:
+    scaled again they would all clip to 255."""
+    if np.asarray(images).dtype == np.uint8:
+        raise TypeError("to_uint8 got uint8 pixels: they are stored already (read them with from_uint8)")
     x = np.asarray(images, dtype=np.float32)
     return np.clip(np.rint(x * 127.5 + 127.5), 0, 255).astype(np.uint8)
 

@@ -13,7 +13,8 @@ from typing import Callable, Optional
 
 import torch
 
-__all__ = ["sigma_steps", "num_function_evals", "edm_sampler", "Denoiser", "latents", "class_labels", "sample_batched"]
+__all__ = ["sigma_steps", "num_function_evals", "edm_sampler", "Denoiser", "latents", "class_labels", "sample_batched",
+           "switch_denoiser"]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 SOLVERS = ("heun", "euler")
@@ -109,6 +110,17 @@ def edm_sampler(denoise: Denoiser, latents: torch.Tensor, *, num_steps: int, rho
         "denoised": torch.stack(trajectory["denoised"]),
         "t_steps": t_steps,
     }
+
+
+def switch_denoiser(high: Denoiser, low: Denoiser, sigma_switch: float) -> Denoiser:
+    """A hybrid: ``high`` evaluates where sigma > ``sigma_switch``, ``low`` at and below it (per evaluation,
+    so a Heun step's correction uses the denoiser of its own sigma)."""
+
+    def denoise(x, sigma, labels):
+        s = float(torch.as_tensor(sigma).reshape(-1)[0])
+        return (high if s > sigma_switch else low)(x, sigma, labels)
+
+    return denoise
 
 
 # ---------------------------------------------------------------------------------------------- sweeps

@@ -216,7 +216,8 @@ def train_discriminator(disc: nn.Module, real_images: torch.Tensor, fake_images:
                         real_labels=None, fake_labels=None, aot: bool = False, pool_size: int = 512,
                         batch_size: int = 128, steps: int = 1000, lr: float = 3e-4, weight_decay: float = 1e-7,
                         seed: int = 0, device=None, sigma_distribution: str = "dg", log_every: int = 50,
-                        solver: str = "scipy", log: Optional[Callable[[str], None]] = None) -> list[dict]:
+                        solver: str = "scipy", validate: Optional[Callable[[nn.Module], dict]] = None,
+                        patience: int = 5, log: Optional[Callable[[str], None]] = None) -> list[dict]:
     """Train ``disc`` with BCE-with-logits on real (1) vs fake (0) perturbed images; returns its history.
 
     Adam with DG's defaults over the trainable parameters only (a frozen encoder stays bitwise
@@ -224,9 +225,15 @@ def train_discriminator(disc: nn.Module, real_images: torch.Tensor, fake_images:
     discriminator's). History: one dict per ``log_every`` steps (and the last) with ``step``, ``loss``
     and ``accuracy`` over the window, and ``noise_distance``, the mean real-image-to-noise Euclidean
     distance of the window (what AOT lowers).
+
+    Early stopping: with ``validate`` (disc -> dict with ``bce`` and ``accuracy`` on a held-out split),
+    it is called every ``log_every`` steps and its values join the history (``val_bce``,
+    ``val_accuracy``); training stops once ``patience`` validations in a row have not lowered the best
+    held-out BCE, and the trainable weights of the best validation are restored. ``steps`` is then
+    the maximum.
     """
-    if steps < 1 or log_every < 1:
-        raise ValueError("steps and log_every must be >= 1")
+    if steps < 1 or log_every < 1 or patience < 1:
+        raise ValueError("steps, log_every and patience must be >= 1")
     device = _resolve_device(device, disc)
     disc.to(device)
     conditional = getattr(disc, "label_dim", 0) > 0
@@ -238,8 +245,9 @@ def train_discriminator(disc: nn.Module, real_images: torch.Tensor, fake_images:
     if not params:
         raise ValueError("the discriminator has no trainable parameters")
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    trainable = [(n, p) for n, p in disc.named_parameters() if p.requires_grad]
     disc.train()
-    history, window = [], []
+    history, window, best, since = [], [], None, 0
     batches = discriminator_batches(real_images, fake_images, real_labels=real_labels, fake_labels=fake_labels,
                                     aot=aot, pool_size=pool_size, batch_size=batch_size, steps=steps, seed=seed,
                                     device=device, sigma_distribution=sigma_distribution, solver=solver)
@@ -256,10 +264,32 @@ def train_discriminator(disc: nn.Module, real_images: torch.Tensor, fake_images:
             window.append(torch.stack([loss.detach(), acc, dist]))  # on the device: no host sync per step
         if step % log_every == 0 or step == steps:
             mean_loss, mean_acc, mean_dist = torch.stack(window).mean(dim=0).tolist()
-            history.append(dict(step=step, loss=mean_loss, accuracy=mean_acc, noise_distance=mean_dist))
+            entry = dict(step=step, loss=mean_loss, accuracy=mean_acc, noise_distance=mean_dist)
             window = []
+            note = ""
+            if validate is not None:
+                val = validate(disc)
+                disc.train()
+                entry.update(val_bce=float(val["bce"]), val_accuracy=float(val["accuracy"]))
+                if best is None or entry["val_bce"] < best[0]:
+                    best, since = (entry["val_bce"], step, {n: p.detach().clone() for n, p in trainable}), 0
+                else:
+                    since += 1
+                note = f", held-out bce {entry['val_bce']:.4f} acc {entry['val_accuracy']:.3f}"
+            history.append(entry)
             if log is not None:
-                log(f"[discriminator] step {step}/{steps} loss {mean_loss:.4f} acc {mean_acc:.3f}")
+                log(f"[discriminator] step {step}/{steps} loss {mean_loss:.4f} acc {mean_acc:.3f}{note}")
+            if validate is not None and since >= patience:
+                if log is not None:
+                    log(f"[discriminator] early stop: no held-out improvement in {patience} checks; "
+                        f"best at step {best[1]}")
+                break
+    if best is not None:  # the weights of the best held-out BCE
+        with torch.no_grad():
+            for n, p in trainable:
+                p.copy_(best[2][n])
+        for entry in history:
+            entry["best"] = entry["step"] == best[1]
     disc.eval()
     return history
 
@@ -269,16 +299,19 @@ def fit_discriminator(encoder: ADMEncoderUNet, real_images: torch.Tensor, fake_i
                       pool_size: int = 512, batch_size: int = 128, steps: int = 1000, lr: float = 3e-4,
                       weight_decay: float = 1e-7, seed: int = 0, device="cpu", head_config: Optional[dict] = None,
                       head_num_classes: Optional[int] = None, log_every: int = 50,
+                      validate: Optional[Callable[[nn.Module], dict]] = None, patience: int = 5,
                       log: Optional[Callable[[str], None]] = None):
     """Build DG's discriminator on the frozen ``encoder`` (head seeded by ``seed``) and train it.
 
-    ``label_dim > 0`` makes it class-conditional (labels required). Returns (disc, history).
+    ``label_dim > 0`` makes it class-conditional (labels required). ``validate``/``patience``: early
+    stopping, see :func:`train_discriminator`. Returns (disc, history).
     """
     disc = build_discriminator(encoder, label_dim=label_dim, head_config=head_config,
                                head_num_classes=head_num_classes, seed=seed, device=device)
     history = train_discriminator(disc, real_images, fake_images, real_labels=real_labels, fake_labels=fake_labels,
                                   aot=aot, pool_size=pool_size, batch_size=batch_size, steps=steps, lr=lr,
-                                  weight_decay=weight_decay, seed=seed, device=device, log_every=log_every, log=log)
+                                  weight_decay=weight_decay, seed=seed, device=device, log_every=log_every,
+                                  validate=validate, patience=patience, log=log)
     return disc, history
 
 

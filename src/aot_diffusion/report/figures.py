@@ -16,7 +16,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from ..sampling import num_function_evals  # noqa: E402
 from ..samples import read_sweep  # noqa: E402
 from ..utils import AtomicPath  # noqa: E402
-from .tables import ci_label, metric_label  # noqa: E402
+from ..params import guidance_settings, model_instances, split_instance  # noqa: E402
+from .tables import ci_label, first, grid_only, metric_label  # noqa: E402
 
 
 def _save(fig, path):
@@ -30,7 +31,7 @@ def _figure(ncols=1, nrows=1, w=4.4, h=3.4):
 
 
 def _style(p, model):
-    spec = p["models"][model]
+    spec = p["models"][model if model in p["models"] else split_instance(model)[0]]
     return dict(color="tab:red" if spec["aot"] else "tab:blue", ls="-" if spec["conditional"] else "--")
 
 
@@ -51,7 +52,9 @@ def fd_vs_nfe(p, fd: pd.DataFrame, floor: dict, path):
         _integer_nfe(ax)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"{p['profile']} profile, {floor['n']} samples per setting, {ci_label(p)} bootstrap bands", fontsize=9)
+    k = len(p["train"]["seeds"])
+    bands = f"mean of {k} training seeds, {ci_label(p)} t-interval over them" if k > 1 else f"{ci_label(p)} bootstrap"
+    fig.suptitle(f"{p['profile']} profile, {floor['n']} samples per setting; bands: {bands}", fontsize=9)
     _save(fig, path)
 
 
@@ -100,27 +103,83 @@ def truncation_plot(p, curv: dict, path):
 
 
 def guidance_plot(p, L, path):
+    """FD against held-out statistics, unguided vs guided, at each setting where guidance is evaluated."""
     g = p["guidance"]
-    fig, axes = _figure(2)
+    fig, axes = _figure(2, w=4.8)
     for ax, cond in zip(axes[0], (False, True)):
-        for model, spec in p["models"].items():
-            if spec["conditional"] != cond:
-                continue
-            df = pd.read_csv(L.fd(model))
-            s = df[df["rho"].isin(g["rho"]) & df["steps"].isin(g["steps_list"])].groupby("nfe")["fd"].mean()
-            ax.plot(s.index, s.values, marker="o", ms=3, label=model, **_style(p, model))
-        for disc, dspec in g["discriminators"].items():
-            if p["models"][dspec["model"]]["conditional"] != cond:
-                continue
-            s = pd.read_csv(L.guided_fd(disc)).groupby("nfe")["fd"].mean()
-            ax.plot(s.index, s.values, marker="s", ms=3, color=_style(p, dspec["model"])["color"],
-                    ls=":" if not dspec["aot"] else "-.", label=disc)
-        ax.set(title=f"{'conditional' if cond else 'unconditional'}: DG", xlabel="NFE", ylabel=metric_label(p),
-               yscale="log")
-        _integer_nfe(ax)
+        settings = guidance_settings(p, cond)
+        x = np.arange(len(settings))
+        lines = [(first(p, model), pd.read_csv(L.fd(first(p, model))), dict(marker="o", **_style(p, model)))
+                 for model, spec in p["models"].items() if spec["conditional"] == cond]
+        lines += [(disc, pd.read_csv(L.guided_fd(disc)),
+                   dict(marker="s", color=_style(p, d["model"])["color"], ls=":" if not d["aot"] else "-."))
+                  for disc, d in g["discriminators"].items() if p["models"][d["model"]]["conditional"] == cond]
+        for name, df, style in lines:
+            y = [df[(df["steps"] == st) & (df["rho"] == r)]["fd_heldout"].mean() for st, r in settings]
+            ax.plot(x, y, ms=4, label=name, **style)
+        ax.set_xticks(x, [f"NFE {num_function_evals(st)}\nrho {r:g}" for st, r in settings])
+        ax.set(title=f"{'conditional' if cond else 'unconditional'}: DG", ylabel=f"{metric_label(p)}, held-out stats")
+        ax.set_xlim(-0.5, len(settings) - 0.5)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-    fig.suptitle(f"Discriminator Guidance ({p['profile']} profile)", fontsize=9)
+    fig.suptitle(f"Discriminator Guidance ({p['profile']} profile; lines join settings for legibility only)",
+                 fontsize=9)
+    _save(fig, path)
+
+
+def discriminator_curves(p, L, path):
+    """DG's discriminators: training BCE (window mean) and held-out BCE per check; the kept weights marked."""
+    fig, axes = _figure(2, w=4.8)
+    for ax, cond in zip(axes[0], (False, True)):
+        for disc, d in p["guidance"]["discriminators"].items():
+            if p["models"][d["model"]]["conditional"] != cond:
+                continue
+            df = pd.read_csv(L.discriminator_curve(disc))
+            color = _style(p, d["model"])["color"]
+            ls = "-" if d["aot"] else ":"
+            ax.plot(df["step"], df["val_bce"], color=color, ls=ls, label=f"{disc} held-out")
+            ax.plot(df["step"], df["loss"], color=color, ls=ls, alpha=0.35, lw=0.8)
+            best = df[df["best"]]
+            ax.plot(best["step"], best["val_bce"], "k*", ms=7)
+        ax.axhline(np.log(2), color="k", ls=":", lw=1, label="chance (ln 2)")
+        ax.set(title=f"{'conditional' if cond else 'unconditional'} discriminators", xlabel="step", ylabel="BCE")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle(f"Discriminator learning curves ({p['profile']} profile; faint: training, *: kept weights)",
+                 fontsize=9)
+    _save(fig, path)
+
+
+def hybrid_plot(p, L, path):
+    """FD vs switch point. AOT above sigma_s and EDM below: s = 0 is pure AOT, s = inf pure EDM (the reverse
+    order runs the other way), so each curve joins the two pure models through the switch points."""
+    from .tables import hybrid_table
+
+    t = hybrid_table(p, L)
+    switches = sorted(p["hybrid"]["switch_sigmas"])
+    pairs_ = list(dict.fromkeys(t["pair"]))
+    fig, axes = _figure(len(pairs_), w=4.8)
+    xs = np.arange(len(switches) + 2)
+    cmap = plt.get_cmap("viridis")
+    nfes = sorted(t["nfe"].unique())
+    for ax, pair in zip(axes[0], pairs_):
+        d = t[t["pair"] == pair]
+        for i, nfe in enumerate(nfes):
+            dn = d[d["nfe"] == nfe]
+            pure = {r["above"].split()[0]: r["fd_heldout"] for _, r in dn[dn["switch_sigma"] == "pure"].iterrows()}
+            for above, ls in (("aot", "-"), ("edm", "--")):
+                below = "edm" if above == "aot" else "aot"
+                mid = [dn[(dn["switch_sigma"] == f"{s:g}") & dn["above"].str.startswith(above)]["fd_heldout"].iloc[0]
+                       for s in switches]
+                ax.plot(xs, [pure[above], *mid, pure[below]], ls=ls, marker="o", ms=3,
+                        color=cmap(i / max(len(nfes) - 1, 1)),
+                        label=f"NFE {nfe}: {above.upper()} above, {below.upper()} below")
+        ax.set_xticks(xs, ["0", *[f"{s:g}" for s in switches], "inf"])
+        ax.set(xlabel="switch sigma", ylabel=f"{metric_label(p)}, held-out stats", yscale="log",
+               title=f"{pair}: solid from pure AOT (0) to pure EDM (inf)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle(f"Hybrid samplers ({p['profile']} profile, rho {p['hybrid']['rho']:g})", fontsize=9)
     _save(fig, path)
 
 
@@ -140,9 +199,9 @@ def sample_grids(p, L, steps: int, path):
     rho, seed = p["sample"]["rho"][0], p["sample"]["seeds"][0]
     fig, axes = _figure(len(models), w=3.0, h=3.3)
     for ax, model in zip(axes[0], models):
-        x = next(im for st, r, sd, im, _ in read_sweep(L.samples(model)) if (st, r, sd) == (steps, rho, seed))
+        x = next(im for st, r, sd, im, _ in read_sweep(L.samples(first(p, model))) if (st, r, sd) == (steps, rho, seed))
         ax.imshow(_grid(x[:100], 10), cmap="gray", vmin=0, vmax=1)
-        ax.set(title=f"{model}\nNFE {num_function_evals(steps)}, rho {rho:g}")
+        ax.set(title=f"{first(p, model)}\nNFE {num_function_evals(steps)}, rho {rho:g}")
         ax.axis("off")
     fig.suptitle(f"Samples from the same latents ({p['profile']} profile)", fontsize=9)
     _save(fig, path)
@@ -151,7 +210,7 @@ def sample_grids(p, L, steps: int, path):
 def loss_curves(p, L, path):
     fig, axes = _figure()
     ax = axes[0][0]
-    for model in p["models"]:
+    for model in model_instances(p):
         df = pd.read_csv(L.loss_log(model))
         ax.plot(df["kimg"], df["loss"], label=model, **_style(p, model))
     ax.set(xlabel="kimg", ylabel="EDM loss", title=f"Training loss ({p['profile']} profile)", yscale="log")
@@ -182,15 +241,21 @@ def teaser(p, curv: dict, path):
 
 
 def write_figures(p, L, log=print):
-    fd = pd.concat([pd.read_csv(L.fd(m)) for m in p["models"]])
-    fd = fd.groupby(["model", "rho", "steps", "nfe"], as_index=False, sort=False)[["fd", "fd_low", "fd_high"]].mean()
+    # FD per model: the table's headline rows (mean over training seeds with its interval when there are several)
+    from .tables import table1
+
     floor = json.loads(L.fd_floor.read_text())
-    curv = {m: dict(np.load(L.curvature(m))) for m in p["models"]}
+    t1 = table1(p, L, floor)
+    t1 = t1[t1["rho"].notna()]
+    fd = t1[t1["train_seed"] == ("mean" if len(p["train"]["seeds"]) > 1 else p["train"]["seeds"][0])]
+    curv = {m: dict(np.load(L.curvature(first(p, m)))) for m in p["models"]}  # the first training seed's
     fd_vs_nfe(p, fd, floor, L.figure("fd_vs_nfe"))
     heatmap(p, fd, L.figure("rho_steps_heatmap"))
     curvature_plot(p, curv, L.figure("curvature_vs_sigma"))
     truncation_plot(p, curv, L.figure("truncation_vs_nfe"))
     guidance_plot(p, L, L.figure("guidance_fd_vs_nfe"))
+    discriminator_curves(p, L, L.figure("dg_learning_curves"))
+    hybrid_plot(p, L, L.figure("hybrid_switch"))
     lo, hi = min(p["sample"]["grid_steps"]), max(p["sample"]["grid_steps"])
     sample_grids(p, L, lo, L.figure("samples_low_nfe"))
     sample_grids(p, L, hi, L.figure("samples_high_nfe"))

@@ -11,6 +11,7 @@ import scipy.stats
 
 from ..layout import sample_key
 from ..metrics import fd as fdm
+from ..params import guidance_settings, instance_key, model_instances
 from ..sampling import num_function_evals
 from ..utils import AtomicPath, atomic_write_text
 
@@ -57,6 +58,13 @@ def _write(df: pd.DataFrame, L, name: str, title: str):
     atomic_write_text(L.table(name, "md"), f"# {title}\n\n" + df.to_markdown(index=False, floatfmt=".4g") + "\n")
 
 
+def grid_only(p, df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the sweep grid (sample.steps x sample.rho); a samples file also holds the settings where
+    guidance is evaluated (params.guidance_settings), which only Table 2 reads."""
+    grid = {(int(st), float(r)) for st in p["sample"]["steps"] for r in p["sample"]["rho"]}
+    return df[[(int(st), float(r)) in grid for st, r in zip(df["steps"], df["rho"])]]
+
+
 def _summary(df: pd.DataFrame, level: float) -> pd.DataFrame:
     """Per (rho, steps): one sampling seed: its value and bootstrap interval; several: the mean over seeds
     with a Student-t interval over the seeds' values (never a mean beside one seed's interval)."""
@@ -76,84 +84,159 @@ def _summary(df: pd.DataFrame, level: float) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def first(p, model: str) -> str:
+    """The trained model of the first training seed (the one DG and the hybrid samplers use)."""
+    return instance_key(model, p["train"]["seeds"][0])
+
+
+def _t_interval(values, level: float) -> tuple[float, float, float]:
+    """Mean of independent replicates with its Student-t interval."""
+    v = np.asarray(values, dtype=float)
+    mean = v.mean()
+    half = scipy.stats.t.ppf((1 + level) / 2, len(v) - 1) * v.std(ddof=1) / len(v) ** 0.5
+    return mean, mean - half, mean + half
+
+
+def _across_seeds(rows: pd.DataFrame, by: list, metrics: list, level: float) -> pd.DataFrame:
+    """One row per group of per-training-seed rows: the mean over training seeds with the t-interval over their
+    values (``{m}_low`` / ``{m}_high``), never one seed's interval beside the mean; train_seed 'mean'."""
+    out = []
+    for keys, g in rows.groupby(by, sort=False):
+        row = dict(zip(by, keys if isinstance(keys, tuple) else (keys,)), train_seed="mean", train_seeds=len(g))
+        for m in metrics:
+            row[m], row[f"{m}_low"], row[f"{m}_high"] = _t_interval(g[m], level)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
 def table1(p, L, floor) -> pd.DataFrame:
+    """Per trained model (model x training seed) and setting: FD with its interval (_summary); with several
+    training seeds also one 'mean' row per model: the mean over training seeds with the t-interval over them."""
     # The floor row: held-out real images against the training statistics (fd columns), and real training
     # images against the held-out statistics (fd_heldout columns), at the same N; nn_train_dist of held-out images.
     held = floor.get("heldout", {})
-    rows = [dict(model="real (floor)", conditional=np.nan, aot=np.nan, rho=np.nan, steps=np.nan, nfe=np.nan,
-                 n=floor["n"], fd=floor["fd"], fd_low=floor["low"], fd_high=floor["high"], kid=floor["kid"],
+    rows = [dict(model="real (floor)", train_seed="", conditional=np.nan, aot=np.nan, rho=np.nan, steps=np.nan,
+                 nfe=np.nan, n=floor["n"], fd=floor["fd"], fd_low=floor["low"], fd_high=floor["high"], kid=floor["kid"],
                  kid_low=floor["kid_low"], kid_high=floor["kid_high"], fd_heldout=held.get("fd", np.nan),
                  fd_heldout_low=held.get("low", np.nan), fd_heldout_high=held.get("high", np.nan),
                  nn_train_dist=floor.get("nn_train_dist", np.nan))]
-    for model, spec in p["models"].items():
-        for _, r in _summary(pd.read_csv(L.fd(model)), p["fd"]["ci_level"]).iterrows():
+    level, per_seed = p["fd"]["ci_level"], []
+    for key, (model, train_seed) in model_instances(p).items():
+        spec = p["models"][model]
+        for _, r in _summary(grid_only(p, pd.read_csv(L.fd(key))), level).iterrows():
             paper = PAPER_FID.get((_kind(p, model), spec["conditional"], float(r["rho"]), int(r["steps"])), np.nan)
-            rows.append(dict(model=model, conditional=spec["conditional"], aot=spec["aot"], **r.drop("disc_grad_evals"),
-                             paper_cifar10_fid=paper))
-    return pd.DataFrame(rows)
+            per_seed.append(dict(model=model, train_seed=train_seed, conditional=spec["conditional"], aot=spec["aot"],
+                                 **r.drop("disc_grad_evals"), paper_cifar10_fid=paper))
+    per_seed = pd.DataFrame(per_seed).assign(train_seeds=1)
+    parts = [pd.DataFrame(rows), per_seed]
+    if len(p["train"]["seeds"]) > 1:
+        mean = _across_seeds(per_seed, ["model", "conditional", "aot", "rho", "steps", "nfe"],
+                             ["fd", "kid", "fd_heldout"], level)
+        mean["nn_train_dist"] = per_seed.groupby(["model", "rho", "steps"], sort=False)["nn_train_dist"].mean().values
+        parts.append(mean)
+    return pd.concat(parts, ignore_index=True)
 
 
 def paired_differences(p, L) -> pd.DataFrame:
-    """EDM minus AOT at every setting, from the same latents (first sampling seed), with a paired bootstrap."""
+    """EDM minus AOT FD (against held-out statistics) at every setting, per training seed from the same latents
+    (first sampling seed) with a paired bootstrap; with several training seeds also the mean over seeds with
+    its t-interval over the seeds (train_seed 'mean')."""
+    from ..stages.evaluate import pairs
+
     ref = np.load(L.fd_reference)
-    stats, f, rows = (ref["mu"], ref["sigma"]), p["fd"], []
-    for cond in (False, True):
-        edm = [m for m, s in p["models"].items() if s["conditional"] == cond and not s["aot"]]
-        aot = [m for m, s in p["models"].items() if s["conditional"] == cond and s["aot"]]
-        if not edm or not aot:
-            continue
-        fe, fa = np.load(L.features(edm[0])), np.load(L.features(aot[0]))
-        seed = p["sample"]["seeds"][0]
-        for rho in p["sample"]["rho"]:
-            for steps in p["sample"]["steps"]:
-                key = sample_key(steps, rho, seed)
-                diff, low, high = fdm.paired_diff_ci(fe[key], fa[key], stats, n_boot=f["bootstrap"], seed=p["seed"],
-                                                     level=f["ci_level"])
-                rows.append(dict(pair="cond" if cond else "uncond", edm=edm[0], aot=aot[0], rho=rho, steps=steps,
-                                 nfe=num_function_evals(steps), diff=diff, low=low, high=high,
-                                 outside_noise=bool(low > 0 or high < 0)))
-    return pd.DataFrame(rows)
+    stats, f, rows = (ref["mu_heldout"], ref["sigma_heldout"]), p["fd"], []
+    seed = p["sample"]["seeds"][0]
+    for pair, (edm, aot) in pairs(p).items():
+        for train_seed in p["train"]["seeds"]:
+            fe = np.load(L.features(instance_key(edm, train_seed)))
+            fa = np.load(L.features(instance_key(aot, train_seed)))
+            for rho in p["sample"]["rho"]:
+                for steps in p["sample"]["steps"]:
+                    key = sample_key(steps, rho, seed)
+                    diff, low, high = fdm.paired_diff_ci(fe[key], fa[key], stats, n_boot=f["bootstrap"],
+                                                         seed=p["seed"], level=f["ci_level"])
+                    rows.append(dict(pair=pair, edm=edm, aot=aot, train_seed=train_seed, rho=rho, steps=steps,
+                                     nfe=num_function_evals(steps), diff=diff, low=low, high=high))
+    df = pd.DataFrame(rows).assign(train_seeds=1)
+    if len(p["train"]["seeds"]) > 1:
+        mean = _across_seeds(df.rename(columns={"diff": "d"}), ["pair", "edm", "aot", "rho", "steps", "nfe"], ["d"],
+                             f["ci_level"]).rename(columns={"d": "diff", "d_low": "low", "d_high": "high"})
+        df = pd.concat([df, mean], ignore_index=True)
+    df["outside_noise"] = (df["low"] > 0) | (df["high"] < 0)
+    return df
 
 
 def table2(p, L) -> pd.DataFrame:
-    g = p["guidance"]
-    settings = {(float(r), int(s)) for r in g["rho"] for s in g["steps_list"]}
+    """Table 2 as the paper's: per discriminator (EDM + DG, AOT + AOT-DG, AOT + plain DG) and setting, the
+    unguided and guided FD against held-out statistics and the gain (unguided minus guided) on the same
+    latents (first sampling seed) with its paired interval; the discriminator's held-out (test) accuracy."""
+    g, level = p["guidance"], p["fd"]["ci_level"]
     ref = np.load(L.fd_reference)
-    stats, seed = (ref["mu"], ref["sigma"]), p["sample"]["seeds"][0]
+    stats, seed = (ref["mu_heldout"], ref["sigma_heldout"]), p["sample"]["seeds"][0]
     rows = []
     for disc, dspec in g["discriminators"].items():
-        model = dspec["model"]
-        kind, cond = _kind(p, model).upper(), p["models"][model]["conditional"]
+        kind, cond = _kind(p, dspec["model"]).upper(), p["models"][dspec["model"]]["conditional"]
+        model = first(p, dspec["model"])
         method = f"{kind} + {'AOT-DG' if dspec['aot'] else 'DG'}"
-        held = json.loads(L.discriminator_metrics(disc).read_text())["heldout"]
-        plain, guided = _summary(pd.read_csv(L.fd(model)), p["fd"]["ci_level"]), _summary(pd.read_csv(L.guided_fd(disc)), p["fd"]["ci_level"])
+        m = json.loads(L.discriminator_metrics(disc).read_text())
+        held = m["heldout"]
+        plain, guided = _summary(pd.read_csv(L.fd(model)), level), _summary(pd.read_csv(L.guided_fd(disc)), level)
         fp, fg = np.load(L.features(model)), np.load(L.guided_features(disc))
-        for _, r in guided.iterrows():
-            if (float(r["rho"]), int(r["steps"])) not in settings:
-                continue
-            u = plain[(plain["rho"] == r["rho"]) & (plain["steps"] == r["steps"])].iloc[0]
-            key = sample_key(r["steps"], r["rho"], seed)
+        for steps, rho in guidance_settings(p, cond):
+            r = guided[(guided["rho"] == rho) & (guided["steps"] == steps)].iloc[0]
+            u = plain[(plain["rho"] == rho) & (plain["steps"] == steps)].iloc[0]
+            key = sample_key(steps, rho, seed)
             diff, low, high = fdm.paired_diff_ci(fp[key], fg[key], stats, n_boot=p["fd"]["bootstrap"], seed=p["seed"],
-                                                 level=p["fd"]["ci_level"])
+                                                 level=level)
             paper = PAPER_DG_FID.get((method, cond))
-            match = paper is not None and paper[1] == int(r["steps"]) and paper[0] in (None, float(r["rho"]))
-            rows.append(dict(method=method, conditional=cond, discriminator=disc, rho=r["rho"], steps=int(r["steps"]),
-                             nfe=int(r["nfe"]), disc_grad_evals=int(r["disc_grad_evals"]), fd_unguided=u["fd"],
-                             fd_guided=r["fd"], gain=diff, gain_low=low, gain_high=high,
-                             outside_noise=bool(low > 0 or high < 0), disc_heldout_accuracy=held["accuracy"],
+            match = paper is not None and paper[1] == int(steps) and paper[0] in (None, float(rho))
+            rows.append(dict(method=method, conditional=cond, discriminator=disc, model=model, rho=rho, steps=int(steps),
+                             nfe=int(r["nfe"]), disc_grad_evals=int(r["disc_grad_evals"]),
+                             fd_unguided=u["fd_heldout"], fd_guided=r["fd_heldout"], gain=diff, gain_low=low,
+                             gain_high=high, outside_noise=bool(low > 0 or high < 0),
+                             disc_steps=m.get("steps_run"), disc_best_step=m.get("best_step"),
+                             disc_test_accuracy=held["accuracy"],
                              **{f"acc_sigma_{b}": v["accuracy"] for b, v in held["bands"].items()},
                              paper_cifar10_fid=paper[2] if match else np.nan))
     return pd.DataFrame(rows)
 
 
+def hybrid_table(p, L) -> pd.DataFrame:
+    """FD of the hybrid samplers (stage hybrid) beside the pure models at the same setting and latents (the
+    first sampling seed's rows of the sweep): switch_sigma 'pure' is one model all the way."""
+    from ..stages.evaluate import pairs
+
+    h, seed = p["hybrid"], p["sample"]["seeds"][0]
+    cols = ["pair", "above", "below", "switch_sigma", "nfe", "fd_heldout", "fd_heldout_low", "fd_heldout_high",
+            "fd", "nn_train_dist"]
+    hyb = pd.read_csv(L.hybrid_fd)
+    rows = []
+    for cond, models in pairs(p).items():
+        for kind, model in zip(("edm", "aot"), (first(p, m) for m in models)):
+            df = pd.read_csv(L.fd(model))
+            for steps in h["steps"]:
+                r = df[(df["steps"] == steps) & (df["rho"] == h["rho"]) & (df["seed"] == seed)].iloc[0]
+                rows.append(dict(pair=cond, above=f"{kind} ({model})", below=f"{kind} ({model})", switch_sigma="pure",
+                                 **{c: r[c] for c in cols[4:]}))
+        rows += hyb[hyb["pair"] == cond].assign(switch_sigma=lambda d: d["switch_sigma"].map("{:g}".format))[cols] \
+            .to_dict("records")
+    return pd.DataFrame(rows, columns=cols).sort_values(["pair", "nfe"], kind="stable")
+
+
 def table3(p, L) -> pd.DataFrame:
     rows = []
-    for model, spec in p["models"].items():
-        m = json.loads(L.curvature_metrics(model).read_text())
-        row = dict(model=model, conditional=spec["conditional"], aot=spec["aot"], curvature_mean=m["curvature_mean"])
+    for key, (model, train_seed) in model_instances(p).items():
+        spec = p["models"][model]
+        m = json.loads(L.curvature_metrics(key).read_text())
+        row = dict(model=model, train_seed=train_seed, conditional=spec["conditional"], aot=spec["aot"],
+                   curvature_mean=m["curvature_mean"])
         row.update({f"trunc_err_rho{t['rho']:g}_nfe{t['nfe']}": t["error"] for t in m["truncation"]})
         rows.append(row)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    if len(p["train"]["seeds"]) > 1:  # the mean over training seeds (values only: see the per-seed rows)
+        mean = df.groupby(["model", "conditional", "aot"], sort=False, as_index=False).mean(numeric_only=True)
+        df = pd.concat([df, mean.assign(train_seed="mean")], ignore_index=True)
+    return df
 
 
 def write_tables(p, L, log=print):
@@ -165,14 +248,21 @@ def write_tables(p, L, log=print):
            f"{name}: against the training statistics, first row: N held-out real images (the floor); "
            f"{name}_heldout: against the held-out images' statistics (a model can't win it by memorising), first row: "
            f"N real training images; nn_train_dist: mean pixel distance to the nearest training image (first row: "
-           f"held-out real images'); intervals: {ci_label(p)} bootstrap "
-           f"(one sampling seed) or, with several (column seeds), the mean over seeds with its {ci_label(p)} t-interval; "
-           f"paper column: CIFAR-10 FIDs of the AOT paper)")
-    _write(t2, L, "table2_guidance", f"Table 2: Discriminator Guidance ({p['profile']} profile; gain = unguided "
-           f"minus guided {name.upper()} on the same latents (the first sampling seed's) with its {ci_label(p)} "
-           f"interval; outside_noise: the interval "
-           "excludes 0; disc_grad_evals: discriminator gradients per sampler run on top of the NFE)")
+           f"held-out real images'); one row per trained model (train_seed) and setting, its intervals {ci_label(p)} "
+           f"bootstrap (one sampling seed) or, with several (column seeds), the mean over sampling seeds with its "
+           f"{ci_label(p)} t-interval; train_seed 'mean': the mean over the training seeds (column train_seeds) with "
+           f"the {ci_label(p)} t-interval over them; paper column: CIFAR-10 FIDs of the AOT paper)")
+    _write(t2, L, "table2_guidance", f"Table 2: Discriminator Guidance ({p['profile']} profile; {name} against the "
+           f"held-out statistics; gain = unguided minus guided {name} on the same latents (the first sampling "
+           f"seed's) with its {ci_label(p)} paired interval; outside_noise: the interval excludes 0; disc_grad_evals: "
+           f"discriminator gradients per sampler run on top of the NFE; disc_*: steps run, the early-stopping step "
+           f"kept, accuracy on held-out real and fake images not used for stopping, overall and per sigma band)")
     _write(t3, L, "table3_curvature", f"Table 3: ODE curvature and truncation error ({p['profile']} profile)")
+    hyb = hybrid_table(p, L)
+    _write(hyb, L, "hybrid_switch", f"Hybrid samplers ({p['profile']} profile, rho {p['hybrid']['rho']:g}, {n} samples, "
+           f"first sampling seed's latents): the 'above' model's denoiser where sigma > switch_sigma, the 'below' "
+           f"model's at and below it; 'pure': one model throughout. {label} against held-out statistics with "
+           f"{ci_label(p)} bootstrap intervals, and against the training statistics")
     with AtomicPath(L.fd_curves, suffix=".csv") as tmp:  # for `dvc plots diff`
         t1[t1["rho"].notna()][["model", "rho", "nfe", "fd"]].to_csv(tmp, index=False)
     # Headline numbers for `dvc exp show`: rho 7 (EDM's default) settings, the floor, differences, curvature.
@@ -184,29 +274,43 @@ def write_tables(p, L, log=print):
                          "heldout_images.nn_train_dist": floor["nn_train_dist"]})
     if L.feature_network_metrics.exists():
         metrics.update(json.loads(L.feature_network_metrics.read_text()))
+    # Headline per model and difference: the mean over training seeds with its interval over them (several
+    # seeds), else the one trained model's own interval; "over" says which.
+    several = len(p["train"]["seeds"]) > 1
+    over = dict(over="training seeds" if several else "bootstrap", train_seeds=len(p["train"]["seeds"]))
+    pick = (lambda df: df[df["train_seed"] == "mean"]) if several else \
+        (lambda df: df[df["train_seed"] == p["train"]["seeds"][0]])
     rho0 = p["sample"]["rho"][0]
-    for _, r in t1[t1["rho"] == rho0].iterrows():
+    for _, r in pick(t1[t1["rho"] == rho0]).iterrows():
         suffix = f"rho{r['rho']:g}_nfe{int(r['nfe'])}"
         metrics[f"{r['model']}.{name}_{suffix}"] = float(r["fd"])
-        metrics[f"{r['model']}.{name}_{suffix}_ci"] = dict(low=float(r["fd_low"]), high=float(r["fd_high"]))
+        metrics[f"{r['model']}.{name}_{suffix}_ci"] = dict(low=float(r["fd_low"]), high=float(r["fd_high"]), **over)
         metrics[f"{r['model']}.kid_{suffix}"] = float(r["kid"])
         if "fd_heldout" in r and not pd.isna(r["fd_heldout"]):
             metrics[f"{r['model']}.{name}_heldout_{suffix}"] = float(r["fd_heldout"])
             metrics[f"{r['model']}.{name}_heldout_{suffix}_ci"] = dict(low=float(r["fd_heldout_low"]),
-                                                                       high=float(r["fd_heldout_high"]))
+                                                                       high=float(r["fd_heldout_high"]), **over)
             metrics[f"{r['model']}.nn_train_dist_{suffix}"] = float(r["nn_train_dist"])
-    for _, r in diffs[diffs["rho"] == rho0].iterrows():
-        metrics[f"aot_vs_edm.{r['pair']}.rho{r['rho']:g}_nfe{int(r['nfe'])}"] = dict(
-            diff=float(r["diff"]), **{ci_key(p): dict(low=float(r["low"]), high=float(r["high"]))})
-    for _, r in t3.iterrows():
+    for _, r in pick(diffs[diffs["rho"] == rho0]).iterrows():
+        metrics[f"aot_vs_edm.{r['pair']}.{name}_heldout_rho{r['rho']:g}_nfe{int(r['nfe'])}"] = dict(
+            diff=float(r["diff"]), **{ci_key(p): dict(low=float(r["low"]), high=float(r["high"]), **over)})
+    for _, r in pick(t3).iterrows():
         metrics[f"{r['model']}.curvature_mean"] = float(r["curvature_mean"])
+    for _, r in hyb[hyb["switch_sigma"] != "pure"].iterrows():
+        metrics[f"hybrid.{r['pair']}.{r['above'].split()[0]}_above_{r['switch_sigma']}.{name}_heldout_nfe{int(r['nfe'])}"] = \
+            dict(value=float(r["fd_heldout"]), **{ci_key(p): dict(low=float(r["fd_heldout_low"]),
+                                                                  high=float(r["fd_heldout_high"]))})
     for disc in p["guidance"]["discriminators"]:
         held = json.loads(L.discriminator_metrics(disc).read_text())["heldout"]
         metrics[f"{disc}.heldout_accuracy"] = held["accuracy"]
         metrics[f"{disc}.heldout_accuracy_by_sigma"] = {b: v["accuracy"] for b, v in held["bands"].items()}
+    for _, r in t2.iterrows():  # DG gains (held-out statistics) at every setting where guidance is evaluated
+        metrics[f"{r['discriminator']}.gain_{name}_heldout_rho{r['rho']:g}_nfe{int(r['nfe'])}"] = dict(
+            gain=float(r["gain"]), **{ci_key(p): dict(low=float(r["gain_low"]), high=float(r["gain_high"]))})
     atomic_write_text(L.metrics, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    _write(diffs, L, "aot_vs_edm", f"EDM minus AOT {label} on the same latents (the first sampling seed's; "
-           f"{p['profile']} profile, "
-           f"{n} samples; {ci_label(p)} paired bootstrap; outside_noise: the interval excludes 0)")
+    _write(diffs, L, "aot_vs_edm", f"EDM minus AOT {label} against held-out statistics ({p['profile']} profile, "
+           f"{n} samples): per training seed, EDM and AOT trained with that seed on the same latents (the first "
+           f"sampling seed's) with a {ci_label(p)} paired bootstrap interval; train_seed 'mean': the mean over the "
+           f"training seeds with the {ci_label(p)} t-interval over them; outside_noise: the interval excludes 0")
     log(f"wrote {L.results / 'tables'} and {L.metrics}")
     return t1, t2, t3

@@ -8,7 +8,8 @@ import json
 import time
 from functools import cached_property
 
-from ..params import ParamError, StageParams, device_of, load_params, pool_study_view, study_declared
+from ..params import (ParamError, StageParams, device_of, load_params, pool_study_view, split_instance,
+                      study_declared)
 from ..utils import atomic_write_text, remove_stale_temps
 
 __all__ = ["Run"]
@@ -51,8 +52,14 @@ class Run:
     def log(self, msg: str) -> None:
         print(f"[{self.tag}] {msg} ({time.perf_counter() - self.t0:.0f} s)", flush=True)
 
-    def model_spec(self, model: str) -> dict:
-        return self.p["models"][model]
+    def model_spec(self, key: str) -> dict:
+        """The `models` entry of a trained model (<model>_s<seed>; a study variant: its own entry)."""
+        return self.p["models"][key if self.study else split_instance(key)[0]]
+
+    def trained(self, model: str) -> str:
+        """The trained model of ``model`` that DG and the hybrid samplers use (first training seed): a path of
+        this stage's inputs in the stage table, not a parameter it reads."""
+        return self.plan.ctx.first(model)
 
     def disc_spec(self, disc: str) -> dict:
         return self.p["guidance"]["discriminators"][disc]

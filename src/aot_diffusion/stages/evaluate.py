@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ..layout import sample_key
 from ..metrics import fd as fdm
@@ -94,3 +95,67 @@ def curvature(run: Run) -> None:
     metrics = dict(curvature_mean=float(kappa_grid.mean()), truncation=trunc)
     run.write_json(run.L.curvature_metrics(run.key), metrics)
     run.log(f"mean curvature {metrics['curvature_mean']:.4f}")
+
+
+def pairs(p) -> dict:
+    """{"uncond"/"cond": (EDM model, AOT model)}: the first of each kind per conditioning (as the tables pair
+    them); names of `models` entries."""
+    out = {}
+    for cond in (False, True):
+        edm = [m for m, s in p["models"].items() if s["conditional"] == cond and not s["aot"]]
+        aot = [m for m, s in p["models"].items() if s["conditional"] == cond and s["aot"]]
+        if edm and aot:
+            out["cond" if cond else "uncond"] = (edm[0], aot[0])
+    return out
+
+
+def hybrid(run: Run) -> None:
+    """Where along sigma AOT helps and hurts: sample with AOT's denoiser above sigma_s and EDM's below (and the
+    reverse), from the main sweep's latents (first sampling seed), scored as the rest; pure models are the
+    main sweep's rows at the same setting."""
+    from ..data import load_dataset
+    from ..samples import from_uint8, to_uint8
+    from ..sampling import class_labels, latents, sample_batched, switch_denoiser
+    from .sample import image_shape, load_denoiser
+
+    h, s, f = run.p["hybrid"], run.p["sample"], run.p["fd"]
+    ref = np.load(run.L.fd_reference)
+    stats, held_stats = (ref["mu"], ref["sigma"]), (ref["mu_heldout"], ref["sigma_heldout"])
+    train_images = load_dataset(run.L.dataset)["train_images"]
+    feats, rows, kept = FeatureSpace(run), [], {}
+    seed = s["seeds"][0]
+    for cond, models in pairs(run.p).items():
+        edm_name, aot_name = (run.trained(m) for m in models)
+        edm_net, edm = load_denoiser(run.L.network(edm_name), run.device)
+        _, aot = load_denoiser(run.L.network(aot_name), run.device)
+        z = latents(seed, s["num_samples"], image_shape(edm_net), run.device)
+        labels = class_labels(edm_net.label_dim, s["num_samples"], run.device)
+        for above, below, hi, lo in (("aot", "edm", aot, edm), ("edm", "aot", edm, aot)):
+            for switch in h["switch_sigmas"]:
+                for steps in h["steps"]:
+                    x = sample_batched(switch_denoiser(hi, lo, switch), z, labels, s["batch_size"], num_steps=steps,
+                                       rho=h["rho"], sigma_min=s["sigma_min"], sigma_max=s["sigma_max"])
+                    if not torch.isfinite(x).all():
+                        raise FloatingPointError(f"non-finite hybrid samples ({cond}, {above} above sigma {switch}, "
+                                                 f"{steps} steps): check the networks and sample.sigma_min")
+                    pixels = to_uint8(x.cpu().numpy())
+                    y = feats(pixels)
+                    fd = fdm.frechet_distance(fdm.feature_statistics(y), stats)
+                    low, high = fdm.fd_ci(y, stats, n_boot=f["bootstrap"], seed=run.p["seed"], level=f["ci_level"])
+                    fd_h = fdm.frechet_distance(fdm.feature_statistics(y), held_stats)
+                    h_low, h_high = fdm.fd_ci(y, held_stats, n_boot=f["bootstrap"], seed=run.p["seed"],
+                                              level=f["ci_level"])
+                    nn = fdm.nearest_distance(from_uint8(pixels), train_images, device=run.device)
+                    name = f"{cond}_{above}_above_{switch:g}_steps{steps}"
+                    kept[name] = pixels
+                    rows.append(dict(pair=cond, above=f"{above} ({aot_name if above == 'aot' else edm_name})",
+                                     below=f"{below} ({edm_name if below == 'edm' else aot_name})",
+                                     switch_sigma=switch, steps=steps, rho=h["rho"], nfe=num_function_evals(steps),
+                                     seed=seed, n=len(y), fd=fd, fd_low=low, fd_high=high, fd_heldout=fd_h,
+                                     fd_heldout_low=h_low, fd_heldout_high=h_high, nn_train_dist=nn))
+                    run.log(f"{cond}: {above} above sigma {switch:g}, {below} below, NFE "
+                            f"{num_function_evals(steps)}: FD vs held-out {fd_h:.2f} [{h_low:.2f}, {h_high:.2f}]")
+    with AtomicPath(run.L.hybrid_samples, suffix=".npz") as tmp:
+        np.savez(tmp, **kept)
+    with AtomicPath(run.L.hybrid_fd, suffix=".csv") as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..data import load_dataset
+from ..params import guidance_settings
 from .. import guidance as dg
 from . import Run
 from .sample import load_denoiser, sweep
@@ -62,38 +63,76 @@ def _head_config(run: Run) -> dict:
                 norm_groups=_groups(g["head_channels"]))
 
 
+def _as_stored(images) -> torch.Tensor:
+    """Images as DG sees both classes: uint8 pixels (quantised here if stored as floats), read back to [-1, 1]."""
+    from ..samples import from_uint8, to_uint8
+
+    images = np.asarray(images)
+    return torch.as_tensor(from_uint8(images if images.dtype == np.uint8 else to_uint8(images)))
+
+
 def train_discriminator(run: Run) -> None:
+    """DG's discriminator on uint8 reals vs uint8 fakes, early-stopped on a held-out split.
+
+    The held-out fakes (``guidance.heldout_fraction``) and as many held-out real images are split in two:
+    the first half decides early stopping (validation), the second gives the reported accuracy (test).
+    """
+    import pandas as pd
+
     g, spec = run.p["guidance"], run.disc_spec(run.key)
     d = load_dataset(run.L.dataset)
-    with np.load(run.L.fakes(spec["model"])) as f:
-        fakes, fake_ids, conditional = torch.as_tensor(f["images"]), torch.as_tensor(f["labels"]), bool(f["conditional"])
-    n_hold = max(int(len(fakes) * g["heldout_fraction"]), 1)  # held-out fakes for the reported accuracy
-    real, real_ids = torch.as_tensor(d["train_images"]), torch.as_tensor(d["train_labels"])
+    with np.load(run.L.fakes(run.trained(spec["model"]))) as f:
+        fakes, fake_ids, conditional = _as_stored(f["images"]), torch.as_tensor(f["labels"]), bool(f["conditional"])
+    n_hold = max(int(len(fakes) * g["heldout_fraction"]), 2)
+    real, real_ids = _as_stored(d["train_images"]), torch.as_tensor(d["train_labels"])
+    test_real, test_ids = _as_stored(d["test_images"]), torch.as_tensor(d["test_labels"])
+    m = min(len(test_real), n_hold) // 2  # per class of image and per split
+    if m < 1:
+        raise ValueError(f"{run.key}: too few held-out images for validation and test ({n_hold} fakes, "
+                         f"{len(test_real)} real): raise guidance.num_fake or guidance.heldout_fraction")
     k = int(d["num_classes"])
     lab = (lambda ids: ids) if conditional else (lambda ids: None)
-    run.log(f"model {spec['model']}, aot={spec['aot']}, conditional={conditional}, {len(fakes) - n_hold} fakes")
+    val = (slice(0, m), slice(0, m))
+    test = (slice(m, 2 * m), slice(m, 2 * m))
+
+    def evaluate(disc, split, seed, repeats):
+        r, f_ = split
+        return dg.evaluate_discriminator(disc, test_real[r], fakes[f_], real_labels=lab(test_ids[r]),
+                                         fake_labels=lab(fake_ids[f_]), seed=seed, repeats=repeats)
+
+    run.log(f"model {spec['model']}, aot={spec['aot']}, conditional={conditional}, {len(fakes) - n_hold} "
+            f"training fakes, {m} + {m} held-out (validation, test) per class")
     disc, history = dg.fit_discriminator(
         _load_encoder(run), real, fakes[n_hold:], real_labels=lab(real_ids), fake_labels=lab(fake_ids[n_hold:]),
         label_dim=k if conditional else 0, aot=spec["aot"], pool_size=g["pool_size"], batch_size=g["batch_size"],
         steps=g["steps"], lr=g["lr"], weight_decay=g["weight_decay"], seed=run.p["seed"], device=run.device,
-        head_config=_head_config(run), log_every=max(g["steps"] // 5, 1), log=run.log)
-    test_real, test_ids = torch.as_tensor(d["test_images"]), torch.as_tensor(d["test_labels"])
-    m = min(len(test_real), n_hold)
-    held = dg.evaluate_discriminator(disc, test_real[:m], fakes[:m], real_labels=lab(test_ids[:m]),
-                                     fake_labels=lab(fake_ids[:m]), seed=run.p["seed"] + 1, repeats=4)
+        head_config=_head_config(run), log_every=g["eval_every"], patience=g["patience"],
+        validate=lambda disc: evaluate(disc, val, run.p["seed"] + 2, 2), log=run.log)
+    held = evaluate(disc, test, run.p["seed"] + 1, 4)
+    if not (np.isfinite(held["bce"]) and all(torch.isfinite(p).all() for p in disc.parameters())):
+        raise FloatingPointError(f"discriminator {run.key}: non-finite weights or held-out loss; lower "
+                                 f"guidance.lr ({g['lr']}) or check the fakes")
+    best = next(h for h in history if h.get("best"))
     dg.save_discriminator(run.L.discriminator(run.key), disc)
+    from ..utils import AtomicPath
+
+    with AtomicPath(run.L.discriminator_curve(run.key), suffix=".csv") as tmp:
+        pd.DataFrame(history).to_csv(tmp, index=False)
     run.write_json(run.L.discriminator_metrics(run.key),
-                   dict(heldout=held, train_final_loss=history[-1]["loss"] if history else float("nan")))
+                   dict(heldout=held, best_step=best["step"], steps_run=history[-1]["step"],
+                        val_bce=best["val_bce"], train_final_loss=history[-1]["loss"]))
     bands = ", ".join(f"{b}: {v['accuracy']:.2f}" for b, v in held["bands"].items())
-    run.log(f"held-out accuracy {held['accuracy']:.3f} (by sigma band: {bands})")
+    run.log(f"best step {best['step']} of {history[-1]['step']}; test accuracy {held['accuracy']:.3f} "
+            f"(by sigma band: {bands})")
 
 
 def guided_sample(run: Run) -> None:
     g, spec = run.p["guidance"], run.disc_spec(run.key)
-    net, denoise = load_denoiser(run.L.network(spec["model"]), run.device)
+    net, denoise = load_denoiser(run.L.network(run.trained(spec["model"])), run.device)
     disc = dg.load_discriminator(run.L.discriminator(run.key), device=run.device)
     weight = g["weight_cond"] if net.label_dim else g["weight_uncond"]
     window = tuple(g["sigma_window"]) if g["sigma_window"] else dg.DG_SIGMA_WINDOW
     guided = dg.GuidedDenoiser(denoise, disc, weight, sigma_window=window)
-    settings = [(st, r, seed) for r in g["rho"] for st in g["steps_list"] for seed in run.p["sample"]["seeds"]]
+    settings = [(st, r, seed) for st, r in guidance_settings(run.p, bool(net.label_dim))
+                for seed in run.p["sample"]["seeds"]]
     sweep(run, net, denoise, settings, run.L.guided_samples(run.key), denoise_euler=guided, counter=guided)

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from ..sampling import class_labels, latents, num_function_evals, sample_batched
-from ..samples import write_sweep
+from ..params import guidance_settings
+from ..samples import to_uint8, write_sweep
 from . import Run
 
 
@@ -62,7 +63,10 @@ def sample(run: Run) -> None:
     if released and not run.p["released_pickle"]:
         raise FileNotFoundError("released_pickle is not set: --config released_pickle=/path/to/network.pkl")
     net, denoise = load_denoiser(run.p["released_pickle"] if released else run.L.network(run.key), run.device)
-    settings = [(st, r, seed) for r in s["rho"] for st in s["steps"] for seed in s["seeds"]]
+    grid = [(st, r) for r in s["rho"] for st in s["steps"]]
+    if run.stage.name == "sample":  # and where its guided runs are scored: their paired unguided baseline
+        grid += [x for x in guidance_settings(run.p, bool(net.label_dim)) if x not in grid]
+    settings = [(st, r, seed) for st, r in grid for seed in s["seeds"]]
     sweep(run, net, denoise, settings, run.L.released_samples if released else run.L.samples(run.key))
 
 
@@ -81,5 +85,5 @@ def fake_samples(run: Run) -> None:
         raise FloatingPointError(f"non-finite fake samples of {run.key}: the network or the sampler settings "
                                  f"(sample.sigma_min = {s['sigma_min']}, sigma_max = {s['sigma_max']}) are broken")
     ids = labels.argmax(1).cpu().numpy() if labels is not None else np.zeros(g["num_fake"], dtype=np.int64)
-    with AtomicPath(run.L.fakes(run.key), suffix=".npz") as tmp:
-        np.savez(tmp, images=x.cpu().numpy(), labels=ids, conditional=labels is not None)
+    with AtomicPath(run.L.fakes(run.key), suffix=".npz") as tmp:  # uint8, as the samples scored and as DG stores them
+        np.savez(tmp, images=to_uint8(x.cpu().numpy()), labels=ids, conditional=labels is not None)

@@ -12,12 +12,13 @@ import sys
 import torch
 
 from ..data import load_dataset
+from ..params import split_instance
 from ..training import TrainConfig, train as train_loop
 from ..utils import AtomicPath
 from . import Run
 
 # Parameters of train.* that are not TrainConfig fields: how many processes, the conditional pool.
-_LAUNCH_KEYS = ("nproc_per_node", "pool_size_cond", "network")
+_LAUNCH_KEYS = ("nproc_per_node", "pool_size_cond", "network", "seeds")
 
 
 def _torchrun_relaunch(nproc: int, log) -> None:
@@ -47,7 +48,10 @@ def train_config(run: Run, model: str, data: dict) -> TrainConfig:
         from ..augment import EDM_CIFAR10_AUGMENT, augment_dim
 
         net["augment_dim"] = augment_dim(**EDM_CIFAR10_AUGMENT)
-    return TrainConfig(network=net, aot=spec["aot"], conditional=spec["conditional"], device=run.device, **kwargs)
+    # a trained model's seed is in its key; the pool-size study trains with the first training seed
+    seed = t["seeds"][0] if run.study else split_instance(model)[1]
+    return TrainConfig(network=net, aot=spec["aot"], conditional=spec["conditional"], device=run.device, seed=seed,
+                       **kwargs)
 
 
 def _loss_csv(jsonl, out) -> None:
