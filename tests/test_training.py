@@ -72,6 +72,21 @@ def test_resume_after_stop_is_bitwise_exact(tmp_path, full_run):
     assert _rows(tmp_path / "r" / "ck" / "loss.jsonl") == rows  # each step once, same losses
 
 
+def test_training_stopped_at_its_time_limit_resumes_in_the_next_job_to_the_same_bytes(tmp_path, full_run):
+    """Two time-limited jobs: the first has no time left, so it stops at its first checkpoint (the next one
+    might not fit); the second has all the time it needs. The network equals the uninterrupted run's."""
+    import time
+
+    ema, rows = full_run
+    first, log = _run(tmp_path, "r", deadline=time.time())
+    assert first == dict(step=2, stopped=True, deadline=True) and not (tmp_path / "r" / "net.pt").exists()
+    assert "stopping at the checkpoint of step 2" in log
+    _, log = _run(tmp_path, "r", deadline=time.time() + 3600)
+    assert "at step 2" in log
+    _assert_same(_ema(tmp_path, "r"), ema)
+    assert _rows(tmp_path / "r" / "ck" / "loss.jsonl") == rows
+
+
 @pytest.mark.parametrize("damage", ["truncated_checkpoint", "partial_last_log_line", "corrupt_early_log_line"])
 def test_corrupt_state_is_set_aside_and_recovered(tmp_path, full_run, damage):
     ema, rows = full_run

@@ -51,7 +51,7 @@ class Stage:
     params: Callable[["Context", str], list]            # (context, key) -> dotted parameter names it reads
     gpus: Callable[["Context"], int] = field(default=lambda ctx: 0)
     plots: tuple = ()                                   # (x, y) for dvc plots of PLOT outputs
-    cluster: dict = field(default_factory=dict)         # cluster requests beyond the profile's defaults
+    kind: str = "network"                               # what it asks a cluster for: resources.<kind> (cluster.py)
     keys: Callable[["Context"], list] | None = None     # a subset of its `over` keys (default: all)
 
 
@@ -109,10 +109,6 @@ def _ranks(ctx):
     return ctx.p["train"]["nproc_per_node"]
 
 
-# A paper-scale training run: 200 Mimg on 4 A100-class GPUs takes about 2 days.
-_TRAIN_CLUSTER = dict(runtime=4320, mem_mb=128000, cpus_per_task=32)
-
-
 STAGES: list[Stage] = [
     # First, and reading every parameter (DVC: its dependency is the whole params.yaml, so it runs whenever the
     # file changes and stops the run on an unknown key); the run's effective parameters are recorded beside its
@@ -120,11 +116,11 @@ STAGES: list[Stage] = [
     Stage("check_params", "check-params", None, "data:check_params",
           deps=lambda L, c, k: [Path(PARAMS_FILE)],
           outs=lambda L, c, k: {L.effective_params: GIT},
-          params=lambda c, k: list(c.p)),
+          params=lambda c, k: [name for name in c.p if name != "resources"], kind="light"),
     Stage("prepare_data", "prepare-data", None, "data:prepare_data",
           deps=lambda L, c, k: [],
           outs=lambda L, c, k: {L.dataset: OUT, L.data_summary: GIT},
-          params=lambda c, k: ["seed", "data"]),
+          params=lambda c, k: ["seed", "data"], kind="light"),
     # offline profiles: train the FD feature classifier; cifar10: check clean-fid's Inception assets.
     Stage("feature_network", "feature-network", None, "data:feature_network",
           deps=lambda L, c, k: [L.dataset],
@@ -138,13 +134,12 @@ STAGES: list[Stage] = [
           deps=lambda L, c, k: [L.dataset],
           outs=lambda L, c, k: {L.network(k): OUT, L.loss_log(k): PLOT},
           params=lambda c, k: ["seed", *_NET, *c.train_keys(), f"models.{c.spec_name(k)}"],
-          gpus=_ranks, plots=("kimg", "loss"), cluster=_TRAIN_CLUSTER),
+          gpus=_ranks, plots=("kimg", "loss"), kind="train"),
     Stage("sample", "sample", "model", "sample:sample",
           deps=lambda L, c, k: [L.network(k)],
           outs=lambda L, c, k: {L.samples(k): OUT},
           params=lambda c, k: [*_NET, "sample.steps", "sample.rho", *_SAMPLING, "guidance.steps_list", "guidance.rho",
-                               c.setting_key(k)], gpus=_one_gpu,
-          cluster=dict(runtime=720, mem_mb=64000)),
+                               c.setting_key(k)], gpus=_one_gpu),
     Stage("fd", "fd", "model", "evaluate:fd",
           deps=lambda L, c, k: [L.samples(k), L.fd_reference, L.feature_network, L.dataset],
           outs=lambda L, c, k: {L.fd(k): GIT, L.features(k): OUT},
@@ -175,14 +170,13 @@ STAGES: list[Stage] = [
                                "guidance.heldout_fraction", "guidance.head_channels", "guidance.head_depth",
                                "guidance.pool_size", "guidance.batch_size", "guidance.steps", "guidance.eval_every",
                                "guidance.patience", "guidance.lr", "guidance.weight_decay"], gpus=_one_gpu,
-          plots=("step", "val_bce"), cluster=dict(runtime=720)),
+          plots=("step", "val_bce")),
     Stage("guided_sample", "guided-sample", "disc", "guidance:guided_sample",
           deps=lambda L, c, k: [L.network(c.model_of(k)), L.discriminator(k), L.encoder],
           outs=lambda L, c, k: {L.guided_samples(k): OUT},
           params=lambda c, k: [*_NET, f"guidance.discriminators.{k}", c.weight_key(k), "guidance.sigma_window",
                                "guidance.steps_list", "guidance.rho", c.setting_key(c.model_of(k)), *_SAMPLING],
-          gpus=_one_gpu,
-          cluster=dict(runtime=720)),
+          gpus=_one_gpu),
     Stage("guided_fd", "guided-fd", "disc", "evaluate:guided_fd",
           deps=lambda L, c, k: [L.guided_samples(k), L.fd_reference, L.feature_network, L.dataset],
           outs=lambda L, c, k: {L.guided_fd(k): GIT, L.guided_features(k): OUT},
@@ -202,7 +196,7 @@ STAGES: list[Stage] = [
           params=lambda c, k: ["seed", "data.dataset", "fd", "models", "train.seeds", "sample.steps", "sample.rho",
                                "sample.seeds",
                                "guidance.discriminators", *_GUIDED_AT, "hybrid"],
-          plots=("nfe", "fd")),
+          plots=("nfe", "fd"), kind="light"),
     Stage("figures", "figures", None, "report:figures",
           deps=lambda L, c, k: [*[L.fd(m) for m in c.models], *[L.curvature(m) for m in c.models],
                                 *[L.samples(m) for m in c.models], *[L.loss_log(m) for m in c.models],
@@ -212,7 +206,7 @@ STAGES: list[Stage] = [
           params=lambda c, k: ["data.dataset", "fd.ci_level", "models", "train.seeds", "sample.steps", "sample.rho",
                                "sample.seeds",
                                "sample.grid_steps",
-                               "guidance.discriminators", *_GUIDED_AT, "hybrid"]),
+                               "guidance.discriminators", *_GUIDED_AT, "hybrid"], kind="light"),
 ]
 
 
@@ -227,14 +221,14 @@ POOL_STUDY_STAGES: list[Stage] = [
           # DVC: the folder (its foreach reads the variants when it runs); Snakemake: one file per variant
           outs=lambda L, c, k: ({L.pool_study.variants_dir: GIT} if c.dvc else
                                 {L.pool_study.variant_spec(v): GIT for v in c.variants}),
-          params=lambda c, k: ["pool_study.variants"]),
+          params=lambda c, k: ["pool_study.variants"], kind="light"),
     Stage("pool_train", "train", "variant", "train:train",
           # DVC: after pool_variants, which checks the name before DVC runs a command that holds it (Snakemake
           # checks names before it plans anything)
           deps=lambda L, c, k: [L.dataset, *([L.pool_study.variant_spec(k)] if c.dvc else [])],
           outs=lambda L, c, k: {L.pool_study.network(k): OUT, L.pool_study.loss_log(k): PLOT},
           params=lambda c, k: ["seed", *_NET, "train", f"pool_study.variants.{k}"],
-          gpus=_ranks, plots=("kimg", "loss"), cluster=_TRAIN_CLUSTER),
+          gpus=_ranks, plots=("kimg", "loss"), kind="train"),
     Stage("pool_sample", "sample", "variant", "sample:sample",
           deps=lambda L, c, k: [L.pool_study.network(k)],
           outs=lambda L, c, k: {L.pool_study.samples(k): OUT},
@@ -257,7 +251,7 @@ POOL_STUDY_STAGES: list[Stage] = [
           outs=lambda L, c, k: {L.pool_study.study_table("csv"): GIT, L.pool_study.study_table("md"): GIT,
                              L.pool_study.study_metrics: METRIC, L.pool_study.study_figure: PLOT},
           params=lambda c, k: ["seed", "data.dataset", "fd", "sample.seeds", "train.batch_size", "train.knn_k",
-                               "pool_study"]),
+                               "pool_study"], kind="light"),
 ]
 
 # A released NVlabs/edm or EDM-AOT network pickle, sampled and scored at the profile's settings (Snakemake

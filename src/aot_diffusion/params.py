@@ -161,6 +161,10 @@ ENCODER = {  # the noise-aware classifier (ADM encoder) that DG's discriminator 
 }
 
 SETTING = {"steps": Int(2, 1000), "rho": Num(0, 1000, gt=True)}  # one sampler setting (Heun steps, rho)
+# What one job of a kind of stage asks a cluster for (cluster.py); runtime in minutes per job; resubmits: how
+# often a job stopped at its time limit is submitted again (training resumes from its checkpoint).
+REQUEST = {"cpus_per_task": Int(1, 1024), "mem_mb": Int(100, 10**7), "runtime": Int(1, 10**6), "gpu": Bool(),
+           "resubmits": Int(0, 1000)}
 
 SCHEMA: dict[str, Any] = {
     "profile": Str(*PROFILES),
@@ -217,6 +221,7 @@ SCHEMA: dict[str, Any] = {
         "discriminators": Spec("map", item=Spec("discriminator")),
     },
     "pool_study": {"rho": Num(0, 1000, gt=True), "variants": Spec("map", item=Spec("variant"))},
+    "resources": {kind: REQUEST for kind in ("light", "network", "train")},
     "hybrid": {"switch_sigmas": List(Num(0, 1e4, gt=True)), "steps": List(Int(2, 1000)), "rho": Num(0, 1000, gt=True)},
 }
 

@@ -286,13 +286,16 @@ def _check_data(images, labels, num_classes, conditional):
 
 def train(cfg: TrainConfig, images: torch.Tensor, labels: Optional[torch.Tensor], *, out_path, checkpoint_dir,
           num_classes: int = 0, augment: Optional[Callable] = None, log: Callable[[str], None] = print,
-          stop_after: Optional[int] = None) -> dict:
+          stop_after: Optional[int] = None, deadline: Optional[float] = None) -> dict:
     """Train and write the EMA network to ``out_path``; ``images`` float in [-1, 1], [N, C, H, W], ``labels``
     int ids. Resumes from ``checkpoint_dir`` (checkpoint.pt, else checkpoint.prev.pt) when it holds a
     checkpoint of the same config *and* training data; a stale one (other config or data) is moved aside
     as ``*.stale`` with a log line and training starts afresh; an unreadable checkpoint or a corrupt line
     in loss.jsonl is moved aside as ``*.corrupt`` and training resumes from the previous good state.
     ``stop_after`` ends the process early after that many steps (tests of resume) without writing out_path.
+    ``deadline`` (unix time): stop at the first checkpoint after which the next one might not be reached in
+    time (1.5x the last checkpoint interval), returning ``stopped`` and ``deadline``: a cluster job resubmits,
+    and training resumes from that checkpoint to the same bytes.
     Raises :class:`NonFiniteTrainingError` (writing nothing more) when the loss or weights stop being finite.
     """
     rank, world = init_distributed(cfg.device)
@@ -355,6 +358,7 @@ def train(cfg: TrainConfig, images: torch.Tensor, labels: Optional[torch.Tensor]
 
     stats = dict(loss=0.0, n=0, pair_ms=[], paired=[], random=[])
     t_log = time.perf_counter()
+    t_ckpt = time.time()  # the start of the current checkpoint interval (deadline)
     history = []
     watch = NumericWatch(cfg.max_nonfinite_steps, cfg.lr, device, ckpt_path, start_step=step)
     try:
@@ -426,6 +430,18 @@ def train(cfg: TrainConfig, images: torch.Tensor, labels: Optional[torch.Tensor]
                                     ckpt_path)
                 if world > 1:
                     dist.barrier()
+                now = time.time()
+                out_of_time = deadline is not None and step < cfg.total_steps and now + 1.5 * (now - t_ckpt) > deadline
+                if world > 1:  # every rank stops at the same checkpoint
+                    flag = torch.tensor([float(out_of_time)], device=device)
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                    out_of_time = bool(flag.item())
+                t_ckpt = now
+                if out_of_time:
+                    if rank == 0:
+                        log(f"stopping at the checkpoint of step {step}: the next one may not fit before the job's "
+                            f"time limit ({max(deadline - now, 0):.0f} s left)")
+                    return dict(step=step, stopped=True, deadline=True)
             if stopping:
                 return dict(step=step, stopped=True)
     finally:

@@ -1,7 +1,7 @@
 # Resolve and validate the parameters (params.yaml + --config overrides) before any rule: a bad value stops here.
 import sys
 
-from aot_diffusion import dag, frontdoors
+from aot_diffusion import cluster, dag, frontdoors
 from aot_diffusion.params import ParamError, resolve, write_params
 
 try:
@@ -29,11 +29,22 @@ def stage_output(st, key):
     return [str(path) for path in [*st.outs(L, CTX, key), PLAN.record_path(st, key)]]
 
 
-def stage_gpus(st):
-    return st.gpus(CTX) if P["device"] != "cpu" else 0
+# What every job asks a cluster for (src/aot_diffusion/cluster.py): the profile's sizes per kind of stage, the
+# site's account and partitions (config/slurm/site.yaml).
+SITE = cluster.site_settings()
+REQUESTS = {dag.job_id(st, key): cluster.requests(st, CTX, SITE)
+            for st in dag.ALL_STAGES for key in dag.keys_of(st, CTX)}
+
+
+def on_slurm():
+    plugin = workflow.executor_plugin
+    return plugin is not None and "slurm" in plugin.name
 
 
 onstart:
+    if on_slurm():  # before anything is submitted: a request no node of its partition can meet stops here
+        planned = {job.rule.name for job in workflow.dag.jobs}
+        cluster.preflight({rule: req for rule, req in REQUESTS.items() if rule in planned}, cluster.sinfo())
     frontdoors.refuse_if_dvc_running()
     frontdoors.acquire_run_lock(P)
     if write_params(P):

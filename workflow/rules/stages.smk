@@ -32,8 +32,8 @@ for st in dag.ALL_STAGES:
                 command=dag.command(st, key),
             threads: THREADS if st.over or st.gpus(CTX) else 1
             resources:
-                gpu=stage_gpus(st),
-                **st.cluster,  # runtime / memory / CPUs on a cluster (config/slurm holds the site's defaults)
+                **REQUESTS[dag.job_id(st, key)],  # the profile's resources.<kind> and the site's partition
+            retries: P["resources"][st.kind]["resubmits"]  # training resumes from its checkpoint (cluster.py)
             shell:
                 "{params.command}"  # the directive runs late: the command is bound per rule in params
 

@@ -11,6 +11,7 @@ import sys
 
 import torch
 
+from ..cluster import RESUBMIT_EXIT, job_deadline
 from ..data import load_dataset
 from ..params import split_instance
 from ..training import TrainConfig, train as train_loop
@@ -80,7 +81,11 @@ def train(run: Run, stop_after: int | None = None) -> None:
     ckpt = run.L.checkpoints(model)
     result = train_loop(cfg, torch.as_tensor(d["train_images"]), torch.as_tensor(d["train_labels"]),
                         out_path=run.L.network(model), checkpoint_dir=ckpt, num_classes=int(d["num_classes"]),
-                        augment=augment, log=run.log, stop_after=stop_after)
+                        augment=augment, log=run.log, stop_after=stop_after, deadline=job_deadline())
+    if result.get("deadline"):  # the job's time is nearly up: the rule's retries resubmit and resume
+        run.log(f"stopped at step {result['step']} before the job's time limit; exit {RESUBMIT_EXIT}: run again "
+                f"to resume from the checkpoint")
+        sys.exit(RESUBMIT_EXIT)
     if result.get("stopped"):
         run.log(f"stopped after step {result['step']} (--stop-after); rerun to resume")
         return False
