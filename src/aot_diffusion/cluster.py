@@ -47,6 +47,7 @@ def requests(st, ctx, site: dict | None = None) -> dict:
     """Snakemake resources of one stage's jobs: the profile's sizes for the stage's kind, its GPU count
     (stage table: 1, or train.nproc_per_node) where that kind runs on GPUs, and the site's partition."""
     size = dict(ctx.p["resources"][st.kind])
+    size.pop("resubmits")  # the rule's retries, not a resource
     on_gpu = size.pop("gpu", False) and ctx.p["device"] != "cpu"
     out = dict(size, gpu=st.gpus(ctx) if on_gpu else 0)
     site = site or {}

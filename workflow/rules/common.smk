@@ -43,8 +43,11 @@ def on_slurm():
 
 onstart:
     if on_slurm():  # before anything is submitted: a request no node of its partition can meet stops here
-        planned = {job.rule.name for job in workflow.dag.jobs}
-        cluster.preflight({rule: req for rule, req in REQUESTS.items() if rule in planned}, cluster.sinfo())
+        planned = {rule: req for rule, req in REQUESTS.items() if rule in {job.rule.name for job in workflow.dag.jobs}}
+        partitions = cluster.sinfo()
+        cluster.preflight(planned, partitions)
+        print(f"pre-flight: the {len(planned)} planned jobs fit partition(s) "
+              f"{sorted({req.get('slurm_partition') for req in planned.values()} & set(partitions))}")
     frontdoors.refuse_if_dvc_running()
     frontdoors.acquire_run_lock(P)
     if write_params(P):
