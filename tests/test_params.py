@@ -33,6 +33,13 @@ def test_profile_overlay_then_overrides_win():
     ({"models": {"edm_uncond": {"aot": "false", "conditional": False}}}, "models.edm_uncond.aot"),
     ({"threads": "1; touch /tmp/x; #"}, "threads"),
     ({"sample": {"sigma_max": float("inf")}}, "sample.sigma_max"),
+    # sizes and ranges refused before anything is allocated or sampled (issue 23)
+    ({"sample": {"sigma_min": 1e-40}}, "sample.sigma_min"),
+    ({"sample": {"rho": [0.01]}}, "sample.rho"),
+    ({"sample": {"num_samples": 10**9}}, "sample.num_samples"),
+    ({"train": {"pool_size": 65536}}, "train.pool_size"),
+    ({"train": {"network": {"channel_mult": [1] * 10}}}, "train.network.channel_mult"),
+    ({"guidance": {"num_fake": 10**9}}, "guidance.num_fake"),
 ])
 def test_bad_values_are_refused_naming_the_parameter(edit, match):
     with pytest.raises(ParamError, match=match.replace(".", r"\.")):

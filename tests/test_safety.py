@@ -323,3 +323,17 @@ def test_prepare_digits_honours_test_fraction(tmp_path, fraction):
     assert summary["test"] == int(np.ceil(1797 * fraction)) and summary["train"] + summary["test"] == 1797
     d = load_dataset(tmp_path / "d.npz")
     assert len(d["test_labels"]) == summary["test"] and d["train_images"].shape[1:] == (1, 8, 8)
+
+
+def test_a_score_that_is_not_finite_stops_the_stage_before_writing():
+    """FD / KID rows (and the hybrid table) are checked before anything is written: a NaN is named, not stored."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from aot_diffusion.stages.evaluate import _finite
+
+    run = SimpleNamespace(stage=SimpleNamespace(name="fd"))
+    _finite(run, pd.DataFrame(dict(model=["m"], fd=[1.0], kid=[-0.01])), "scores")
+    with pytest.raises(FloatingPointError, match=r"fd: non-finite scores in columns \['fd_heldout'\]"):
+        _finite(run, pd.DataFrame(dict(model=["m"], fd=[1.0], fd_heldout=[float("nan")])), "scores")

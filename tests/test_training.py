@@ -139,6 +139,18 @@ def test_diverging_run_stops_loudly_and_writes_no_network(tmp_path):
     assert not (tmp_path / "r" / "net.pt").exists() and not (tmp_path / "r" / "ck" / "checkpoint.pt").exists()
 
 
+def test_a_loss_exploding_while_still_finite_stops_the_run(tmp_path):
+    """lr 10 (the schema's maximum): the loss climbs by orders of magnitude while staying finite; more than 100x
+    its lowest value for max_nonfinite_steps steps in a row stops training, naming the loss and its minimum."""
+    lines = []
+    with pytest.raises(NonFiniteTrainingError) as err:
+        _run(tmp_path, "r", cfg=_cfg(lr=10.0, total_steps=40, max_nonfinite_steps=3, checkpoint_every=100,
+                                     log_every=1))
+    msg = str(err.value)
+    assert "diverging" in msg and "over 100x its lowest value so far" in msg and "lr=10" in msg
+    assert not (tmp_path / "r" / "net.pt").exists()
+
+
 def test_non_finite_ema_stops_the_run(tmp_path, monkeypatch):
     from aot_diffusion import training
 

@@ -145,9 +145,14 @@ def List(item, min_len=1, **kw):
     return Spec("list", item=item, min_len=min_len, **kw)
 
 
+# Sizes refused before anything is allocated: an exact assignment over a pool of n holds an n x n cost matrix
+# (16384: 1 GiB in float32); sample counts beyond a million are typos at any scale this pipeline runs.
+MAX_POOL, MAX_SAMPLES = 16384, 1_000_000
+RESOLUTION = {"digits": 8, "cifar10": 32}  # the datasets' image sizes: a U-Net halves it once per channel_mult level
+
 MODEL = {"aot": Bool(), "conditional": Bool()}
 DISCRIMINATOR = {"model": Str(), "aot": Bool()}
-VARIANT = {"pairing": Str("none", "assignment", "knn"), "pool_size": Int(1)}  # a pool-size study variant
+VARIANT = {"pairing": Str("none", "assignment", "knn"), "pool_size": Int(1, MAX_POOL)}  # a pool-size study variant
 NETWORK = {  # EDM's SongUNet / DhariwalUNet constructor arguments that a profile may set
     "model_type": Str("SongUNet", "DhariwalUNet"), "embedding_type": Str("positional", "fourier"),
     "encoder_type": Str("standard", "skip", "residual"), "decoder_type": Str("standard", "skip"),
@@ -160,7 +165,7 @@ ENCODER = {  # the noise-aware classifier (ADM encoder) that DG's discriminator 
     "attention_resolutions": List(Int(1, 64), min_len=0), "num_head_channels": Int(1, 256),
 }
 
-SETTING = {"steps": Int(2, 1000), "rho": Num(0, 1000, gt=True)}  # one sampler setting (Heun steps, rho)
+SETTING = {"steps": Int(2, 1000), "rho": Num(1, 1000)}  # one sampler setting (Heun steps, rho)
 # What one job of a kind of stage asks a cluster for (cluster.py); runtime in minutes per job; resubmits: how
 # often a job stopped at its time limit is submitted again (training resumes from its checkpoint).
 REQUEST = {"cpus_per_task": Int(1, 1024), "mem_mb": Int(100, 10**7), "runtime": Int(1, 10**6), "gpu": Bool(),
@@ -181,7 +186,7 @@ SCHEMA: dict[str, Any] = {
     "train": {
         "network": NETWORK,
         "batch_size": Int(1), "batch_per_rank": Int(1, nullable=True),
-        "pool_size": Int(1), "pool_size_cond": Int(1),
+        "pool_size": Int(1, MAX_POOL), "pool_size_cond": Int(1, MAX_POOL),
         "pairing": Str("assignment", "knn"), "knn_k": Int(2, 64),
         "solver": Str("auto", "lap", "scipy", "pot"),
         "total_steps": Int(1), "lr": Num(0, 10, gt=True), "lr_rampup_kimg": Num(0),
@@ -192,37 +197,38 @@ SCHEMA: dict[str, Any] = {
     },
     "classifier": {"steps": Int(1), "batch_size": Int(1), "lr": Num(0, 10, gt=True), "feature_dim": Int(2, 4096)},
     "sample": {
-        "steps": List(Int(2, 1000)), "rho": List(Num(0, 1000, gt=True)),
-        "num_samples": Int(2), "seeds": List(Int(0, 2**31 - 1)), "batch_size": Int(1),
-        "sigma_min": Num(0, gt=True), "sigma_max": Num(0, 1e4, gt=True), "grid_steps": List(Int(2, 1000)),
+        "steps": List(Int(2, 1000)), "rho": List(Num(1, 1000)),
+        "num_samples": Int(2, MAX_SAMPLES), "seeds": List(Int(0, 2**31 - 1)), "batch_size": Int(1),
+        # float32 sampling: below 1e-4 the last steps' sigma^2 terms underflow (sigma_min 1e-40 gave NaN)
+        "sigma_min": Num(1e-4, 10), "sigma_max": Num(0, 1e4, gt=True), "grid_steps": List(Int(2, 1000)),
     },
     "fd": {
         "bootstrap": Int(10, 100000), "ci_level": Num(0.5, 0.999), "kid_subsets": Int(1, 1000), "feature_batch": Int(1),
         "allow_download": Bool(),
     },
     "curvature": {
-        "fine_steps": Int(8, 100000), "num_latents": Int(1), "sigma_grid": Int(2), "rho": Num(0, 1000, gt=True),
+        "fine_steps": Int(8, 100000), "num_latents": Int(1), "sigma_grid": Int(2), "rho": Num(1, 1000),
         "coarse_steps": List(Int(2, 1000)), "seed_offset": Int(0),
     },
     "released_pickle": Str(nullable=True),
     "guidance": {
-        "num_fake": Int(2), "fake_steps": Int(2, 1000), "fake_rho": Num(0, 1000, gt=True), "fake_seed_offset": Int(0),
+        "num_fake": Int(2, MAX_SAMPLES), "fake_steps": Int(2, 1000), "fake_rho": Num(1, 1000), "fake_seed_offset": Int(0),
         "heldout_fraction": Num(0, 0.9, gt=True),
         "encoder": ENCODER,
         "encoder_steps": Int(1), "encoder_batch_size": Int(1), "encoder_lr": Num(0, 10, gt=True),
         "adm_classifier": Str(nullable=True),
         "head_channels": Int(1, 1024), "head_depth": Int(1, 8),
-        "pool_size": Int(1), "batch_size": Int(2), "steps": Int(1), "eval_every": Int(1), "patience": Int(1, 1000),
+        "pool_size": Int(1, MAX_POOL), "batch_size": Int(2), "steps": Int(1), "eval_every": Int(1), "patience": Int(1, 1000),
         "lr": Num(0, 10, gt=True),
         "weight_decay": Num(0, 1), "weight_uncond": Num(0, 100), "weight_cond": Num(0, 100),
         "sigma_window": List(Num(0, 1e4, gt=True), min_len=2, nullable=True),
-        "steps_list": List(Int(2, 1000)), "rho": List(Num(0, 1000, gt=True)),
+        "steps_list": List(Int(2, 1000)), "rho": List(Num(1, 1000)),
         "paper_setting_uncond": SETTING, "paper_setting_cond": SETTING,
         "discriminators": Spec("map", item=Spec("discriminator")),
     },
-    "pool_study": {"rho": Num(0, 1000, gt=True), "variants": Spec("map", item=Spec("variant"))},
+    "pool_study": {"rho": Num(1, 1000), "variants": Spec("map", item=Spec("variant"))},
     "resources": {kind: REQUEST for kind in ("light", "network", "train")},
-    "hybrid": {"switch_sigmas": List(Num(0, 1e4, gt=True)), "steps": List(Int(2, 1000)), "rho": Num(0, 1000, gt=True)},
+    "hybrid": {"switch_sigmas": List(Num(0, 1e4, gt=True)), "steps": List(Int(2, 1000)), "rho": Num(1, 1000)},
 }
 
 _RECORDS = {"model": MODEL, "discriminator": DISCRIMINATOR, "variant": VARIANT}
@@ -308,6 +314,10 @@ def validate(p: Mapping) -> dict:
         if pool < per_rank or pool % per_rank:
             _fail(key, f"the pool ({pool}) must be a multiple of the per-rank mini-batch ({per_rank} = "
                        f"train.batch_size {t['batch_size']} / train.nproc_per_node {ranks})")
+    levels, res = len(t["network"].get("channel_mult", [])), RESOLUTION[p["data"]["dataset"]]
+    if levels and 2 ** (levels - 1) > res:
+        _fail("train.network.channel_mult", f"{levels} levels halve the {res}x{res} images of "
+                                            f"{p['data']['dataset']} below one pixel (at most {res.bit_length()} levels)")
     if s["sigma_min"] >= s["sigma_max"]:
         _fail("sample.sigma_min", f"({s['sigma_min']}) must be below sample.sigma_max ({s['sigma_max']})")
     for key, sub, full in (("sample.grid_steps", s["grid_steps"], s["steps"]),

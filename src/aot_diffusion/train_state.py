@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Callable, Optional
@@ -107,22 +108,35 @@ class NonFiniteTrainingError(RuntimeError):
     """Training produced a non-finite loss or EMA weight; nothing further was written."""
 
 
+# Divergence: a step whose loss is more than this many times the lowest loss so far counts as a fault, like a
+# non-finite one. An EDM loss varies by a few times from batch to batch (sigma is drawn per sample); a learning
+# rate that blows training up takes it up by orders of magnitude within a few steps (lr 10 on digits: 1.9 to
+# 3.5e6 in 6 steps), long before it overflows to inf.
+DIVERGENCE_FACTOR = 100.0
+
+
 class NumericWatch:
-    """Counts, on the device, consecutive non-finite losses (no host sync per step); :meth:`check`
-    reads the count (one sync, at log and checkpoint steps) and raises :class:`NonFiniteTrainingError`."""
+    """Counts, on the device, consecutive faulty losses (no host sync per step): non-finite, or more than
+    :data:`DIVERGENCE_FACTOR` times the lowest loss of this run so far. :meth:`check` reads the count (one
+    sync, at log and checkpoint steps) and raises :class:`NonFiniteTrainingError`."""
 
     def __init__(self, max_steps: int, lr: float, device, checkpoint: Path, start_step: int = 0):
         self.max_steps, self.lr, self.checkpoint = max_steps, lr, checkpoint
         self.step = torch.full((), float(start_step), dtype=torch.float64, device=device)  # no per-step upload
         self.run = torch.zeros((), dtype=torch.int64, device=device)
-        self.fault = torch.full((2,), float("nan"), dtype=torch.float64, device=device)  # (step, loss)
+        self.low = torch.full((), float("inf"), dtype=torch.float64, device=device)  # lowest finite loss so far
+        self.fault = torch.full((3,), float("nan"), dtype=torch.float64, device=device)  # (step, loss, low)
 
     def update(self, loss: torch.Tensor) -> None:
         """Record one step's (device) loss."""
         self.step += 1
-        self.run = (self.run + 1) * (~loss.isfinite())
+        loss = loss.double()
+        finite = loss.isfinite()
+        self.low = torch.where(finite, torch.minimum(self.low, loss), self.low)
+        faulty = ~finite | (loss > DIVERGENCE_FACTOR * self.low)
+        self.run = (self.run + 1) * faulty
         hit = (self.run == self.max_steps) & self.fault[0].isnan()
-        self.fault = torch.where(hit, torch.stack([self.step, loss.double()]), self.fault)
+        self.fault = torch.where(hit, torch.stack([self.step, loss, self.low]), self.fault)
 
     def check(self, step: int, net: torch.nn.Module, ema: torch.nn.Module, world: int = 1) -> None:
         """Raise if the loss has been non-finite too long, or any weight of ``net`` or ``ema`` is (from a
@@ -135,9 +149,11 @@ class NumericWatch:
         loss_bad, net_bad, ema_bad = (bool(f) for f in flags.tolist())
         if not (loss_bad or net_bad or ema_bad):
             return
-        fault_step, loss = self.fault.tolist()
+        fault_step, loss, low = self.fault.tolist()
         if loss_bad and fault_step == fault_step:
-            what = (f"the loss was non-finite ({loss}) for {self.max_steps} consecutive steps, "
+            kind = f"non-finite ({loss})" if not math.isfinite(loss) else \
+                f"diverging ({loss:.4g}, over {DIVERGENCE_FACTOR:g}x its lowest value so far, {low:.4g})"
+            what = (f"the loss was {kind} for {self.max_steps} consecutive steps, "
                     f"steps {fault_step - self.max_steps + 1:.0f} to {fault_step:.0f}")
         elif loss_bad:
             what = "another rank's loss was non-finite"

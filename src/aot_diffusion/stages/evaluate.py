@@ -15,6 +15,15 @@ from . import Run
 from .data import FeatureSpace
 
 
+def _finite(run: Run, df: pd.DataFrame, what: str) -> None:
+    """Every score finite before anything is written (a NaN in a table would pass as a number)."""
+    values = df.select_dtypes("number")
+    if not np.isfinite(values.to_numpy(dtype=float)).all():
+        bad = [c for c in values if not np.isfinite(values[c]).all()]
+        raise FloatingPointError(f"{run.stage.name}: non-finite {what} in columns {bad}: the samples or the "
+                                 f"feature network are broken (check sample.sigma_min and the samples file)")
+
+
 def _score(run: Run, samples_path, csv_path, features_path, name: str) -> None:
     from ..data import load_dataset
     from ..samples import from_uint8
@@ -43,6 +52,7 @@ def _score(run: Run, samples_path, csv_path, features_path, name: str) -> None:
         run.log(f"steps {steps} rho {rho:g} seed {seed}: FD {fd:.3f} [{low:.3f}, {high:.3f}], KID {kid:.4f}; "
                 f"vs held-out: FD {fd_h:.3f} [{fd_h_low:.3f}, {fd_h_high:.3f}]; nearest training image {nn:.3f}")
     df = pd.DataFrame(rows).sort_values(["rho", "steps", "seed"])
+    _finite(run, df, "scores")
     with AtomicPath(features_path, suffix=".npz") as tmp:
         np.savez(tmp, **kept)
     with AtomicPath(csv_path, suffix=".csv") as tmp:
@@ -155,7 +165,9 @@ def hybrid(run: Run) -> None:
                                      fd_heldout_low=h_low, fd_heldout_high=h_high, nn_train_dist=nn))
                     run.log(f"{cond}: {above} above sigma {switch:g}, {below} below, NFE "
                             f"{num_function_evals(steps)}: FD vs held-out {fd_h:.2f} [{h_low:.2f}, {h_high:.2f}]")
+    table = pd.DataFrame(rows)
+    _finite(run, table, "hybrid scores")
     with AtomicPath(run.L.hybrid_samples, suffix=".npz") as tmp:
         np.savez(tmp, **kept)
     with AtomicPath(run.L.hybrid_fd, suffix=".csv") as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False)
+        table.to_csv(tmp, index=False)
