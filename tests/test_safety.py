@@ -337,3 +337,84 @@ def test_a_score_that_is_not_finite_stops_the_stage_before_writing():
     _finite(run, pd.DataFrame(dict(model=["m"], fd=[1.0], kid=[-0.01])), "scores")
     with pytest.raises(FloatingPointError, match=r"fd: non-finite scores in columns \['fd_heldout'\]"):
         _finite(run, pd.DataFrame(dict(model=["m"], fd=[1.0], fd_heldout=[float("nan")])), "scores")
+
+
+MEASURE_LOADERS = textwrap.dedent("""
+    import json, re, sys
+    import torch
+    torch.set_num_threads(1)
+    from aot_diffusion.data import load_dataset
+    from aot_diffusion.edm_pickle import load_edm_pickle
+    from aot_diffusion.guidance.adm import load_dg_classifier
+    from aot_diffusion.training import load_network
+    loaders = dict(edm=load_edm_pickle, network=load_network, dg=load_dg_classifier, dataset=load_dataset)
+
+    def peak_rss_kib():
+        return int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+
+    load_network(sys.argv[1])  # warm-up: first use of the loaders and of the meta device
+    for job in sys.argv[2:]:  # "<loader>:<path>"
+        how, path = job.split(":", 1)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = peak_rss_kib()
+        try:
+            loaders[how](path)
+            outcome = "loaded"
+        except Exception as exc:
+            outcome = f"{type(exc).__name__}: {exc}"
+        print(json.dumps(dict(outcome=outcome, rss_growth_mib=(peak_rss_kib() - before) / 1024)))
+""")
+
+
+def _memo_bomb(path, copies=3000):
+    """An EDM-pickle-shaped file of ~1 MB: one 1 MiB bytes object, memoised, passed to bytearray `copies` times."""
+    out = bytearray(b"\x80\x02")  # PROTO 2
+    out += b"]q\x00("  # EMPTY_LIST, BINPUT 0, MARK
+    out += b"B" + struct.pack("<I", 1 << 20) + b"\x00" * (1 << 20) + b"q\x01"  # BINBYTES 1 MiB, BINPUT 1
+    call = b"cbuiltins\nbytearray\nh\x01\x85R"  # GLOBAL builtins.bytearray, BINGET 1, TUPLE1, REDUCE
+    out += call * copies + b"e."  # APPENDS, STOP
+    path.write_bytes(bytes(out))
+
+
+def test_memory_bombs_are_refused_within_bounded_memory(tmp_path):
+    """The four payloads of issue 23, each refused naming the file, with peak RSS growth under 200 MiB (measured
+    in a subprocess after a warm-up load): a 1 MB EDM pickle copying one memoised 1 MiB string 3000 times
+    (3 GB), a 1 KB .pt calling bytearray(3 GiB) as network.pt and as DG's classifier file, a 2 KB network.pt
+    whose config describes 885 billion weights, and a dataset.npz whose 3 MB member inflates to 1 GiB."""
+    import zipfile
+
+    from aot_diffusion.training import build_network
+
+    good = tmp_path / "good.pt"
+    small = dict(model_type="SongUNet", img_resolution=8, img_channels=1, model_channels=8, channel_mult=[1, 2],
+                 num_blocks=1, attn_resolutions=[])
+    torch.save(dict(network_config=small, ema=build_network(small).state_dict()), good)
+    _memo_bomb(tmp_path / "memo.pkl")
+    assert (tmp_path / "memo.pkl").stat().st_size < 1_200_000
+    torch.save(dict(network_config=small, ema=_Call(bytearray, (3 << 30,))), tmp_path / "bytearray.pt")
+    assert (tmp_path / "bytearray.pt").stat().st_size < 2000
+    huge = dict(small, model_channels=1024, channel_mult=[16, 16, 16, 16], num_blocks=16)
+    torch.save(dict(network_config=huge, ema={}), tmp_path / "config.pt")
+    assert (tmp_path / "config.pt").stat().st_size < 3000
+    with zipfile.ZipFile(tmp_path / "bomb.npz", "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("train_images.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(f, dict(descr="|u1", fortran_order=False, shape=(1 << 30,)))
+            chunk = b"\x00" * (1 << 24)
+            for _ in range(64):
+                f.write(chunk)
+    assert (tmp_path / "bomb.npz").stat().st_size < 5_000_000
+    jobs = {"memo": ("edm", "memo.pkl", "copy more bytes than the file could hold"),
+            "bytearray_network": ("network", "bytearray.pt", "builds a bytearray"),
+            "bytearray_dg": ("dg", "bytearray.pt", "builds a bytearray"),
+            "config": ("network", "config.pt", "over the 500,000,000"),
+            "zip": ("dataset", "bomb.npz", "zip bomb")}
+    out = subprocess.run([sys.executable, "-c", MEASURE_LOADERS, str(good),
+                          *[f"{how}:{tmp_path / f}" for how, f, _ in jobs.values()]],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = dict(zip(jobs, map(json.loads, out.stdout.strip().splitlines()[-len(jobs):])))
+    for name, (_, f, match) in jobs.items():
+        m = results[name]
+        assert match in m["outcome"] and f in m["outcome"], (name, m)
+        assert m["rss_growth_mib"] < 200, (name, m)

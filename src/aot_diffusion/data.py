@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .safe_pickle import safe_np_load
 from .utils import AtomicPath
 
 __all__ = ["prepare_dataset", "load_dataset", "check_dataset", "DatasetError"]
@@ -105,7 +106,7 @@ def load_dataset(path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"dataset {path} not found: run the prepare_data stage first")
     try:
-        with np.load(path, allow_pickle=False) as d:
+        with safe_np_load(path) as d:
             arrays = {k: d[k] for k in d.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
         raise DatasetError(f"dataset {path} is unreadable ({type(exc).__name__}: {exc}); it may be truncated "

@@ -28,7 +28,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["RestrictedUnpickler", "restricted_load", "latin1_encode", "python3_name", "numpy_globals",
+__all__ = ["RestrictedUnpickler", "restricted_load", "safe_torch_load", "safe_np_load", "latin1_encode", "python3_name", "numpy_globals",
            "container_globals", "BASIC_GLOBALS"]
 
 
@@ -129,13 +129,32 @@ BASIC_GLOBALS: dict[tuple[str, str], Any] = {("_codecs", "encode"): latin1_encod
                                              **container_globals()}
 
 
+_COPYING = (_bytearray, latin1_encode)  # allow-listed callables that copy bytes: their output is budgeted
+
+
 class RestrictedUnpickler(pickle.Unpickler):
-    """``pickle.Unpickler`` that resolves only the globals in ``allowed`` ((module, name) -> object)."""
+    """``pickle.Unpickler`` that resolves only the globals in ``allowed`` ((module, name) -> object).
+
+    ``copy_budget``: the bytes that the copying callables (``bytearray``, latin-1 ``_codecs.encode``) may
+    produce in all; one memoised 1 MiB string passed to ``bytearray`` a thousand times is a gigabyte."""
 
     def __init__(self, file, allowed: Mapping[tuple[str, str], Any], *, source: str = "pickle",
-                 kind: str = "this kind of file", **kwargs):
+                 kind: str = "this kind of file", copy_budget: int | None = None, **kwargs):
         super().__init__(file, **kwargs)
         self._allowed, self._source, self._kind = allowed, source, kind
+        self._left = copy_budget
+
+    def _budgeted(self, fn):
+        def call(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            if self._left is not None:
+                self._left -= len(out)
+                if self._left < 0:
+                    raise pickle.UnpicklingError(
+                        f"refusing {self._source}: its {fn.__name__.strip('_')} calls copy more bytes than the file "
+                        f"could hold (repeated references to one object?)")
+            return out
+        return call
 
     def find_class(self, module, name):
         target = self._allowed.get(python3_name(module, name))
@@ -143,7 +162,7 @@ class RestrictedUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(
                 f"refusing to load global '{module}.{name}' from {self._source}: it is not on the allow-list "
                 f"for {self._kind}; the file may contain code")
-        return target
+        return self._budgeted(target) if target in _COPYING else target
 
     def persistent_load(self, pid):
         raise pickle.UnpicklingError(f"refusing persistent id {pid!r} in {self._source}: {self._kind} have none "
@@ -191,4 +210,71 @@ def restricted_load(file, allowed: Mapping[tuple[str, str], Any], *, source: str
     if size > max_bytes:
         raise pickle.UnpicklingError(f"{source} is {size:,} bytes, over the {max_bytes:,}-byte limit for {kind}")
     _count_opcodes(file, max_objects, source)
-    return RestrictedUnpickler(file, allowed, source=source, kind=kind, encoding=encoding).load()
+    return RestrictedUnpickler(file, allowed, source=source, kind=kind, encoding=encoding,
+                               copy_budget=2 * size + (1 << 20)).load()
+
+
+# ---------------------------------------------------------------------------------------------- .pt and .npz
+
+MAX_RATIO = 50          # a zip member may decompress to at most this many times its stored size (zip bombs)
+MAX_MEMBER = 16 << 30   # and to at most 16 GiB in any case
+
+
+def _check_zip(path, kind: str):
+    """The members of a zip file (torch.save, np.savez): no member may inflate far beyond its stored size."""
+    import zipfile
+
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ValueError(f"{path} is not a readable {kind} ({exc})") from None
+    for info in zf.infolist():
+        if info.file_size > MAX_MEMBER or info.file_size > MAX_RATIO * info.compress_size + (1 << 20):
+            zf.close()
+            raise ValueError(f"refusing {path}: member {info.filename!r} would inflate from {info.compress_size:,} "
+                             f"to {info.file_size:,} bytes (a zip bomb, not a {kind})")
+    return zf
+
+
+def safe_torch_load(path, map_location="cpu"):
+    """``torch.load(weights_only=True)`` of a file this project wrote, bounded first: no member inflates
+    beyond :data:`MAX_RATIO` x its stored size, at most ``max_objects`` opcodes, and no ``bytearray`` (torch's
+    weights-only allow-list has it; ``bytearray(3 << 30)`` allocates 3 GiB from a number). Our files hold
+    tensors, numbers, strings and containers only."""
+    import torch
+
+    with _check_zip(path, "torch.save file") as zf:
+        pkl = [n for n in zf.namelist() if n.endswith("data.pkl")]
+        if len(pkl) != 1:
+            raise ValueError(f"{path} is not a torch.save file (no single data.pkl)")
+        data = zf.read(pkl[0])
+    _count_opcodes(io.BytesIO(data), 1_000_000, str(path))
+    for _, arg, _ in pickletools.genops(data):  # GLOBAL's "builtins bytearray", or STACK_GLOBAL's pushed names
+        if isinstance(arg, str) and (arg == "bytearray" or arg.endswith(" bytearray")):
+            raise pickle.UnpicklingError(f"refusing {path}: it builds a bytearray, which allocates from a number; "
+                                         f"files of this project hold tensors and plain values only")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def safe_np_load(path):
+    """``np.load`` of an .npz this project wrote (no pickles), each member's declared array checked before any
+    data is read: no zip bomb (:func:`_check_zip`), and no header declaring more bytes than the member holds."""
+    import zipfile
+
+    with _check_zip(path, ".npz file") as zf:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with zf.open(info) as f:
+                try:
+                    version = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                        np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(f)
+                except ValueError as exc:
+                    raise ValueError(f"{path}: member {info.filename!r} is not an array ({exc})") from None
+            declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+            if dtype.hasobject or declared > info.file_size:
+                raise ValueError(f"refusing {path}: member {info.filename!r} declares {shape} {dtype} "
+                                 f"({declared:,} bytes) but holds {info.file_size:,}")
+    return np.load(path, allow_pickle=False)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .safe_pickle import safe_np_load
 from .layout import parse_sample_key, sample_key
 from .utils import AtomicPath
 
@@ -43,7 +44,7 @@ def read_sweep(path):
     if not path.exists():
         raise FileNotFoundError(f"samples file {path} not found: run its sampling stage first")
     try:
-        with np.load(path) as f:
+        with safe_np_load(path) as f:
             for key in f.files:
                 if key.startswith("grad_evals/"):
                     continue

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .safe_pickle import safe_torch_load
 from .utils import AtomicPath
 
 __all__ = ["resume_state", "save_checkpoint", "read_loss_log", "NumericWatch", "NonFiniteTrainingError"]
@@ -68,7 +69,7 @@ def resume_state(checkpoint: Path, loss_log: Path, *, fingerprint: str, data_fin
         if not path.exists():
             continue
         try:
-            state = torch.load(path, map_location=device, weights_only=True)
+            state = safe_torch_load(path, map_location=device)
             step = int(state["step"])
             missing = {"net", "ema", "optimizer"} - set(state)
             if missing:

@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 
 from . import aot
+from .safe_pickle import safe_torch_load
 from .loss import EDMLoss
 from .networks import build_network
 from .train_state import NonFiniteTrainingError, NumericWatch, data_fingerprint, resume_state, save_checkpoint
@@ -265,9 +266,23 @@ def _ema_beta(cfg: TrainConfig, cur_nimg: int) -> float:
     return 0.5 ** (cfg.batch_size / max(halflife, 1e-8))
 
 
+# A network file's config is built on the meta device first (no memory) and refused above this many weights:
+# 500M float32 weights are 2 GB, ~9x EDM's largest CIFAR-10 network (NCSN++, 56M).
+MAX_PARAMETERS = 500_000_000
+
+
 def load_network(path, map_location="cpu") -> torch.nn.Module:
-    """Load a network written by ``train`` (EMA weights and the config that builds it); runs no code."""
-    blob = torch.load(path, map_location=map_location, weights_only=True)
+    """Load a network written by ``train`` (EMA weights and the config that builds it); runs no code, and
+    builds nothing larger than :data:`MAX_PARAMETERS` weights (a 2 KB file may name a huge architecture)."""
+    blob = safe_torch_load(path, map_location=map_location)
+    try:
+        with torch.device("meta"):
+            count = sum(p.numel() for p in build_network(blob["network_config"]).parameters())
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: its network_config can't build a network ({exc})") from None
+    if count > MAX_PARAMETERS:
+        raise ValueError(f"refusing {path}: its network_config builds {count:,} weights, over the "
+                         f"{MAX_PARAMETERS:,} this pipeline allows (the file is corrupt or not ours)")
     net = build_network(blob["network_config"])
     net.load_state_dict(blob["ema"])
     return net.eval().requires_grad_(False)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..safe_pickle import safe_torch_load
 from ._inputs import check_class_labels, check_images, sigma_vector
 from .vp import vp_input
 
@@ -249,7 +250,7 @@ DG_CLASSIFIER_URL = "https://github.com/alsdudrla10/DG"
 
 def _read_state_dict(path_or_state_dict) -> dict:
     if isinstance(path_or_state_dict, (str, os.PathLike)):
-        state = torch.load(path_or_state_dict, map_location="cpu", weights_only=True)
+        state = safe_torch_load(path_or_state_dict)
     else:
         state = path_or_state_dict
     if not isinstance(state, Mapping):
@@ -312,7 +313,7 @@ def load_dg_classifier(path, device="cpu") -> ADMEncoderUNet:
             f"DG's ADM classifier {str(path)!r} not found. DG publishes it as \"32x32_classifier.pt\" "
             f"(download link in the README of the DG GitHub repository, alsdudrla10/DG: {DG_CLASSIFIER_URL}); "
             f"put the file at the path given by the 'guidance.adm_classifier' parameter.")
-    state = _read_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    state = _read_state_dict(safe_torch_load(path))
     with torch.device("meta"):  # shapes only, no memory
         expected = adm_config_summary(ADMEncoderUNet(**ADM_CLASSIFIER_32).state_dict())
     found = adm_config_summary(state)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..safe_pickle import safe_torch_load
 from ..networks import Conv2d, GroupNorm, Linear, PositionalEmbedding, UNetBlock
 from ..utils import atomic_save
 from ._inputs import check_class_labels, check_images, sigma_vector
@@ -134,7 +135,7 @@ def load_discriminator(path, device="cpu", *, encoder_path=None) -> nn.Module:
 
     ``encoder_path`` overrides the encoder path stored in the file (the encoder is loaded strictly).
     """
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = safe_torch_load(path)
     if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
         raise ValueError(f"{path} is not a discriminator written by save_discriminator")
     if blob["kind"] == "cnn":

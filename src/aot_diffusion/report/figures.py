@@ -17,6 +17,7 @@ from ..sampling import num_function_evals  # noqa: E402
 from ..samples import read_sweep  # noqa: E402
 from ..utils import AtomicPath  # noqa: E402
 from ..params import guidance_settings, model_instances, split_instance  # noqa: E402
+from ..safe_pickle import safe_np_load  # noqa: E402
 from .tables import ci_label, first, grid_only, metric_label  # noqa: E402
 
 
@@ -248,7 +249,7 @@ def write_figures(p, L, log=print):
     t1 = table1(p, L, floor)
     t1 = t1[t1["rho"].notna()]
     fd = t1[t1["train_seed"] == ("mean" if len(p["train"]["seeds"]) > 1 else p["train"]["seeds"][0])]
-    curv = {m: dict(np.load(L.curvature(first(p, m)))) for m in p["models"]}  # the first training seed's
+    curv = {m: dict(safe_np_load(L.curvature(first(p, m)))) for m in p["models"]}  # the first training seed's
     fd_vs_nfe(p, fd, floor, L.figure("fd_vs_nfe"))
     heatmap(p, fd, L.figure("rho_steps_heatmap"))
     curvature_plot(p, curv, L.figure("curvature_vs_sigma"))

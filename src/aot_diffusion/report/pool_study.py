@@ -15,6 +15,7 @@ import json
 import numpy as np
 import pandas as pd
 
+from ..safe_pickle import safe_np_load
 from ..layout import sample_key
 from ..metrics import fd as fdm
 from ..utils import AtomicPath, atomic_write_text
@@ -36,15 +37,15 @@ def _training(L, variant, batch_size) -> dict:
 
 
 def study_table(p, L) -> pd.DataFrame:
-    ref = np.load(L.fd_reference)
+    ref = safe_np_load(L.fd_reference)
     stats, f, seed = (ref["mu"], ref["sigma"]), p["fd"], p["sample"]["seeds"][0]
     base = _baseline(p)
-    base_feats = np.load(L.features(base)) if base else None
+    base_feats = safe_np_load(L.features(base)) if base else None
     rows = []
     for name, v in p["pool_study"]["variants"].items():
         row = dict(variant=name, pairing=v["pairing"], pool_size=v["pool_size"],
                    knn_k=p["train"]["knn_k"] if v["pairing"] == "knn" else np.nan)
-        feats = np.load(L.features(name))
+        feats = safe_np_load(L.features(name))
         for _, r in _summary(pd.read_csv(L.fd(name)), p["fd"]["ci_level"]).iterrows():
             nfe = int(r["nfe"])
             row.update({f"fd_nfe{nfe}": r["fd"], f"fd_nfe{nfe}_low": r["fd_low"], f"fd_nfe{nfe}_high": r["fd_high"]})

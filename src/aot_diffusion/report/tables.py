@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
+from ..safe_pickle import safe_np_load
 from ..layout import sample_key
 from ..metrics import fd as fdm
 from ..params import guidance_settings, instance_key, model_instances
@@ -143,13 +144,13 @@ def paired_differences(p, L) -> pd.DataFrame:
     its t-interval over the seeds (train_seed 'mean')."""
     from ..stages.evaluate import pairs
 
-    ref = np.load(L.fd_reference)
+    ref = safe_np_load(L.fd_reference)
     stats, f, rows = (ref["mu_heldout"], ref["sigma_heldout"]), p["fd"], []
     seed = p["sample"]["seeds"][0]
     for pair, (edm, aot) in pairs(p).items():
         for train_seed in p["train"]["seeds"]:
-            fe = np.load(L.features(instance_key(edm, train_seed)))
-            fa = np.load(L.features(instance_key(aot, train_seed)))
+            fe = safe_np_load(L.features(instance_key(edm, train_seed)))
+            fa = safe_np_load(L.features(instance_key(aot, train_seed)))
             for rho in p["sample"]["rho"]:
                 for steps in p["sample"]["steps"]:
                     key = sample_key(steps, rho, seed)
@@ -171,7 +172,7 @@ def table2(p, L) -> pd.DataFrame:
     unguided and guided FD against held-out statistics and the gain (unguided minus guided) on the same
     latents (first sampling seed) with its paired interval; the discriminator's held-out (test) accuracy."""
     g, level = p["guidance"], p["fd"]["ci_level"]
-    ref = np.load(L.fd_reference)
+    ref = safe_np_load(L.fd_reference)
     stats, seed = (ref["mu_heldout"], ref["sigma_heldout"]), p["sample"]["seeds"][0]
     rows = []
     for disc, dspec in g["discriminators"].items():
@@ -181,7 +182,7 @@ def table2(p, L) -> pd.DataFrame:
         m = json.loads(L.discriminator_metrics(disc).read_text())
         held = m["heldout"]
         plain, guided = _summary(pd.read_csv(L.fd(model)), level), _summary(pd.read_csv(L.guided_fd(disc)), level)
-        fp, fg = np.load(L.features(model)), np.load(L.guided_features(disc))
+        fp, fg = safe_np_load(L.features(model)), safe_np_load(L.guided_features(disc))
         for steps, rho in guidance_settings(p, cond):
             r = guided[(guided["rho"] == rho) & (guided["steps"] == steps)].iloc[0]
             u = plain[(plain["rho"] == rho) & (plain["steps"] == steps)].iloc[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..safe_pickle import safe_torch_load
 from ..data import load_dataset, prepare_dataset
 from ..metrics import fd as fdm
 from . import Run
@@ -64,7 +65,7 @@ class FeatureSpace:
     """Features of images for the FD: the trained classifier's, or Inception's (cifar10)."""
 
     def __init__(self, run: Run):
-        blob = torch.load(run.L.feature_network, map_location="cpu", weights_only=True)
+        blob = safe_torch_load(run.L.feature_network)
         self.kind, self.device, self.batch = blob["kind"], run.device, run.p["fd"]["feature_batch"]
         if self.kind == "classifier":
             from ..metrics.features import FeatureClassifier

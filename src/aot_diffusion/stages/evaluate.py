@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..safe_pickle import safe_np_load
 from ..layout import sample_key
 from ..metrics import fd as fdm
 from ..sampling import num_function_evals
@@ -28,7 +29,7 @@ def _score(run: Run, samples_path, csv_path, features_path, name: str) -> None:
     from ..data import load_dataset
     from ..samples import from_uint8
 
-    ref = np.load(run.L.fd_reference)
+    ref = safe_np_load(run.L.fd_reference)
     stats, ref_feats = (ref["mu"], ref["sigma"]), ref["ref_features"]
     held_stats = (ref["mu_heldout"], ref["sigma_heldout"])
     train_images = load_dataset(run.L.dataset)["train_images"]
@@ -129,7 +130,7 @@ def hybrid(run: Run) -> None:
     from .sample import image_shape, load_denoiser
 
     h, s, f = run.p["hybrid"], run.p["sample"], run.p["fd"]
-    ref = np.load(run.L.fd_reference)
+    ref = safe_np_load(run.L.fd_reference)
     stats, held_stats = (ref["mu"], ref["sigma"]), (ref["mu_heldout"], ref["sigma_heldout"])
     train_images = load_dataset(run.L.dataset)["train_images"]
     feats, rows, kept = FeatureSpace(run), [], {}

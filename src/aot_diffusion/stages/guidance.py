@@ -8,6 +8,7 @@ import math
 import numpy as np
 import torch
 
+from ..safe_pickle import safe_torch_load, safe_np_load
 from ..data import load_dataset
 from ..params import guidance_settings
 from .. import guidance as dg
@@ -49,7 +50,7 @@ def train_encoder(run: Run) -> None:
 
 
 def _load_encoder(run: Run):
-    blob = torch.load(run.L.encoder, map_location="cpu", weights_only=True)
+    blob = safe_torch_load(run.L.encoder)
     encoder = dg.ADMEncoderUNet(**blob["config"])
     encoder.load_state_dict(blob["state"])
     return encoder.to(run.device).eval().requires_grad_(False)
@@ -81,7 +82,7 @@ def train_discriminator(run: Run) -> None:
 
     g, spec = run.p["guidance"], run.disc_spec(run.key)
     d = load_dataset(run.L.dataset)
-    with np.load(run.L.fakes(run.trained(spec["model"]))) as f:
+    with safe_np_load(run.L.fakes(run.trained(spec["model"]))) as f:
         fakes, fake_ids, conditional = _as_stored(f["images"]), torch.as_tensor(f["labels"]), bool(f["conditional"])
     n_hold = max(int(len(fakes) * g["heldout_fraction"]), 2)
     real, real_ids = _as_stored(d["train_images"]), torch.as_tensor(d["train_labels"])
