@@ -257,3 +257,19 @@ def test_pool_study_table_gains_ratio_and_figure(fixture_run, monkeypatch):
     md = L.study_table("md").read_text()
     assert "floor at the same N: 0.10" in md and all(f"| {n} |" in md for n in variants)
     assert set(json.loads(L.study_metrics.read_text())) == {f"{n}.fd_nfe{k}" for n in variants for k in (3, 5)}
+
+
+def test_grid_command_exports_a_full_square_as_png_and_pdf(fixture_run, monkeypatch, capsys):
+    from aot_diffusion.cli import main
+    from aot_diffusion.params import write_params
+
+    p, L = fixture_run
+    monkeypatch.chdir(L.root)
+    write_params(p, "params.yaml")
+    main(["grid", "--model", "aot_uncond_s0", "--steps", "2", "--rho", "7", "--count", "50"])
+    png, pdf = (L.sample_grid("aot_uncond_s0", 2, 7, 0, ext) for ext in ("png", "pdf"))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and pdf.read_bytes()[:5] == b"%PDF-"
+    assert f"figures/smoke/grids/{png.name}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as err:  # a setting that was not sampled: named, with what there is
+        main(["grid", "--model", "aot_uncond_s0", "--steps", "9", "--rho", "7"])
+    assert err.value.code == 2 and "no setting steps 9 rho 7 seed 0; it has steps 2 rho 7" in capsys.readouterr().err

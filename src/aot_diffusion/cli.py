@@ -35,6 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override (YAML value)")
     sp.add_argument("--check", action="store_true", help="only validate the existing params.yaml")
     sub.add_parser("dvc-yaml", help="regenerate dvc.yaml (and the pool-size study's) from the stage table")
+    sp = sub.add_parser("grid", help="export a sample grid (PNG and PDF) of one model's sampled setting")
+    sp.add_argument("--params", default="params.yaml", help="the effective parameter file")
+    sp.add_argument("--model", required=True, help="a trained model, <model>_s<seed> (e.g. aot_uncond_s0)")
+    sp.add_argument("--steps", type=int, required=True, help="Heun steps of a sampled setting")
+    sp.add_argument("--rho", type=float, required=True, help="rho of a sampled setting")
+    sp.add_argument("--seed", type=int, default=None, help="sampling seed (default: the first)")
+    sp.add_argument("--count", type=int, default=100, help="images in the grid (the largest square that fits)")
     return ap
 
 
@@ -91,6 +98,11 @@ def main(argv=None) -> None:
             return _params_command(args)
         if args.command == "dvc-yaml":
             return _dvc_yaml_command()
+        if args.command == "grid":
+            from .report.figures import export_grid
+
+            return print("wrote " + ", ".join(map(str, export_grid(args.params, args.model, args.steps, args.rho,
+                                                                   args.seed, args.count))))
         import importlib
 
         from .stages import Run

@@ -152,6 +152,9 @@ class Layout:
     def figure(self, name):
         return self.figures / f"{name}.png"
 
+    def sample_grid(self, model, steps, rho, seed, ext="png"):  # `aot-diffusion grid` (not a stage output)
+        return self.figures / "grids" / f"{model}_{sample_key(steps, rho, seed)}.{ext}"
+
     # the pool-size study's report (Layout(...).pool_study)
     def study_table(self, ext="csv"):
         return self.model_results / f"pool_size_study.{ext}"

@@ -263,3 +263,30 @@ def write_figures(p, L, log=print):
     loss_curves(p, L, L.figure("loss_curves"))
     teaser(p, curv, L.figure("teaser_denoiser_strip"))
     log(f"wrote {len(list(L.figures.glob('*.png')))} figures to {L.figures}")
+
+
+def export_grid(params_path, model: str, steps: int, rho: float, seed=None, count: int = 100) -> list:
+    """``aot-diffusion grid``: a square grid of one sampled setting of a trained model, as PNG and PDF."""
+    from ..layout import Layout
+    from ..params import load_params
+
+    p = load_params(params_path)
+    L = Layout(p["profile"])
+    seed = p["sample"]["seeds"][0] if seed is None else seed
+    found = {(st, r, sd): im for st, r, sd, im, _ in read_sweep(L.samples(model))}
+    if (steps, float(rho), seed) not in found:
+        raise FileNotFoundError(f"{L.samples(model)} has no setting steps {steps} rho {rho:g} seed {seed}; it has "
+                       + ", ".join(f"steps {st} rho {r:g} seed {sd}" for st, r, sd in sorted(found)))
+    images = found[(steps, float(rho), seed)]
+    side = int(np.sqrt(min(count, len(images))))  # a full square: no ragged last row
+    fig, axes = _figure(w=0.35 * side + 0.6, h=0.35 * side + 0.8)
+    ax = axes[0][0]
+    ax.imshow(_grid(images[:side * side], side), cmap="gray", vmin=0, vmax=1)
+    ax.set_title(f"{model}: NFE {num_function_evals(steps)}, rho {rho:g}, seed {seed} ({p['profile']})", fontsize=8)
+    ax.axis("off")
+    paths = [L.sample_grid(model, steps, rho, seed, ext) for ext in ("png", "pdf")]
+    for path in paths:
+        with AtomicPath(path, suffix=path.suffix) as tmp:
+            fig.savefig(tmp, dpi=150, format=path.suffix[1:])
+    plt.close(fig)
+    return paths
