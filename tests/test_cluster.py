@@ -72,6 +72,7 @@ def test_preflight_passes_what_fits_and_refuses_a_request_larger_than_its_partit
         cluster.preflight({"fd@x": dict(runtime=60, slurm_partition="debug")}, parts)
 
 
+@pytest.mark.slow
 def test_training_resubmitted_at_its_time_limit_by_the_rule_retries_ends_in_the_same_bytes(tmp_path):
     """Smoke, every job with no time left (AOT_DIFFUSION_DEADLINE = now): the training job stops at its first
     checkpoint with exit 75, Snakemake's retries (resources.train.resubmits) start it again, it resumes and
