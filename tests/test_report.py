@@ -8,9 +8,8 @@ import pandas as pd
 import pytest
 
 from aot_diffusion.layout import Layout, sample_key
-from aot_diffusion.params import compose, guidance_settings, model_instances
+from aot_diffusion.params import compose, edm_aot_pairs, guidance_settings, model_instances
 from aot_diffusion.report import figures, tables
-from aot_diffusion.stages.evaluate import pairs
 from aot_diffusion.samples import write_sweep
 from aot_diffusion.utils import atomic_write_text
 
@@ -76,7 +75,7 @@ def fixture_run(tmp_path_factory):
         pd.DataFrame(dict(step=[2, 4, 6], loss=[0.7, 0.6, 0.5], val_bce=[0.69, 0.6, 0.65],
                           best=[False, True, False])).to_csv(L.discriminator_curve(disc), index=False)
     hyb = []
-    for pair, (edm, aot) in pairs(p).items():
+    for pair, (edm, aot) in edm_aot_pairs(p).items():
         for above in ("aot", "edm"):
             for switch in p["hybrid"]["switch_sigmas"]:
                 for steps in p["hybrid"]["steps"]:
@@ -172,7 +171,7 @@ def test_figures_have_their_content(fixture_run, monkeypatch):
     discs = len(p["guidance"]["discriminators"])
     assert drawn["dg_learning_curves"]["lines"] == 3 * discs + 2  # held-out, training, kept step; chance per panel
     # hybrid: per pair, NFE and order one line from pure to pure through the switch points
-    assert drawn["hybrid_switch"]["lines"] == len(pairs(p)) * len(p["hybrid"]["steps"]) * 2
+    assert drawn["hybrid_switch"]["lines"] == len(edm_aot_pairs(p)) * len(p["hybrid"]["steps"]) * 2
     assert all(L.figure(name).exists() for name in drawn)
 
 

@@ -29,7 +29,7 @@ import yaml
 
 __all__ = ["ParamError", "UndeclaredParam", "PROFILES", "SCHEMA", "NAME_PATTERN", "load_yaml", "load_params",
            "validate", "compose", "resolve", "flatten", "write_params", "select", "StageParams", "digest",
-           "guidance_settings", "instance_key", "split_instance", "model_instances"]
+           "guidance_settings", "edm_aot_pairs", "instance_key", "split_instance", "model_instances"]
 
 PROFILES = ("digits", "smoke", "cifar10")
 CONF_DIR = "conf"
@@ -485,6 +485,18 @@ def guidance_settings(p: Mapping, conditional: bool) -> list[tuple[int, float]]:
     paper = g["paper_setting_cond" if conditional else "paper_setting_uncond"]
     if (int(paper["steps"]), float(paper["rho"])) not in out:
         out.append((int(paper["steps"]), float(paper["rho"])))
+    return out
+
+
+def edm_aot_pairs(p: Mapping) -> dict:
+    """{"uncond"/"cond": (EDM model, AOT model)}: the first `models` entry of each kind per conditioning, the
+    pairs that EDM-minus-AOT differences and the hybrid samplers compare."""
+    out = {}
+    for cond in (False, True):
+        edm = [m for m, s in p["models"].items() if s["conditional"] == cond and not s["aot"]]
+        aot = [m for m, s in p["models"].items() if s["conditional"] == cond and s["aot"]]
+        if edm and aot:
+            out["cond" if cond else "uncond"] = (edm[0], aot[0])
     return out
 
 

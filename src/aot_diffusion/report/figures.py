@@ -103,6 +103,15 @@ def truncation_plot(p, curv: dict, path):
     _save(fig, path)
 
 
+def _finish(fig, axes, title, path):
+    """Grid and legend on every panel, the figure's title, and save."""
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle(title, fontsize=9)
+    _save(fig, path)
+
+
 def guidance_plot(p, L, path):
     """FD against held-out statistics, unguided vs guided, at each setting where guidance is evaluated."""
     g = p["guidance"]
@@ -121,11 +130,8 @@ def guidance_plot(p, L, path):
         ax.set_xticks(x, [f"NFE {num_function_evals(st)}\nrho {r:g}" for st, r in settings])
         ax.set(title=f"{'conditional' if cond else 'unconditional'}: DG", ylabel=f"{metric_label(p)}, held-out stats")
         ax.set_xlim(-0.5, len(settings) - 0.5)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-    fig.suptitle(f"Discriminator Guidance ({p['profile']} profile; lines join settings for legibility only)",
-                 fontsize=9)
-    _save(fig, path)
+    _finish(fig, axes, f"Discriminator Guidance ({p['profile']} profile; lines join settings for legibility only)",
+            path)
 
 
 def discriminator_curves(p, L, path):
@@ -144,11 +150,8 @@ def discriminator_curves(p, L, path):
             ax.plot(best["step"], best["val_bce"], "k*", ms=7)
         ax.axhline(np.log(2), color="k", ls=":", lw=1, label="chance (ln 2)")
         ax.set(title=f"{'conditional' if cond else 'unconditional'} discriminators", xlabel="step", ylabel="BCE")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-    fig.suptitle(f"Discriminator learning curves ({p['profile']} profile; faint: training, *: kept weights)",
-                 fontsize=9)
-    _save(fig, path)
+    _finish(fig, axes, f"Discriminator learning curves ({p['profile']} profile; faint: training, *: kept weights)",
+            path)
 
 
 def hybrid_plot(p, L, path):
@@ -178,10 +181,7 @@ def hybrid_plot(p, L, path):
         ax.set_xticks(xs, ["0", *[f"{s:g}" for s in switches], "inf"])
         ax.set(xlabel="switch sigma", ylabel=f"{metric_label(p)}, held-out stats", yscale="log",
                title=f"{pair}: solid from pure AOT (0) to pure EDM (inf)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-    fig.suptitle(f"Hybrid samplers ({p['profile']} profile, rho {p['hybrid']['rho']:g})", fontsize=9)
-    _save(fig, path)
+    _finish(fig, axes, f"Hybrid samplers ({p['profile']} profile, rho {p['hybrid']['rho']:g})", path)
 
 
 def _grid(images, ncol):

@@ -12,7 +12,7 @@ import scipy.stats
 from ..safe_pickle import safe_np_load
 from ..layout import sample_key
 from ..metrics import fd as fdm
-from ..params import guidance_settings, instance_key, model_instances
+from ..params import edm_aot_pairs, guidance_settings, instance_key, model_instances
 from ..sampling import num_function_evals
 from ..utils import AtomicPath, atomic_write_text
 
@@ -142,12 +142,10 @@ def paired_differences(p, L) -> pd.DataFrame:
     """EDM minus AOT FD (against held-out statistics) at every setting, per training seed from the same latents
     (first sampling seed) with a paired bootstrap; with several training seeds also the mean over seeds with
     its t-interval over the seeds (train_seed 'mean')."""
-    from ..stages.evaluate import pairs
-
     ref = safe_np_load(L.fd_reference)
     stats, f, rows = (ref["mu_heldout"], ref["sigma_heldout"]), p["fd"], []
     seed = p["sample"]["seeds"][0]
-    for pair, (edm, aot) in pairs(p).items():
+    for pair, (edm, aot) in edm_aot_pairs(p).items():
         for train_seed in p["train"]["seeds"]:
             fe = safe_np_load(L.features(instance_key(edm, train_seed)))
             fa = safe_np_load(L.features(instance_key(aot, train_seed)))
@@ -205,14 +203,12 @@ def table2(p, L) -> pd.DataFrame:
 def hybrid_table(p, L) -> pd.DataFrame:
     """FD of the hybrid samplers (stage hybrid) beside the pure models at the same setting and latents (the
     first sampling seed's rows of the sweep): switch_sigma 'pure' is one model all the way."""
-    from ..stages.evaluate import pairs
-
     h, seed = p["hybrid"], p["sample"]["seeds"][0]
     cols = ["pair", "above", "below", "switch_sigma", "nfe", "fd_heldout", "fd_heldout_low", "fd_heldout_high",
             "fd", "nn_train_dist"]
     hyb = pd.read_csv(L.hybrid_fd)
     rows = []
-    for cond, models in pairs(p).items():
+    for cond, models in edm_aot_pairs(p).items():
         for kind, model in zip(("edm", "aot"), (first(p, m) for m in models)):
             df = pd.read_csv(L.fd(model))
             for steps in h["steps"]:

@@ -9,6 +9,7 @@ import torch
 from ..safe_pickle import safe_np_load
 from ..layout import sample_key
 from ..metrics import fd as fdm
+from ..params import edm_aot_pairs
 from ..sampling import num_function_evals
 from ..samples import read_sweep
 from ..utils import AtomicPath
@@ -108,18 +109,6 @@ def curvature(run: Run) -> None:
     run.log(f"mean curvature {metrics['curvature_mean']:.4f}")
 
 
-def pairs(p) -> dict:
-    """{"uncond"/"cond": (EDM model, AOT model)}: the first of each kind per conditioning (as the tables pair
-    them); names of `models` entries."""
-    out = {}
-    for cond in (False, True):
-        edm = [m for m, s in p["models"].items() if s["conditional"] == cond and not s["aot"]]
-        aot = [m for m, s in p["models"].items() if s["conditional"] == cond and s["aot"]]
-        if edm and aot:
-            out["cond" if cond else "uncond"] = (edm[0], aot[0])
-    return out
-
-
 def hybrid(run: Run) -> None:
     """Where along sigma AOT helps and hurts: sample with AOT's denoiser above sigma_s and EDM's below (and the
     reverse), from the main sweep's latents (first sampling seed), scored as the rest; pure models are the
@@ -135,7 +124,7 @@ def hybrid(run: Run) -> None:
     train_images = load_dataset(run.L.dataset)["train_images"]
     feats, rows, kept = FeatureSpace(run), [], {}
     seed = s["seeds"][0]
-    for cond, models in pairs(run.p).items():
+    for cond, models in edm_aot_pairs(run.p).items():
         edm_name, aot_name = (run.trained(m) for m in models)
         edm_net, edm = load_denoiser(run.L.network(edm_name), run.device)
         _, aot = load_denoiser(run.L.network(aot_name), run.device)
