@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override (YAML value)")
     sp.add_argument("--check", action="store_true", help="only validate the existing params.yaml")
     sub.add_parser("dvc-yaml", help="regenerate dvc.yaml (and the pool-size study's) from the stage table")
+    sp = sub.add_parser("rehearsal-inputs", help="write the rehearsal's stand-in inputs (CIFAR-10-format tarball, DG "
+                                                 "classifier file, EDM network pickle) where its parameters name them")
+    sp.add_argument("--released-pickle", default="data/rehearsal/network.pkl",
+                    help="where to write the EDM network pickle for the `released` target")
     sp = sub.add_parser("grid", help="export a sample grid (PNG and PDF) of one model's sampled setting")
     sp.add_argument("--params", default="params.yaml", help="the effective parameter file")
     sp.add_argument("--model", required=True, help="a trained model, <model>_s<seed> (e.g. aot_uncond_s0)")
@@ -98,6 +102,12 @@ def main(argv=None) -> None:
             return _params_command(args)
         if args.command == "dvc-yaml":
             return _dvc_yaml_command()
+        if args.command == "rehearsal-inputs":
+            from .params import compose
+            from .rehearsal import write_inputs
+
+            written = write_inputs(compose("rehearsal"), released_pickle=args.released_pickle)
+            return print("\n".join(f"wrote {what}: {path}" for what, path in written.items()))
         if args.command == "grid":
             from .report.figures import export_grid
 

@@ -39,11 +39,11 @@ def _digits(test_fraction: float, seed: int):
 def _cifar10(params):
     from . import cifar10
 
-    path = Path(params["data"]["cifar10_tarball"])
-    cifar10.ensure_cifar10(path, download=params["data"].get("cifar10_download", False))
+    path, md5 = Path(params["data"]["cifar10_tarball"]), params["data"]["cifar10_md5"]
+    cifar10.ensure_cifar10(path, download=params["data"]["cifar10_download"], expected_md5=md5)
     out = []
     for split in ("train", "test"):
-        images, labels = cifar10.load_cifar10(path, split=split)
+        images, labels = cifar10.load_cifar10(path, split=split, expected_md5=None)  # checked just above
         out += [images.astype(np.float32) / 127.5 - 1, labels.astype(np.int64)]
     return (*out, 10)
 

@@ -31,7 +31,7 @@ __all__ = ["ParamError", "UndeclaredParam", "PROFILES", "SCHEMA", "NAME_PATTERN"
            "validate", "compose", "resolve", "flatten", "write_params", "select", "StageParams", "digest",
            "guidance_settings", "edm_aot_pairs", "instance_key", "split_instance", "model_instances"]
 
-PROFILES = ("digits", "smoke", "cifar10")
+PROFILES = ("digits", "smoke", "cifar10", "rehearsal")  # rehearsal: cifar10 at toy size (conf/profile/rehearsal.yaml)
 CONF_DIR = "conf"
 PARAMS_FILE = "params.yaml"
 HEADER = ("# The effective parameters of this run, composed from conf/config.yaml + conf/profile/<profile>.yaml\n"
@@ -180,6 +180,7 @@ SCHEMA: dict[str, Any] = {
         "dataset": Str("digits", "cifar10"),
         "test_fraction": Num(0, 1, gt=True),
         "cifar10_tarball": Str(),
+        "cifar10_md5": Str(),
         "cifar10_download": Bool(),
     },
     "models": Spec("map", item=Spec("model")),
@@ -203,8 +204,9 @@ SCHEMA: dict[str, Any] = {
         "sigma_min": Num(1e-4, 10), "sigma_max": Num(0, 1e4, gt=True), "grid_steps": List(Int(2, 1000)),
     },
     "fd": {
-        "bootstrap": Int(10, 100000), "ci_level": Num(0.5, 0.999), "kid_subsets": Int(1, 1000), "feature_batch": Int(1),
+        "bootstrap": Int(20, 100000), "ci_level": Num(0.5, 0.999), "kid_subsets": Int(1, 1000), "feature_batch": Int(1),
         "allow_download": Bool(),
+        "features": Str("classifier", "inception"),
     },
     "curvature": {
         "fine_steps": Int(8, 100000), "num_latents": Int(1), "sigma_grid": Int(2), "rho": Num(1, 1000),
@@ -349,8 +351,12 @@ def validate(p: Mapping) -> dict:
     for name, d in g["discriminators"].items():
         if d["model"] not in p["models"]:
             _fail(f"guidance.discriminators.{name}.model", f"{d['model']!r} is not one of {sorted(p['models'])}")
-    if p["data"]["dataset"] == "cifar10" and p["profile"] != "cifar10":
-        _fail("data.dataset", "cifar10 data belongs to the cifar10 profile")
+    if p["data"]["dataset"] == "cifar10" and p["profile"] not in ("cifar10", "rehearsal"):
+        _fail("data.dataset", "cifar10 data belongs to the cifar10 profile (or its rehearsal)")
+    if p["fd"]["features"] == "inception" and p["data"]["dataset"] != "cifar10":
+        _fail("fd.features", "Inception features are for 32x32 RGB (cifar10); offline profiles use 'classifier'")
+    if not re.fullmatch(r"[0-9a-f]{32}", p["data"]["cifar10_md5"]):
+        _fail("data.cifar10_md5", f"must be 32 lower-case hex digits, got {p['data']['cifar10_md5']!r}")
     return dict(p)
 
 

@@ -421,11 +421,12 @@ def train(cfg: TrainConfig, images: torch.Tensor, labels: Optional[torch.Tensor]
                 watch.check(step, net, ema, world)  # before anything is written
             if logging or step == cfg.total_steps:
                 elapsed = time.perf_counter() - t_log
+                if not stats["paired"]:  # a pool outlasted the window: report the pool it trained on
+                    stats.update(pair_ms=[pool.pair_ms], paired=[pool.paired_distance], random=[pool.random_distance])
                 row = dict(step=step, kimg=step * cfg.batch_size / 1000, loss=float(stats["loss"]) / max(stats["n"], 1),
                            sec_per_kimg=elapsed / max(stats["n"] * cfg.batch_size / 1000, 1e-9),
-                           pair_ms=float(np.mean(stats["pair_ms"])) if stats["pair_ms"] else 0.0,
-                           paired_distance=float(np.nanmean(stats["paired"])) if stats["paired"] else float("nan"),
-                           random_distance=float(np.nanmean(stats["random"])) if stats["random"] else float("nan"),
+                           pair_ms=float(np.mean(stats["pair_ms"])), paired_distance=float(np.mean(stats["paired"])),
+                           random_distance=float(np.mean(stats["random"])),
                            lr=optimizer.param_groups[0]["lr"])
                 history.append(row)
                 if rank == 0:

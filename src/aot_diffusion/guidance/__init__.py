@@ -16,7 +16,8 @@ trainable ADM encoder head. Modules, one concern each:
 """
 
 from .adm import (ADM_CLASSIFIER_32, DG_HEAD_CONFIG, DG_HEAD_NUM_CLASSES, ADMDiscriminator, ADMEncoderUNet,
-                  adm_config_from_dg_args, adm_config_summary, load_adm_classifier, load_adm_state_dict, load_dg_classifier)
+                  adm_config_from_dg_args, adm_config_summary, load_adm_classifier, load_adm_state_dict, load_dg_classifier,
+                  dg_classifier_config)
 from .discriminators import (DIGITS_CLASSIFIER_CONFIG, DIGITS_HEAD_CONFIG, NoiseConditionedDiscriminator,
                              build_discriminator, load_discriminator, save_discriminator)
 from .guide import DG_PROB_CLIP, GuidedDenoiser, log_ratio_grad
@@ -27,7 +28,7 @@ from .vp import (DG_SIGMA_WINDOW, SIGMA_BANDS, SIGMA_DISTRIBUTIONS, draw_sigma, 
 
 __all__ = [
     "ADM_CLASSIFIER_32", "DG_HEAD_CONFIG", "DG_HEAD_NUM_CLASSES", "ADMDiscriminator", "ADMEncoderUNet",
-    "adm_config_from_dg_args", "adm_config_summary", "load_adm_classifier", "load_adm_state_dict", "load_dg_classifier",
+    "adm_config_from_dg_args", "adm_config_summary", "load_adm_classifier", "load_adm_state_dict", "load_dg_classifier", "dg_classifier_config",
     "DIGITS_CLASSIFIER_CONFIG", "DIGITS_HEAD_CONFIG", "NoiseConditionedDiscriminator", "build_discriminator",
     "load_discriminator", "save_discriminator", "DG_PROB_CLIP", "GuidedDenoiser", "log_ratio_grad",
     "discriminator_batches", "evaluate_classifier", "evaluate_discriminator", "fit_discriminator",

@@ -301,11 +301,24 @@ def adm_config_summary(state: Mapping) -> dict:
         raise KeyError(f"not a guided-diffusion EncoderUNetModel state dict: no {err.args[0]!r}") from None
 
 
-def load_dg_classifier(path, device="cpu") -> ADMEncoderUNet:
-    """DG's frozen noise-aware 32x32 ADM classifier (``32x32_classifier.pt``, a state dict by DG's names).
+def dg_classifier_config(encoder: Mapping | None = None) -> dict:
+    """DG's 32x32 classifier config, at the shape ``encoder`` (the ``guidance.encoder`` parameters) gives; None:
+    DG's published one. GroupNorm keeps ADM's 32 groups, narrowed to the width where that is below 32."""
+    if encoder is None:
+        return dict(ADM_CLASSIFIER_32)
+    width = int(encoder["model_channels"])
+    return dict(ADM_CLASSIFIER_32, model_channels=width, channel_mult=tuple(encoder["channel_mult"]),
+                num_res_blocks=int(encoder["num_res_blocks"]),
+                attention_resolutions=tuple(int(r) for r in encoder["attention_resolutions"]),
+                num_head_channels=int(encoder["num_head_channels"]), norm_groups=math.gcd(32, width))
 
-    Checks what the file holds against DG's published config (width 128, depth 4, channel_mult
-    1,2,4, attention at 32/16/8, attention pooling, 1000 outputs) before the strict load.
+
+def load_dg_classifier(path, device="cpu", encoder: Mapping | None = None) -> ADMEncoderUNet:
+    """DG's frozen noise-aware 32x32 classifier (``32x32_classifier.pt``, a state dict by DG's names).
+
+    Checks what the file holds against the expected shape (:func:`dg_classifier_config`: DG's published width
+    128, depth 4, channel_mult 1,2,4, attention at 32/16/8, attention pooling, 1000 outputs, unless ``encoder``
+    says otherwise) before the strict load.
     """
     path = Path(path)
     if not path.is_file():
@@ -313,15 +326,17 @@ def load_dg_classifier(path, device="cpu") -> ADMEncoderUNet:
             f"DG's ADM classifier {str(path)!r} not found. DG publishes it as \"32x32_classifier.pt\" "
             f"(download link in the README of the DG GitHub repository, alsdudrla10/DG: {DG_CLASSIFIER_URL}); "
             f"put the file at the path given by the 'guidance.adm_classifier' parameter.")
+    config = dg_classifier_config(encoder)
     state = _read_state_dict(safe_torch_load(path))
     with torch.device("meta"):  # shapes only, no memory
-        expected = adm_config_summary(ADMEncoderUNet(**ADM_CLASSIFIER_32).state_dict())
+        expected = adm_config_summary(ADMEncoderUNet(**config).state_dict())
     found = adm_config_summary(state)
     diff = {k: (found[k], v) for k, v in expected.items() if found[k] != v}
     if diff:
-        raise ValueError(f"{path} does not hold DG's published 32x32 classifier: "
+        what = "DG's published 32x32 classifier" if encoder is None else "the classifier guidance.encoder describes"
+        raise ValueError(f"{path} does not hold {what}: "
                          + ", ".join(f"{k} is {a} (expected {b})" for k, (a, b) in diff.items()))
-    return load_adm_state_dict(ADMEncoderUNet(**ADM_CLASSIFIER_32), state).requires_grad_(False).to(device).eval()
+    return load_adm_state_dict(ADMEncoderUNet(**config), state).requires_grad_(False).to(device).eval()
 
 
 class ADMDiscriminator(nn.Module):

@@ -30,8 +30,8 @@ PAPER_DG_FID = {
 
 
 def metric_name(p) -> str:
-    """Inception FID only on cifar10; offline profiles report FD in the digits-classifier features."""
-    return "fid" if p["data"]["dataset"] == "cifar10" else "fd"
+    """FID with Inception's features only (cifar10); otherwise FD in the trained classifier's features."""
+    return "fid" if p["fd"]["features"] == "inception" else "fd"
 
 
 def ci_label(p) -> str:
@@ -45,8 +45,11 @@ def ci_key(p) -> str:
 
 
 def metric_label(p) -> str:
-    return ("FID (Inception, clean-fid legacy_tensorflow)" if p["data"]["dataset"] == "cifar10"
-            else "FD (digits-classifier features)")
+    if p["fd"]["features"] == "inception":
+        return "FID (Inception, clean-fid legacy_tensorflow)"
+    if p["data"]["dataset"] == "cifar10":  # the rehearsal
+        return "FD (STAND-IN classifier features, not Inception: not FID)"
+    return "FD (digits-classifier features)"
 
 
 def _kind(p, model):
@@ -249,8 +252,8 @@ def write_tables(p, L, log=print):
            f"bootstrap (one sampling seed) or, with several (column seeds), the mean over sampling seeds with its "
            f"{ci_label(p)} t-interval; train_seed 'mean': the mean over the training seeds (column train_seeds) with "
            f"the {ci_label(p)} t-interval over them; paper column: CIFAR-10 FIDs of the AOT paper)")
-    _write(t2, L, "table2_guidance", f"Table 2: Discriminator Guidance ({p['profile']} profile; {name} against the "
-           f"held-out statistics; gain = unguided minus guided {name} on the same latents (the first sampling "
+    _write(t2, L, "table2_guidance", f"Table 2: Discriminator Guidance, {label} ({p['profile']} profile; {name} "
+           f"against the held-out statistics; gain = unguided minus guided {name} on the same latents (the first sampling "
            f"seed's) with its {ci_label(p)} paired interval; outside_noise: the interval excludes 0; disc_grad_evals: "
            f"discriminator gradients per sampler run on top of the NFE; disc_*: steps run, the early-stopping step "
            f"kept, accuracy on held-out real and fake images not used for stopping, overall and per sigma band)")

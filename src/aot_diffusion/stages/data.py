@@ -10,6 +10,9 @@ from ..data import load_dataset, prepare_dataset
 from ..metrics import fd as fdm
 from . import Run
 
+# What the FD's features are when a CIFAR-10 run scores without Inception (the rehearsal): every record says so.
+STAND_IN = "classifier trained on this run's data (a stand-in for Inception: these are not FIDs)"
+
 
 def check_params(run: Run) -> None:
     """Validated already (Run loads params.yaml through the schema); record them beside the results."""
@@ -39,10 +42,11 @@ def prepare_data(run: Run) -> None:
 
 
 def feature_network(run: Run) -> None:
-    """Offline profiles train the feature classifier of the FD; cifar10 uses clean-fid's Inception instead."""
+    """fd.features: the FD's feature network, a classifier trained here on the profile's data (offline profiles,
+    and the rehearsal's stand-in for Inception) or clean-fid's Inception (cifar10: FID)."""
     from ..utils import atomic_save
 
-    if run.p["data"]["dataset"] == "cifar10":
+    if run.p["fd"]["features"] == "inception":
         from ..metrics.inception import check_inception_assets
 
         record = check_inception_assets(allow_download=run.p["fd"]["allow_download"])
@@ -56,8 +60,11 @@ def feature_network(run: Run) -> None:
     model, acc = train_classifier(d["train_images"], d["train_labels"], d["test_images"], d["test_labels"],
                                   num_classes=int(d["num_classes"]), steps=c["steps"], batch_size=c["batch_size"],
                                   lr=c["lr"], feature_dim=c["feature_dim"], seed=run.p["seed"], log=run.log)
-    atomic_save(dict(kind="classifier", config=model.config, state=model.state_dict()), run.L.feature_network)
-    run.write_json(run.L.feature_network_metrics, {"classifier_test_accuracy": acc})
+    # On CIFAR-10 (the rehearsal) these features stand in for Inception's: the records say so.
+    description = STAND_IN if run.p["data"]["dataset"] == "cifar10" else "classifier trained on this run's data"
+    atomic_save(dict(kind="classifier", description=description, config=model.config, state=model.state_dict()),
+                run.L.feature_network)
+    run.write_json(run.L.feature_network_metrics, {"classifier_test_accuracy": acc, "feature_network": description})
     run.log(f"feature classifier: held-out accuracy {acc:.4f}")
 
 
@@ -67,6 +74,7 @@ class FeatureSpace:
     def __init__(self, run: Run):
         blob = safe_torch_load(run.L.feature_network)
         self.kind, self.device, self.batch = blob["kind"], run.device, run.p["fd"]["feature_batch"]
+        self.description = blob.get("description", self.kind)
         if self.kind == "classifier":
             from ..metrics.features import FeatureClassifier
 
@@ -91,7 +99,7 @@ def fd_reference(run: Run) -> None:
     d = load_dataset(run.L.dataset)
     feats = FeatureSpace(run)
     f = run.p["fd"]
-    if run.p["data"]["dataset"] == "cifar10":
+    if run.p["fd"]["features"] == "inception":
         from ..metrics.inception import cifar10_reference_statistics
 
         mu, sigma = cifar10_reference_statistics()
@@ -112,6 +120,7 @@ def fd_reference(run: Run) -> None:
     train_feats = ref_feats if len(ref_feats) == len(d["train_images"]) else feats(d["train_images"])
     floor["heldout"] = fdm.fd_floor(train_feats, (mu_h, sigma_h), min(n, len(train_feats)), n_boot=f["bootstrap"],
                                     seed=run.p["seed"], level=f["ci_level"])
+    floor["features"] = feats.description
     floor["nn_train_dist"] = fdm.nearest_distance(d["test_images"][:n], d["train_images"], device=run.device)
     from ..utils import AtomicPath
 

@@ -24,7 +24,7 @@ def train_encoder(run: Run) -> None:
     """cifar10: DG's published 32x32 classifier (a local file); offline profiles: trained here on noisy images."""
     g = run.p["guidance"]
     if g["adm_classifier"]:
-        encoder = dg.load_dg_classifier(g["adm_classifier"], device=run.device)
+        encoder = dg.load_dg_classifier(g["adm_classifier"], device=run.device, encoder=g["encoder"])
         metrics = dict(source=str(g["adm_classifier"]))
     else:
         d = load_dataset(run.L.dataset)
