@@ -4,7 +4,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 CORES ?= all
 
-.PHONY: all setup run test bench
+.PHONY: all setup run test bench rehearsal gpu-check
 
 all: setup run
 
@@ -19,3 +19,13 @@ test: setup
 
 bench: setup
 	$(PYTHON) benchmarks/pairing.py
+
+# The cifar10 DAG at toy size on a CPU (a few minutes): the stand-in inputs, then every stage and `released`.
+# It makes params.yaml the rehearsal's; `aot-diffusion params` composes the default again.
+rehearsal: setup
+	aot-diffusion rehearsal-inputs
+	snakemake --cores $(CORES) --config profile=rehearsal released_pickle=data/rehearsal/network.pkl -- all released
+
+# On a GPU machine: the rehearsal with device=cuda, then NCSN++ training / pairing / sampling throughput.
+gpu-check: setup
+	$(PYTHON) benchmarks/gpu_check.py --rehearsal

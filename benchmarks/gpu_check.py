@@ -1,8 +1,11 @@
 """One-GPU check of the paper-scale path (< 8 minutes on an H100); writes results/bench/gpu_check.json.
 
-    python benchmarks/gpu_check.py [--steps 200] [--batch 64]
+    python benchmarks/gpu_check.py [--steps 200] [--batch 64] [--rehearsal]     (or: make gpu-check)
 
-Measures, on CIFAR-shaped random data with the full-size NCSN++ (56M parameters):
+With ``--rehearsal`` it first runs the cifar10 DAG at toy size (the `rehearsal` profile, every stage and the
+`released` target) with ``device=cuda`` in a temporary copy of the repository, and records its wall time and
+outcome. Then it measures,
+on CIFAR-shaped random data with the full-size NCSN++ (56M parameters):
 - img/s and peak GPU memory of training without AOT (plain loop) and with AOT at pool 512 (unconditional)
   and pool 2048 (conditional, class-wise), and the AOT / no-AOT step-time ratios;
 - the pairing time itself at pool 512 and 2048 (cost matrix on the GPU);
@@ -14,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,17 +51,52 @@ def bench_train(images, labels, *, aot_on, conditional, pool, steps, batch, wind
     return out
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rehearsal_on_gpu(log_path: Path) -> dict:
+    """The rehearsal DAG with device=cuda, in a copy of the repository (the checkout's params.yaml is untouched).
+    One GPU: training runs one rank (NCCL can't put two ranks on one device)."""
+    ranks = min(2, torch.cuda.device_count())
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split()
+    t0 = time.time()
+    with tempfile.TemporaryDirectory(prefix="rehearsal-") as tmp:
+        for f in files:
+            if (ROOT / f).is_file() and not f.startswith(("results/", "figures/")):
+                (Path(tmp) / f).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / f, Path(tmp) / f)
+        cmds = [["git", "init", "-q"], ["aot-diffusion", "rehearsal-inputs"],
+                ["snakemake", "--cores", "all", "--config", "profile=rehearsal", "device=cuda",
+                 f"train={{nproc_per_node: {ranks}}}", "released_pickle=data/rehearsal/network.pkl", "--", "all",
+                 "released"]]
+        with open(log_path, "w") as log:
+            for cmd in cmds:
+                rc = subprocess.run(cmd, cwd=tmp, stdout=log, stderr=subprocess.STDOUT).returncode
+                if rc:
+                    break
+        metrics = Path(tmp) / "results" / "rehearsal" / "metrics.json"
+        out = dict(ok=rc == 0, returncode=rc, wall_s=time.time() - t0, ranks=ranks, log=str(log_path),
+                   metrics_keys=len(json.loads(metrics.read_text())) if metrics.exists() else 0)
+    print(f"[gpu_check] rehearsal: {out}", flush=True)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--batch", type=int, default=64, help="per-GPU batch (the paper: 256 over 4 GPUs)")
     ap.add_argument("--out", default="results/bench/gpu_check.json")
+    ap.add_argument("--rehearsal", action="store_true", help="first run the rehearsal DAG with device=cuda")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("gpu_check needs a CUDA GPU")
     torch.backends.cudnn.benchmark = True
     t_start = time.time()
     result = dict(device=torch.cuda.get_device_name(), steps=args.steps, batch=args.batch, torch=torch.__version__)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    if args.rehearsal:
+        result["rehearsal"] = rehearsal_on_gpu(Path(args.out).with_name("gpu_rehearsal.log"))
     g = torch.Generator().manual_seed(0)
     images = torch.rand(20_000, 3, 32, 32, generator=g) * 2 - 1
     labels = torch.randint(0, 10, (20_000,), generator=g)
