@@ -161,6 +161,24 @@ def test_colour_and_other_knobs_run():
         AugmentPipe(p=1, brightness=1)(torch.zeros(2, 2, 8, 8))
 
 
+def test_colour_transforms_do_what_they_are_named_for():
+    """EDM's colour transforms as properties: brightness adds one offset per image; hue rotation and saturation
+    act around the luma axis (1, 1, 1) and keep each pixel's channel sum; contrast scales each image about 0."""
+    x = _images((16, 3, 8, 8))
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    y, _ = AugmentPipe(p=1, brightness=1)(x, generator=g())
+    d = (y - x).flatten(1)
+    torch.testing.assert_close(d, d[:, :1].expand_as(d), rtol=0, atol=1e-5)
+    assert d[:, 0].abs().max() > 0.01
+    for knob in ("hue", "saturation"):
+        y, _ = AugmentPipe(p=1, **{knob: 1})(x, generator=g())
+        torch.testing.assert_close(y.sum(1), x.sum(1), rtol=0, atol=1e-4)
+        assert (y - x).abs().max() > 0.01, knob
+    y, _ = AugmentPipe(p=1, contrast=1)(x, generator=g())
+    ratio = (y.flatten(1) / x.flatten(1))
+    torch.testing.assert_close(ratio, ratio[:, :1].expand_as(ratio), rtol=1e-3, atol=1e-3)
+
+
 def test_explicit_generator_is_reproducible_and_leaves_global_rng_alone():
     pipe = AugmentPipe(p=1.0, xflip=1e8, yflip=1, scale=1, rotate_frac=1, aniso=1, translate_frac=1)
     x = torch.rand(6, 3, 8, 8) * 2 - 1

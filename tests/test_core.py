@@ -83,22 +83,40 @@ def test_cifar10_parameter_counts(preset, label_dim, expected):
     dict(label_dim=10, augment_dim=9),
 ])
 def test_songunet_variants_run(variant):
-    net = build_network({**TINY, **variant}).eval()
-    x = torch.randn(2, 1, 8, 8)
+    """Each variant is a per-image function (no image leaks into another's output), uses its conditioning
+    inputs, and is deterministic in eval mode; parity with EDM itself: tests/test_parity.py."""
+    _check_network(build_network({**TINY, **variant}), variant.get("label_dim", 0), variant.get("augment_dim", 0))
+
+
+def _check_network(net, label_dim, augment_dim):
+    torch.manual_seed(0)
+    with torch.no_grad():  # zero-initialised output layers would make every input give c_skip x
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    net.eval()
+    x, sigma = torch.randn(3, 1, 8, 8), torch.tensor([0.5, 2.0, 10.0])
     kw = {}
-    if variant.get("label_dim"):
-        kw["class_labels"] = torch.eye(10)[:2]
-    if variant.get("augment_dim"):
-        kw["augment_labels"] = torch.zeros(2, 9)
+    if label_dim:
+        kw["class_labels"] = torch.eye(label_dim)[:3]
+    if augment_dim:
+        kw["augment_labels"] = torch.randn(3, augment_dim) * 0.5
     with torch.no_grad():
-        assert net(x, torch.tensor([0.5, 2.0]), **kw).shape == x.shape
+        out = net(x, sigma, **kw)
+        assert out.shape == x.shape and torch.equal(out, net(x, sigma, **kw))
+        alone = net(x[1:2], sigma[1:2], **{k: v[1:2] for k, v in kw.items()})
+        torch.testing.assert_close(alone, out[1:2], rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(net(x, sigma * 2, **kw), out)  # sigma is an input, not ignored
+        if label_dim:
+            other = dict(kw, class_labels=kw["class_labels"].roll(1, dims=1))  # every image another class
+            assert not torch.allclose(net(x, sigma, **other), out)
+        if augment_dim:
+            assert not torch.allclose(net(x, sigma, **dict(kw, augment_labels=torch.zeros(3, augment_dim))), out)
 
 
 def test_dhariwal_unet_runs():
     net = build_network(dict(model_type="DhariwalUNet", img_resolution=8, img_channels=1, model_channels=16,
-                             channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], label_dim=3)).eval()
-    with torch.no_grad():
-        assert net(torch.randn(2, 1, 8, 8), torch.tensor(1.0), torch.eye(3)[:2]).shape == (2, 1, 8, 8)
+                             channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], label_dim=3))
+    _check_network(net, 3, 0)
 
 
 def test_precond_at_large_sigma_is_c_skip_dominated():

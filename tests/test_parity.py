@@ -15,8 +15,20 @@ NETWORK_FILES = sorted(p.name for p in REFERENCE.glob("*unet_*_golden.npz"))
 
 
 def test_network_fixtures_cover_both_architectures():
-    assert {"dhariwalunet_cond_golden.npz", "songunet_ddpmpp_golden.npz", "songunet_ncsnpp_cond_golden.npz"} <= \
-        set(NETWORK_FILES)
+    """What the files hold, not their names: both backbones, NCSN++ (fourier, residual) and DDPM++ encoders,
+    conditional and not, each with outputs that are not a trivial function of the input."""
+    configs = {}
+    for name in NETWORK_FILES:
+        ref = np.load(REFERENCE / name)
+        config = json.loads(str(ref["config"]))
+        configs[name] = config
+        assert np.isfinite(ref["out"]).all() and not np.allclose(ref["out"], 0)
+        assert not np.allclose(ref["out"], ref["x"]) and ref["out"].shape == ref["x"].shape
+    kinds = {(c.get("model_type", "SongUNet"), c.get("embedding_type", "positional"), bool(c.get("label_dim")))
+             for c in configs.values()}
+    assert {"SongUNet", "DhariwalUNet"} <= {k[0] for k in kinds}
+    assert ("SongUNet", "fourier", True) in kinds and ("SongUNet", "positional", False) in kinds
+    assert ("DhariwalUNet", "positional", True) in kinds
 
 
 @pytest.mark.parametrize("name", NETWORK_FILES)

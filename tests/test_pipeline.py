@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from aot_diffusion.dag import (POOL_STUDY_DVC, POOL_STUDY_STAGES, STAGES, Plan, dvc_yaml, job_id, keys_of,
-                               pool_study_dvc_yaml, stage)
+from aot_diffusion.dag import POOL_STUDY_DVC, POOL_STUDY_STAGES, STAGES, Plan, job_id, keys_of, stage
+from aot_diffusion.dvcfile import dvc_yaml, pool_study_dvc_yaml
 from aot_diffusion.layout import FIGURE_NAMES, Layout
 from aot_diffusion.params import compose, load_params
 
@@ -312,14 +312,14 @@ def test_dvc_experiments_and_apply_keep_both_doors_consistent(smoke_tree):
     exps = {(exp.get("name") or rev["data"].get("name")): rev["data"]
             for commit in shown for exp in commit.get("experiments") or [] for rev in exp["revs"]}
     data = exps["doors"]
-    assert data["params"]["params.yaml"]["data"]["fd"]["ci_level"] == 0.8
+    assert data["params"]["params.yaml"]["data"]["guidance"]["weight_cond"] == 2.5  # the third door step's
     assert data["params"]["params.yaml"]["data"]["train"]["pool_size"] == 32
     assert "edm_uncond.fd_rho7_nfe3" in data["metrics"]["results/smoke/metrics.json"]["data"]
     checkpoints = Layout("smoke", proj).checkpoints("edm_uncond_s0")
     assert any(checkpoints.iterdir())
     out = run(["dvc", "exp", "apply", "doors"], proj)
     assert "failed" not in (out.stdout + out.stderr).lower()
-    assert load_params(proj / "params.yaml")["fd"]["ci_level"] == 0.8
+    assert load_params(proj / "params.yaml")["guidance"]["weight_cond"] == 2.5
     assert any(checkpoints.iterdir())  # not DVC's: left alone
     assert "Nothing to be done" in snakemake_plan(proj, targets=("all", "pool_study"))
     # Profiles keep their own outputs; the report lists tables and figures.

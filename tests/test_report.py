@@ -151,6 +151,7 @@ def test_figures_have_their_content(fixture_run, monkeypatch):
 
     def spy(fig, path):
         axes = fig.get_axes()
+        drawn[path.stem + ".axes"] = axes
         drawn[path.stem] = dict(lines=sum(len(a.get_lines()) for a in axes), images=sum(len(a.get_images()) for a in axes),
                                 title=" ".join([fig._suptitle.get_text() if fig._suptitle else ""] +
                                                [a.get_title() for a in axes]))
@@ -172,7 +173,13 @@ def test_figures_have_their_content(fixture_run, monkeypatch):
     assert drawn["dg_learning_curves"]["lines"] == 3 * discs + 2  # held-out, training, kept step; chance per panel
     # hybrid: per pair, NFE and order one line from pure to pure through the switch points
     assert drawn["hybrid_switch"]["lines"] == len(edm_aot_pairs(p)) * len(p["hybrid"]["steps"]) * 2
-    assert all(L.figure(name).exists() for name in drawn)
+    assert all(L.figure(name).exists() for name in drawn if not name.endswith(".axes"))
+    # What is drawn is the table's numbers: edm_uncond's curve at rho 7 is its mean over training seeds.
+    t1 = tables.table1(p, L, json.loads(L.fd_floor.read_text()))
+    want = t1[(t1["model"] == "edm_uncond") & (t1["train_seed"] == "mean") & (t1["rho"] == 7)].sort_values("nfe")
+    line = next(ln for ln in drawn["fd_vs_nfe.axes"][0].get_lines() if ln.get_label() == "edm_uncond")
+    assert list(line.get_xdata()) == list(want["nfe"]) and np.allclose(line.get_ydata(), want["fd"])
+    assert np.allclose(line.get_ydata(), [11.3 - 1, 1.3])  # the fixture's values (fd = fd_heldout - 1)
 
 
 def test_across_training_seeds_a_mean_comes_with_the_interval_over_training_seeds(fixture_run):
@@ -272,3 +279,54 @@ def test_grid_command_exports_a_full_square_as_png_and_pdf(fixture_run, monkeypa
     with pytest.raises(SystemExit) as err:  # a setting that was not sampled: named, with what there is
         main(["grid", "--model", "aot_uncond_s0", "--steps", "9", "--rho", "7"])
     assert err.value.code == 2 and "no setting steps 9 rho 7 seed 0; it has steps 2 rho 7" in capsys.readouterr().err
+
+
+def test_figures_are_paper_ready(fixture_run, monkeypatch):
+    """PDF beside every PNG; legends that show each line's style; plain log ticks; a guidance figure with one
+    setting per panel still labelled by that setting."""
+    import copy
+
+    p, L = fixture_run
+    seen = {}
+    real_save = figures._save
+
+    def spy(fig, path):
+        real_save(fig, path)  # formats the log axes, writes both files
+        seen[path.stem] = fig
+
+    monkeypatch.setattr(figures, "_save", spy)
+    figures.write_figures(p, L, log=lambda m: None)
+    for name in seen:
+        assert L.figure(name, "pdf").read_bytes()[:5] == b"%PDF-", name
+    ax = seen["fd_vs_nfe"].get_axes()[0]
+    styles = {t.get_text(): line.get_linestyle() for t, line in zip(ax.get_legend().get_texts(), ax.get_legend().get_lines())}
+    for model, spec in p["models"].items():
+        assert styles[model] == ("-" if spec["conditional"] else "--"), model
+    assert ax.get_legend().handlelength >= 3  # long enough to show a dash
+    assert ax.get_yscale() == "log" and ax.yaxis.get_major_formatter()(2.0) == "2"
+    assert ax.yaxis.get_major_formatter()(0.5) == "0.5"
+
+    one = copy.deepcopy(p)
+    one["guidance"].update(steps_list=[3], rho=[7], paper_setting_uncond=dict(steps=3, rho=7),
+                           paper_setting_cond=dict(steps=3, rho=7))
+    figures.guidance_plot(one, L, L.figure("guidance_fd_vs_nfe"))
+    for panel in seen["guidance_fd_vs_nfe"].get_axes():
+        assert [t.get_text() for t in panel.get_xticklabels()] == ["NFE 5\nrho 7"]
+        assert panel.get_xlim() == (-0.5, 0.5)
+
+
+def test_markdown_tables_as_the_readme_shows_them(fixture_run):
+    """No 'nan' cells, booleans as True / False, and Table 1's headline pivoted as "FD [low, high]"."""
+    p, L = fixture_run
+    tables.write_tables(p, L, log=lambda m: None)
+    for name in ("table1_fd_vs_nfe", "table2_guidance", "aot_vs_edm", "hybrid_switch"):
+        md = L.table(name, "md").read_text()
+        assert "nan" not in md.lower().replace("nanmean", ""), name
+    t1 = pd.read_csv(L.table("table1_fd_vs_nfe"))
+    assert set(t1["conditional"].dropna().astype(str)) == {"True", "False"}
+    md = L.table("table1_fd_vs_nfe", "md").read_text()
+    head = md.split("## Headline")[1].split("## Every row")[0]
+    # edm_uncond at NFE 3 (2 steps): the mean over training seeds 0 and 1 of fd_heldout = 1 + 9 + 0.5 s + 0.1 seed + 1
+    assert "edm_uncond" in head and "rho 7, NFE 3" in head and "11.3 [" in head and "real (floor)" not in head
+    curves = pd.read_csv(L.fd_curves)
+    assert list(curves.columns) == ["nfe", *p["models"]] and curves["nfe"].tolist() == [3, 5]

@@ -282,9 +282,9 @@ def test_knn_pairing_keeps_the_nearest_of_k_draws_per_image():
 
 
 def test_background_pairing_stops_at_the_last_pool_training_uses():
-    """At the end of training no pool is paired that no step will use (at 8192 that is a long solve)."""
-    import time
-
+    """At the end of training no pool is paired that no step will use (at 8192 that is a long solve): the
+    background thread ends by itself after the last pool (a thread that went on would pair pool 5 and then
+    block on the full queue, alive)."""
     from aot_diffusion.training import _Prefetcher
 
     class Counting:
@@ -298,7 +298,7 @@ def test_background_pairing_stops_at_the_last_pool_training_uses():
     source = Counting()
     pre = _Prefetcher(source, first=2, enabled=True, last=4)
     assert [pre.get() for _ in range(3)] == [2, 3, 4]
-    time.sleep(0.3)  # the thread would have paired pool 5 by now
+    pre._thread.join(timeout=30)
+    assert not pre._thread.is_alive() and source.made == [2, 3, 4]
     pre.close()
-    assert source.made == [2, 3, 4]
     assert pre.get() == 5  # asked for anyway (it is not): paired in the foreground, never a hang

@@ -83,7 +83,7 @@ def _params_command(args) -> None:
 
 
 def _dvc_yaml_command() -> None:
-    from .dag import POOL_STUDY_DVC, dvc_yaml, pool_study_dvc_yaml
+    from .dvcfile import POOL_STUDY_DVC, dvc_yaml, pool_study_dvc_yaml
     from .params import compose
     from .utils import atomic_write_text
 

@@ -1,5 +1,5 @@
 """The pipeline's stages, defined once: the Snakemake rules (workflow/rules/*.smk) are built from them,
-dvc.yaml is generated from them (``aot-diffusion dvc-yaml``; a test regenerates and compares) and the CLI's
+dvc.yaml is generated from them (dvcfile.py, ``aot-diffusion dvc-yaml``; a test regenerates and compares) and the CLI's
 subcommands come from them (cli.py).
 
 A stage runs one CLI subcommand, ``aot-diffusion <cli> [--model M | --disc D | --variant V | --released]``;
@@ -21,14 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-import yaml
-
 from .layout import FIGURE_NAMES, TABLE_NAMES, Layout
-from .params import (DISCRIMINATOR, MODEL, NAME_PATTERN, PARAMS_FILE, VARIANT, ParamError, digest, instance_key,
-                     model_instances, select)
+from .params import NAME_PATTERN, PARAMS_FILE, ParamError, digest, instance_key, model_instances, select
 
 __all__ = ["Stage", "STAGES", "POOL_STUDY_STAGES", "RELEASED_STAGES", "ALL_STAGES", "Context", "Plan", "stage",
-           "find_stage", "keys_of", "job_id", "command", "dvc_yaml", "pool_study_dvc_yaml"]
+           "find_stage", "keys_of", "job_id", "command", "POOL_STUDY_DVC"]
 
 # What an output is to DVC: cached data, a metrics file, a plot, or a small file kept in git (cache: false).
 OUT, METRIC, PLOT, GIT = "out", "metric", "plot", "git"
@@ -193,17 +190,18 @@ STAGES: list[Stage] = [
                                 *[L.guided_fd(d) for d in c.discs], *[L.discriminator_metrics(d) for d in c.discs],
                                 L.feature_network_metrics, L.hybrid_fd],
           outs=lambda L, c, k: {**{L.table(t, e): GIT for t in TABLE_NAMES for e in ("csv", "md")},
-                             L.fd_curves: PLOT, L.metrics: METRIC},
+                             L.fd_curves: GIT, L.metrics: METRIC},  # fd_curves: a top-level plot in dvc.yaml
           params=lambda c, k: ["seed", "data.dataset", "fd", "models", "train.seeds", "sample.steps", "sample.rho",
                                "sample.seeds",
                                "guidance.discriminators", *_GUIDED_AT, "hybrid"],
-          plots=("nfe", "fd"), kind="light"),
+          kind="light"),
     Stage("figures", "figures", None, "report:figures",
           deps=lambda L, c, k: [*[L.fd(m) for m in c.models], *[L.curvature(m) for m in c.models],
                                 *[L.samples(m) for m in c.models], *[L.loss_log(m) for m in c.models],
                                 *[L.guided_fd(d) for d in c.discs], *[L.discriminator_curve(d) for d in c.discs],
                                 L.fd_floor, L.hybrid_fd],
-          outs=lambda L, c, k: {L.figure(f): PLOT for f in FIGURE_NAMES},
+          # kept in git; DVC's plots are dvc.yaml's top-level `plots` (one entry per figure, not two)
+          outs=lambda L, c, k: {L.figure(f, ext): GIT for f in FIGURE_NAMES for ext in ("png", "pdf")},
           params=lambda c, k: ["data.dataset", "fd.ci_level", "fd.features", "models", "train.seeds", "sample.steps", "sample.rho",
                                "sample.seeds",
                                "sample.grid_steps",
@@ -250,7 +248,8 @@ POOL_STUDY_STAGES: list[Stage] = [
                                     L.pool_study.fd(v), L.pool_study.features(v), L.pool_study.curvature_metrics(v),
                                     L.pool_study.loss_log(v))]],
           outs=lambda L, c, k: {L.pool_study.study_table("csv"): GIT, L.pool_study.study_table("md"): GIT,
-                             L.pool_study.study_metrics: METRIC, L.pool_study.study_figure: PLOT},
+                             L.pool_study.study_metrics: METRIC, L.pool_study.study_figure: PLOT,
+                             L.pool_study.study_figure.with_suffix(".pdf"): GIT},
           params=lambda c, k: ["seed", "data.dataset", "fd", "sample.seeds", "train.batch_size", "train.knn_k",
                                "pool_study"], kind="light"),
 ]
@@ -371,127 +370,3 @@ class Plan:
         """Outputs there and made with the current parameters (its record of the current digest is there)."""
         paths = [*st.outs(self.L, self.ctx, key), self.record_path(st, key)]
         return all((self.root / path).exists() for path in paths)
-
-
-def _dvc_entry(st: Stage, ctx: Context, key, wdir: str | None = None) -> dict:
-    L = Layout("${profile}")
-    outs, metrics, plots = [], [], []
-    for path, kind in st.outs(L, ctx, key).items():
-        path = str(path)
-        if kind == OUT:
-            outs.append(path)
-        elif kind == GIT:
-            outs.append({path: {"cache": False}})
-        elif kind == METRIC:
-            metrics.append({path: {"cache": False}})
-        elif kind == PLOT:
-            opts = {"cache": False}
-            if path.endswith(".csv") and st.plots:
-                opts.update(x=st.plots[0], y=st.plots[1])
-            plots.append({path: opts})
-    # The stage's parameter record (module docstring); cached, so `dvc exp apply` brings back the record of
-    # the experiment it applies and Snakemake sees the same parameters as DVC.
-    outs.append(str(L.records(job_id(st, key))))
-    entry = {"wdir": wdir} if wdir else {}
-    entry["cmd"] = command(st, key)
-    deps = [str(d) for d in st.deps(L, ctx, key)]
-    if deps:
-        entry["deps"] = deps
-    entry["params"] = [leaf for name in st.params(ctx, key) for leaf in _leaves(ctx.p, name)]
-    for name, items in (("outs", outs), ("metrics", metrics), ("plots", plots)):
-        if items:
-            entry[name] = items
-    return entry
-
-
-# Free-form sections (their keys differ between profiles) are tracked whole; records have fixed keys.
-_WHOLE = ("train.network", "pool_study.variants")
-_RECORDS = {"models.": tuple(MODEL), "guidance.discriminators.": tuple(DISCRIMINATOR),
-            "pool_study.variants.": tuple(VARIANT)}
-
-
-def _leaves(p: Mapping, name: str) -> list:
-    """DVC tracks parameters leaf by leaf, so a renamed or missing key stops `dvc repro` naming it."""
-    for prefix, fields in _RECORDS.items():
-        if name.startswith(prefix) and name.count(".") == prefix.count("."):
-            return [f"{name}.{f}" for f in fields]
-    if name in ("models", "guidance.discriminators"):
-        return [leaf for k in _get(p, name) for leaf in _leaves(p, f"{name}.{k}")]
-    if "${" in name or name in _WHOLE:
-        return [name]
-    node = _get(p, name)
-    if not isinstance(node, Mapping):
-        return [name]
-    return [leaf for k in node for leaf in _leaves(p, f"{name}.{k}")]
-
-
-def _get(p: Mapping, name: str):
-    for part in name.split("."):
-        p = p[part]
-    return p
-
-
-def dvc_yaml(p: Mapping) -> str:
-    """dvc.yaml for the stage table: paths per ``${profile}``, ``foreach`` over models and discriminators."""
-    ctx, tmpl = Context(p, dvc=True), Context(p, template=True)
-    stages = {}
-    for st in STAGES:
-        if st.over is None:
-            stages[st.name] = _dvc_entry(st, ctx, None)
-        elif st.over == "model":
-            items = {m: {"model": ctx.spec_name(m), "setting": ctx.setting_key(m)} for m in keys_of(st, ctx)}
-            stages[st.name] = {"foreach": items, "do": _dvc_entry(st, tmpl, "${key}")}
-        else:
-            items = {d: {"instance": ctx.model_of(d), "weight": ctx.weight_key(d),
-                         "setting": ctx.setting_key(ctx.model_of(d))} for d in ctx.discs}
-            stages[st.name] = {"foreach": items, "do": _dvc_entry(st, tmpl, "${key}")}
-    L = Layout("${profile}")
-    body = {"stages": stages, "plots": [
-        {str(L.fd_curves): {"x": "nfe", "y": "fd", "template": "linear"}},
-        *[str(L.figure(f)) for f in FIGURE_NAMES]]}
-    head = ("# GENERATED by `aot-diffusion dvc-yaml` from src/aot_diffusion/dag.py (the stage table that the\n"
-            "# Snakefile also reads); do not edit by hand. tests/test_pipeline.py checks it is up to date.\n")
-    return head + yaml.dump(body, Dumper=_NoAliases, sort_keys=False, width=200)
-
-
-def pool_study_dvc_yaml(p: Mapping) -> str:
-    """workflow/pool_size/dvc.yaml: the study's stages, run from the repository root (wdir), over the variants
-    that params.yaml names (``foreach`` reads them, so ``-S`` can add one)."""
-    ctx, tmpl = Context(p, dvc=True), Context(p, template=True)
-    up = "/".join([".."] * len(POOL_STUDY_DVC.parent.parts))
-    stages = {}
-    for st in POOL_STUDY_STAGES:
-        if st.over is None:
-            stages[st.name] = _dvc_entry(st, ctx, None, wdir=up)
-        else:
-            stages[st.name] = {"foreach": "${pool_study.variants}", "do": _dvc_entry(st, tmpl, "${key}", wdir=up)}
-    head = ("# GENERATED by `aot-diffusion dvc-yaml` from src/aot_diffusion/dag.py (POOL_STUDY_STAGES); do not edit.\n"
-            "# The pool-size study, outside the default pipeline: dvc repro workflow/pool_size/dvc.yaml\n")
-    body = {"vars": [f"{up}/params.yaml:profile,pool_study"], "stages": stages}
-    return head + yaml.dump(body, Dumper=_NoAliases, sort_keys=False, width=200)
-
-
-class _NoAliases(yaml.SafeDumper):
-    def ignore_aliases(self, data):
-        return True
-
-
-def dvc_commit_targets(root=".") -> tuple[list, int]:
-    """What `dvc commit` can record after a Snakemake run, and how many stages finished with the current
-    parameters (outputs and the record of the current digest there): a pipeline file whose stages all
-    finished is one target (one pass over it is ~5x faster than naming its stages), otherwise each finished
-    stage by name (``file:stage@key`` for the study's file)."""
-    from .params import load_params
-
-    plan = Plan(load_params(Path(root) / "params.yaml"), root)
-    targets, finished = [], 0
-    for table, dvcfile in ((STAGES, Path("dvc.yaml")), (POOL_STUDY_STAGES, POOL_STUDY_DVC)):
-        names, total = [], 0
-        for st in table:
-            for key in keys_of(st, plan.ctx):
-                total += 1
-                if plan.is_current(st, key):
-                    names.append(job_id(st, key) if table is STAGES else f"{dvcfile}:{job_id(st, key)}")
-        finished += len(names)
-        targets += [str(dvcfile)] if names and len(names) == total else names
-    return targets, finished

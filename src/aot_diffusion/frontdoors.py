@@ -122,7 +122,7 @@ def check_run_lock(p, root: Path | str = ".") -> None:
 def record_in_dvc(root: Path | str = ".") -> None:
     """After a successful Snakemake run, record the finished stages in dvc.lock (`dvc commit`), so that
     `dvc status` agrees with Snakemake. Only inside a DVC repository."""
-    from .dag import dvc_commit_targets
+    from .dvcfile import dvc_commit_targets
 
     root = Path(root)
     if not (root / ".dvc").is_dir() or shutil.which("dvc") is None:

@@ -149,8 +149,8 @@ class Layout:
     def metrics(self):
         return self.results / "metrics.json"
 
-    def figure(self, name):
-        return self.figures / f"{name}.png"
+    def figure(self, name, ext="png"):  # every figure as PNG and as vector PDF
+        return self.figures / f"{name}.{ext}"
 
     def sample_grid(self, model, steps, rho, seed, ext="png"):  # `aot-diffusion grid` (not a stage output)
         return self.figures / "grids" / f"{model}_{sample_key(steps, rho, seed)}.{ext}"

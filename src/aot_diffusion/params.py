@@ -1,4 +1,4 @@
-"""The parameters of a run: composition (defaults + profile + overrides) and a strict schema.
+"""The parameters of a run: composition (defaults + profile + overrides), loading, and the views stages get.
 
 ``params.yaml`` holds the *effective* parameters of the run, the one file that every stage reads and
 both front doors track. It is composed from ``conf/config.yaml`` (the defaults, i.e. the digits
@@ -9,29 +9,28 @@ profile), one ``conf/profile/<name>.yaml`` and command-line overrides, by Hydra:
 - ``aot-diffusion params --profile smoke --set train.pool_size=128`` (by hand).
 
 Overrides are applied last, so they always win over the profile. Every value is then checked
-against :data:`SCHEMA`: unknown keys (with the closest known one suggested), types (booleans are
+against the schema (schema.py): unknown keys (with the closest known one suggested), types (booleans are
 booleans), ranges and cross-field rules all stop the run before any stage starts.
 """
 
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import json
-import math
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
+# the schema's names, as every caller knew them here
+from .schema import (DISCRIMINATOR, ENCODER, INSTANCE, MAX_POOL, MAX_SAMPLES, MODEL, NAME_PATTERN, NETWORK,  # noqa: F401
+                     PROFILES, RESOLUTION, SCHEMA, VARIANT, ParamError, Spec, validate)
+
 __all__ = ["ParamError", "UndeclaredParam", "PROFILES", "SCHEMA", "NAME_PATTERN", "load_yaml", "load_params",
            "validate", "compose", "resolve", "flatten", "write_params", "select", "StageParams", "digest",
            "guidance_settings", "edm_aot_pairs", "instance_key", "split_instance", "model_instances"]
 
-PROFILES = ("digits", "smoke", "cifar10", "rehearsal")  # rehearsal: cifar10 at toy size (conf/profile/rehearsal.yaml)
 CONF_DIR = "conf"
 PARAMS_FILE = "params.yaml"
 HEADER = ("# The effective parameters of this run, composed from conf/config.yaml + conf/profile/<profile>.yaml\n"
@@ -39,8 +38,6 @@ HEADER = ("# The effective parameters of this run, composed from conf/config.yam
           "# lasting changes: `dvc exp run` recomposes this file from conf/.\n")
 
 
-class ParamError(ValueError):
-    """A missing, unknown, malformed or out-of-range parameter."""
 
 
 class UndeclaredParam(KeyError):
@@ -50,13 +47,9 @@ class UndeclaredParam(KeyError):
         return self.args[0]
 
 
-# Names of models, discriminators and study variants become file names, DVC stage names and command
-# arguments: nothing a shell or a path could read as syntax.
-NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-# A trained model is one model of `models` trained with one of `train.seeds`: its key is <model>_s<seed>.
-_INSTANCE = re.compile(r"^(?P<model>[a-z][a-z0-9_]*)_s(?P<seed>[0-9]+)$")
+_INSTANCE = INSTANCE  # <model>_s<seed>: schema.INSTANCE
 
 
 def instance_key(model: str, seed: int) -> str:
@@ -109,255 +102,6 @@ def load_yaml(path: Path | str):
         return yaml.load(path.read_text(), Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         raise ParamError(f"{path} is not a valid parameter file: {exc}") from None
-
-
-# ---------------------------------------------------------------------------------------------- schema
-
-@dataclass(frozen=True)
-class Spec:
-    kind: str                       # int | num | bool | str | list | map | any
-    lo: float | None = None         # inclusive lower bound (numbers; list items)
-    hi: float | None = None         # inclusive upper bound
-    choices: tuple = ()
-    nullable: bool = False
-    item: "Spec | None" = None      # list items / map values
-    min_len: int = 0
-    gt: bool = False                # lower bound exclusive
-
-
-def Int(lo=None, hi=None, **kw):
-    return Spec("int", lo, hi, **kw)
-
-
-def Num(lo=None, hi=None, **kw):
-    return Spec("num", lo, hi, **kw)
-
-
-def Bool(**kw):
-    return Spec("bool", **kw)
-
-
-def Str(*choices, **kw):
-    return Spec("str", choices=choices, **kw)
-
-
-def List(item, min_len=1, **kw):
-    return Spec("list", item=item, min_len=min_len, **kw)
-
-
-# Sizes refused before anything is allocated: an exact assignment over a pool of n holds an n x n cost matrix
-# (16384: 1 GiB in float32); sample counts beyond a million are typos at any scale this pipeline runs.
-MAX_POOL, MAX_SAMPLES = 16384, 1_000_000
-RESOLUTION = {"digits": 8, "cifar10": 32}  # the datasets' image sizes: a U-Net halves it once per channel_mult level
-
-MODEL = {"aot": Bool(), "conditional": Bool()}
-DISCRIMINATOR = {"model": Str(), "aot": Bool()}
-VARIANT = {"pairing": Str("none", "assignment", "knn"), "pool_size": Int(1, MAX_POOL)}  # a pool-size study variant
-NETWORK = {  # EDM's SongUNet / DhariwalUNet constructor arguments that a profile may set
-    "model_type": Str("SongUNet", "DhariwalUNet"), "embedding_type": Str("positional", "fourier"),
-    "encoder_type": Str("standard", "skip", "residual"), "decoder_type": Str("standard", "skip"),
-    "channel_mult_noise": Int(1, 8), "resample_filter": List(Int(1, 8)), "model_channels": Int(1, 1024),
-    "channel_mult": List(Int(1, 16)), "channel_mult_emb": Int(1, 16), "num_blocks": Int(1, 16),
-    "attn_resolutions": List(Int(1, 1024), min_len=0), "dropout": Num(0, 1),
-}
-ENCODER = {  # the noise-aware classifier (ADM encoder) that DG's discriminator reads features from
-    "model_channels": Int(1, 512), "channel_mult": List(Int(1, 16)), "num_res_blocks": Int(1, 8),
-    "attention_resolutions": List(Int(1, 64), min_len=0), "num_head_channels": Int(1, 256),
-}
-
-SETTING = {"steps": Int(2, 1000), "rho": Num(1, 1000)}  # one sampler setting (Heun steps, rho)
-# What one job of a kind of stage asks a cluster for (cluster.py); runtime in minutes per job; resubmits: how
-# often a job stopped at its time limit is submitted again (training resumes from its checkpoint).
-REQUEST = {"cpus_per_task": Int(1, 1024), "mem_mb": Int(100, 10**7), "runtime": Int(1, 10**6), "gpu": Bool(),
-           "resubmits": Int(0, 1000)}
-
-SCHEMA: dict[str, Any] = {
-    "profile": Str(*PROFILES),
-    "seed": Int(0, 2**31 - 1),
-    "device": Str("auto", "cpu", "cuda"),
-    "threads": Int(1, 256),
-    "data": {
-        "dataset": Str("digits", "cifar10"),
-        "test_fraction": Num(0, 1, gt=True),
-        "cifar10_tarball": Str(),
-        "cifar10_md5": Str(),
-        "cifar10_download": Bool(),
-    },
-    "models": Spec("map", item=Spec("model")),
-    "train": {
-        "network": NETWORK,
-        "batch_size": Int(1), "batch_per_rank": Int(1, nullable=True),
-        "pool_size": Int(1, MAX_POOL), "pool_size_cond": Int(1, MAX_POOL),
-        "pairing": Str("assignment", "knn"), "knn_k": Int(2, 64),
-        "solver": Str("auto", "lap", "scipy", "pot"),
-        "total_steps": Int(1), "lr": Num(0, 10, gt=True), "lr_rampup_kimg": Num(0),
-        "ema_halflife_kimg": Num(0, gt=True), "ema_rampup_ratio": Num(0, 10, gt=True, nullable=True),
-        "P_mean": Num(-10, 10), "P_std": Num(0, 10, gt=True), "augment_p": Num(0, 1),
-        "prefetch": Bool(), "log_every": Int(1), "checkpoint_every": Int(1),
-        "nproc_per_node": Int(1, 64), "max_nonfinite_steps": Int(1, 1000), "seeds": List(Int(0, 2**31 - 1)),
-    },
-    "classifier": {"steps": Int(1), "batch_size": Int(1), "lr": Num(0, 10, gt=True), "feature_dim": Int(2, 4096)},
-    "sample": {
-        "steps": List(Int(2, 1000)), "rho": List(Num(1, 1000)),
-        "num_samples": Int(2, MAX_SAMPLES), "seeds": List(Int(0, 2**31 - 1)), "batch_size": Int(1),
-        # float32 sampling: below 1e-4 the last steps' sigma^2 terms underflow (sigma_min 1e-40 gave NaN)
-        "sigma_min": Num(1e-4, 10), "sigma_max": Num(0, 1e4, gt=True), "grid_steps": List(Int(2, 1000)),
-    },
-    "fd": {
-        "bootstrap": Int(20, 100000), "ci_level": Num(0.5, 0.999), "kid_subsets": Int(1, 1000), "feature_batch": Int(1),
-        "allow_download": Bool(),
-        "features": Str("classifier", "inception"),
-    },
-    "curvature": {
-        "fine_steps": Int(8, 100000), "num_latents": Int(1), "sigma_grid": Int(2), "rho": Num(1, 1000),
-        "coarse_steps": List(Int(2, 1000)), "seed_offset": Int(0),
-    },
-    "released_pickle": Str(nullable=True),
-    "guidance": {
-        "num_fake": Int(2, MAX_SAMPLES), "fake_steps": Int(2, 1000), "fake_rho": Num(1, 1000), "fake_seed_offset": Int(0),
-        "heldout_fraction": Num(0, 0.9, gt=True),
-        "encoder": ENCODER,
-        "encoder_steps": Int(1), "encoder_batch_size": Int(1), "encoder_lr": Num(0, 10, gt=True),
-        "adm_classifier": Str(nullable=True),
-        "head_channels": Int(1, 1024), "head_depth": Int(1, 8),
-        "pool_size": Int(1, MAX_POOL), "batch_size": Int(2), "steps": Int(1), "eval_every": Int(1), "patience": Int(1, 1000),
-        "lr": Num(0, 10, gt=True),
-        "weight_decay": Num(0, 1), "weight_uncond": Num(0, 100), "weight_cond": Num(0, 100),
-        "sigma_window": List(Num(0, 1e4, gt=True), min_len=2, nullable=True),
-        "steps_list": List(Int(2, 1000)), "rho": List(Num(1, 1000)),
-        "paper_setting_uncond": SETTING, "paper_setting_cond": SETTING,
-        "discriminators": Spec("map", item=Spec("discriminator")),
-    },
-    "pool_study": {"rho": Num(1, 1000), "variants": Spec("map", item=Spec("variant"))},
-    "resources": {kind: REQUEST for kind in ("light", "network", "train")},
-    "hybrid": {"switch_sigmas": List(Num(0, 1e4, gt=True)), "steps": List(Int(2, 1000)), "rho": Num(1, 1000)},
-}
-
-_RECORDS = {"model": MODEL, "discriminator": DISCRIMINATOR, "variant": VARIANT}
-
-
-def _fail(path: str, msg: str):
-    raise ParamError(f"parameter {path!r}: {msg}")
-
-
-def _check_value(path: str, value, spec: Spec):
-    if value is None:
-        if spec.nullable:
-            return
-        _fail(path, "must be set (got null)")
-    k = spec.kind
-    if k == "bool":
-        if not isinstance(value, bool):
-            _fail(path, f"must be true or false (a YAML boolean, not {type(value).__name__} {value!r})")
-    elif k in ("int", "num"):
-        ok = isinstance(value, int) if k == "int" else isinstance(value, (int, float))
-        if isinstance(value, bool) or not ok:
-            _fail(path, f"must be {'an integer' if k == 'int' else 'a number'}, got {value!r}")
-        if not math.isfinite(value):
-            _fail(path, f"must be finite, got {value!r}")
-        if spec.lo is not None and (value <= spec.lo if spec.gt else value < spec.lo):
-            _fail(path, f"must be {'>' if spec.gt else '>='} {spec.lo:g}, got {value!r}")
-        if spec.hi is not None and value > spec.hi:
-            _fail(path, f"must be <= {spec.hi:g}, got {value!r}")
-    elif k == "str":
-        if not isinstance(value, str):
-            _fail(path, f"must be a string, got {value!r}")
-        if spec.choices and value not in spec.choices:
-            _fail(path, f"must be one of {list(spec.choices)}, got {value!r}")
-    elif k == "list":
-        if not isinstance(value, list) or len(value) < spec.min_len:
-            _fail(path, f"must be a list of at least {spec.min_len} item(s), got {value!r}")
-        for i, v in enumerate(value):
-            _check_value(f"{path}[{i}]", v, spec.item)
-    elif k == "map":
-        if not isinstance(value, Mapping) or not value:
-            _fail(path, "must be a non-empty mapping of names to entries")
-        for name, entry in value.items():
-            if not isinstance(name, str) or not NAME_PATTERN.match(name):
-                _fail(path, f"the name {name!r} is not allowed: names are lower-case letters, digits and '_', "
-                            f"starting with a letter ({NAME_PATTERN.pattern})")
-            _check_section(f"{path}.{name}", entry, _RECORDS[spec.item.kind], required=True)
-
-
-def _check_section(path: str, node, schema: Mapping, required: bool = True):
-    if not isinstance(node, Mapping):
-        _fail(path or "<root>", f"must be a mapping, got {node!r}")
-    for key in node:
-        if key not in schema:
-            close = difflib.get_close_matches(str(key), list(schema), n=1)
-            hint = f"; did you mean {(path + '.' if path else '') + close[0]!r}?" if close else ""
-            raise ParamError(f"unknown parameter {(path + '.' if path else '') + str(key)!r}{hint}")
-    for key, spec in schema.items():
-        sub = f"{path}.{key}" if path else key
-        if key not in node:
-            if required and not (isinstance(spec, Spec) and spec.nullable) and not (schema is NETWORK):
-                raise ParamError(f"missing parameter {sub!r} (conf/config.yaml defines every parameter)")
-            continue
-        if isinstance(spec, Mapping):
-            _check_section(sub, node[key], spec, required=schema is not NETWORK and spec is not NETWORK)
-        else:
-            _check_value(sub, node[key], spec)
-
-
-def validate(p: Mapping) -> dict:
-    """Check every value against :data:`SCHEMA` and the cross-field rules; return ``p`` as a dict."""
-    _check_section("", p, SCHEMA)
-    t, s, g, c = p["train"], p["sample"], p["guidance"], p["curvature"]
-    ranks = t["nproc_per_node"]
-    if t["batch_size"] % ranks:
-        _fail("train.batch_size", f"{t['batch_size']} is not divisible by train.nproc_per_node ({ranks})")
-    per_rank = t["batch_per_rank"] or t["batch_size"] // ranks
-    if (t["batch_size"] // ranks) % per_rank:
-        _fail("train.batch_per_rank", f"{per_rank} does not divide the per-rank batch {t['batch_size'] // ranks}")
-    pools = {f"train.{key}": t[key] for key in ("pool_size", "pool_size_cond")}
-    pools.update({f"pool_study.variants.{name}.pool_size": v["pool_size"]
-                  for name, v in p["pool_study"]["variants"].items()})
-    for key, pool in pools.items():
-        if pool < per_rank or pool % per_rank:
-            _fail(key, f"the pool ({pool}) must be a multiple of the per-rank mini-batch ({per_rank} = "
-                       f"train.batch_size {t['batch_size']} / train.nproc_per_node {ranks})")
-    levels, res = len(t["network"].get("channel_mult", [])), RESOLUTION[p["data"]["dataset"]]
-    if levels and 2 ** (levels - 1) > res:
-        _fail("train.network.channel_mult", f"{levels} levels halve the {res}x{res} images of "
-                                            f"{p['data']['dataset']} below one pixel (at most {res.bit_length()} levels)")
-    if s["sigma_min"] >= s["sigma_max"]:
-        _fail("sample.sigma_min", f"({s['sigma_min']}) must be below sample.sigma_max ({s['sigma_max']})")
-    for key, sub, full in (("sample.grid_steps", s["grid_steps"], s["steps"]),
-                           ("guidance.steps_list", g["steps_list"], s["steps"]),
-                           ("guidance.rho", g["rho"], s["rho"]),
-                           ("curvature.coarse_steps", c["coarse_steps"], s["steps"]),
-                           ("hybrid.steps", p["hybrid"]["steps"], s["steps"]),
-                           ("hybrid.rho", [p["hybrid"]["rho"]], s["rho"])):
-        if not set(sub) <= set(full):
-            _fail(key, f"{sub} must be a subset of {full} (the sweep it is compared with)")
-    if g["batch_size"] % 2:
-        _fail("guidance.batch_size", f"must be even (half real, half fake), got {g['batch_size']}")
-    half = g["batch_size"] // 2
-    if g["pool_size"] < half or g["pool_size"] % half:
-        _fail("guidance.pool_size", f"({g['pool_size']}) must be a multiple of half the batch ({half})")
-    train_fakes = g["num_fake"] - max(int(g["num_fake"] * g["heldout_fraction"]), 1)
-    if train_fakes < g["pool_size"]:
-        _fail("guidance.num_fake", f"{g['num_fake']} fakes leave {train_fakes} for training after the held-out "
-                                   f"fraction, fewer than one pool (guidance.pool_size {g['pool_size']})")
-    if g["sigma_window"] is not None:
-        lo, hi = g["sigma_window"][:2]
-        if len(g["sigma_window"]) != 2 or lo >= hi:
-            _fail("guidance.sigma_window", f"must be [low, high] with low < high, got {g['sigma_window']}")
-    if len(set(t["seeds"])) != len(t["seeds"]):
-        _fail("train.seeds", f"repeats a seed: {t['seeds']}")
-    for name in p["models"]:
-        if _INSTANCE.match(name):
-            _fail(f"models.{name}", "a model name may not end in _s<digits>: that suffix names its training seeds")
-    for name, d in g["discriminators"].items():
-        if d["model"] not in p["models"]:
-            _fail(f"guidance.discriminators.{name}.model", f"{d['model']!r} is not one of {sorted(p['models'])}")
-    if p["data"]["dataset"] == "cifar10" and p["profile"] not in ("cifar10", "rehearsal"):
-        _fail("data.dataset", "cifar10 data belongs to the cifar10 profile (or its rehearsal)")
-    if p["fd"]["features"] == "inception" and p["data"]["dataset"] != "cifar10":
-        _fail("fd.features", "Inception features are for 32x32 RGB (cifar10); offline profiles use 'classifier'")
-    if not re.fullmatch(r"[0-9a-f]{32}", p["data"]["cifar10_md5"]):
-        _fail("data.cifar10_md5", f"must be 32 lower-case hex digits, got {p['data']['cifar10_md5']!r}")
-    return dict(p)
 
 
 # ---------------------------------------------------------------------------------------------- composition

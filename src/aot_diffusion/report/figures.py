@@ -4,6 +4,7 @@ sample count and profile; layouts are constrained so labels never overlap."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import matplotlib
 
@@ -11,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from ..sampling import num_function_evals  # noqa: E402
 from ..samples import read_sweep  # noqa: E402
@@ -22,9 +23,31 @@ from .tables import ci_label, first, grid_only, metric_label  # noqa: E402
 
 
 def _save(fig, path):
-    with AtomicPath(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+    """PNG (for the README and `dvc plots`) and vector PDF (for a paper) beside it; log axes with plain ticks."""
+    for ax in fig.get_axes():
+        for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+            if scale == "log":
+                axis.set_major_formatter(_PLAIN)
+                axis.set_minor_formatter(_PLAIN_MINOR)
+    path = Path(path)
+    for ext, dpi in (("png", 150), ("pdf", None)):
+        with AtomicPath(path.with_suffix(f".{ext}"), suffix=f".{ext}") as tmp:
+            fig.savefig(tmp, dpi=dpi, format=ext)
     plt.close(fig)
+
+
+def _plain(value, _pos=None) -> str:
+    return f"{value:g}"
+
+
+_PLAIN = FuncFormatter(_plain)  # 2, 20, 0.5: not 2x10^0
+# minor ticks labelled only at 2 and 5 per decade (a label on every minor tick would overlap)
+_PLAIN_MINOR = FuncFormatter(lambda v, pos: _plain(v) if f"{v:.1e}"[0] in "25" else "")
+
+
+def _legend(ax, **kw):
+    """A legend whose handles are long enough to show each line's style (dashed = unconditional)."""
+    return ax.legend(handlelength=3.2, **{"fontsize": 7, **kw})
 
 
 def _figure(ncols=1, nrows=1, w=4.4, h=3.4):
@@ -52,7 +75,7 @@ def fd_vs_nfe(p, fd: pd.DataFrame, floor: dict, path):
         ax.set(title=f"rho = {rho:g}", xlabel="NFE", ylabel=metric_label(p), yscale="log")
         _integer_nfe(ax)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    _legend(axes[0][0])
     k = len(p["train"]["seeds"])
     bands = f"mean of {k} training seeds, {ci_label(p)} t-interval over them" if k > 1 else f"{ci_label(p)} bootstrap"
     fig.suptitle(f"{p['profile']} profile, {floor['n']} samples per setting; bands: {bands}", fontsize=9)
@@ -84,7 +107,7 @@ def curvature_plot(p, curv: dict, path):
     ax.set(xscale="log", xlabel="sigma", ylabel="curvature 1 - cos",
            title=f"PF-ODE curvature ({p['profile']} profile)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend(ax)
     _save(fig, path)
 
 
@@ -98,7 +121,7 @@ def truncation_plot(p, curv: dict, path):
         ax.set(title=f"rho = {rho:g}", xlabel="NFE", ylabel="RMS error vs fine solve", yscale="log")
         _integer_nfe(ax)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    _legend(axes[0][0])
     fig.suptitle(f"Truncation error ({p['profile']} profile)", fontsize=9)
     _save(fig, path)
 
@@ -107,7 +130,7 @@ def _finish(fig, axes, title, path):
     """Grid and legend on every panel, the figure's title, and save."""
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        _legend(ax, fontsize=6)
     fig.suptitle(title, fontsize=9)
     _save(fig, path)
 
@@ -201,7 +224,8 @@ def sample_grids(p, L, steps: int, path):
     fig, axes = _figure(len(models), w=3.0, h=3.3)
     for ax, model in zip(axes[0], models):
         x = next(im for st, r, sd, im, _ in read_sweep(L.samples(first(p, model))) if (st, r, sd) == (steps, rho, seed))
-        ax.imshow(_grid(x[:100], 10), cmap="gray", vmin=0, vmax=1)
+        side = int(np.sqrt(min(100, len(x))))  # a full square: no ragged last row
+        ax.imshow(_grid(x[:side * side], side), cmap="gray", vmin=0, vmax=1)
         ax.set(title=f"{first(p, model)}\nNFE {num_function_evals(steps)}, rho {rho:g}")
         ax.axis("off")
     fig.suptitle(f"Samples from the same latents ({p['profile']} profile)", fontsize=9)
@@ -216,7 +240,7 @@ def loss_curves(p, L, path):
         ax.plot(df["kimg"], df["loss"], label=model, **_style(p, model))
     ax.set(xlabel="kimg", ylabel="EDM loss", title=f"Training loss ({p['profile']} profile)", yscale="log")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend(ax)
     _save(fig, path)
 
 
@@ -262,7 +286,7 @@ def write_figures(p, L, log=print):
     sample_grids(p, L, hi, L.figure("samples_high_nfe"))
     loss_curves(p, L, L.figure("loss_curves"))
     teaser(p, curv, L.figure("teaser_denoiser_strip"))
-    log(f"wrote {len(list(L.figures.glob('*.png')))} figures to {L.figures}")
+    log(f"wrote {len(list(L.figures.glob('*.png')))} figures to {L.figures} (PNG and PDF)")
 
 
 def export_grid(params_path, model: str, steps: int, rho: float, seed=None, count: int = 100) -> list:

@@ -56,10 +56,60 @@ def _kind(p, model):
     return "aot" if p["models"][model]["aot"] else "edm"
 
 
-def _write(df: pd.DataFrame, L, name: str, title: str):
+BOOLEAN_COLUMNS = ("conditional", "aot", "outside_noise")
+
+
+def _tidy(df: pd.DataFrame) -> pd.DataFrame:
+    """Booleans as True / False in every table (not 0 / 1 where a row without one made the column numeric)."""
+    df = df.copy()
+    for col in BOOLEAN_COLUMNS:
+        if col in df:
+            df[col] = [bool(v) if pd.notna(v) and v != "" else None for v in df[col]]
+    return df
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    """A table as Markdown: empty cells where there is no value (not 'nan')."""
+    return df.astype(object).where(df.notna(), None).to_markdown(index=False, floatfmt=".4g", missingval="")
+
+
+def _write(df: pd.DataFrame, L, name: str, title: str, extra: str = ""):
+    df = _tidy(df)
     with AtomicPath(L.table(name, "csv"), suffix=".csv") as tmp:
         df.to_csv(tmp, index=False)
-    atomic_write_text(L.table(name, "md"), f"# {title}\n\n" + df.to_markdown(index=False, floatfmt=".4g") + "\n")
+    atomic_write_text(L.table(name, "md"), f"# {title}\n\n{extra}" + _markdown(df) + "\n")
+
+
+def _headline_rows(p, t1: pd.DataFrame) -> pd.DataFrame:
+    """Table 1's headline rows: the mean over training seeds (several), else the one trained model's."""
+    several = len(p["train"]["seeds"]) > 1
+    return t1[t1["rho"].notna() & (t1["train_seed"].astype(str) == ("mean" if several else str(p["train"]["seeds"][0])))]
+
+
+def fd_curves(p, t1: pd.DataFrame) -> pd.DataFrame:
+    """The headline FD against held-out statistics at the first rho: x = nfe, one column per model (dvc.yaml's
+    `plots` draws each column as its own line, so models don't join into one)."""
+    rows = _headline_rows(p, t1)
+    rows = rows[rows["rho"] == float(p["sample"]["rho"][0])]
+    wide = rows.pivot_table(index="nfe", columns="model", values="fd_heldout").reset_index()
+    return wide[["nfe", *[m for m in p["models"] if m in wide]]]
+
+
+def headline_pivot(p, t1: pd.DataFrame) -> str:
+    """Table 1 as the README shows it: per model, the headline (fd_heldout, the mean over training seeds when
+    there are several) as "FD [low, high]" per rho and NFE, the floor in its own row."""
+    several, rows = len(p["train"]["seeds"]) > 1, _headline_rows(p, t1)
+    fmt = lambda r: f"{r['fd_heldout']:.1f} [{r['fd_heldout_low']:.1f}, {r['fd_heldout_high']:.1f}]"  # noqa: E731
+    cols = [(float(rho), int(nfe)) for rho, nfe in sorted({(r.rho, r.nfe) for r in rows.itertuples()})]
+    table = [{"model": m, **{f"rho {rho:g}, NFE {nfe}": fmt(g[(g["rho"] == rho) & (g["nfe"] == nfe)].iloc[0])
+                             for rho, nfe in cols}} for m, g in rows.groupby("model", sort=False)]
+    floor = t1[t1["model"].str.startswith("real")]
+    if len(floor) and pd.notna(floor["fd_heldout"].iloc[0]):
+        table.append({"model": "real (floor)", **{f"rho {rho:g}, NFE {nfe}": fmt(floor.iloc[0]) for rho, nfe in cols}})
+    how = (f"mean over {len(p['train']['seeds'])} training seeds [{ci_label(p)} t-interval over them]" if several
+           else f"[{ci_label(p)} interval]")
+    return (f"## Headline: {metric_name(p)}_heldout, {how}\n\n" + pd.DataFrame(table).to_markdown(index=False)
+            + "\n\n## Every row\n\n")
 
 
 def grid_only(p, df: pd.DataFrame) -> pd.DataFrame:
@@ -244,7 +294,7 @@ def write_tables(p, L, log=print):
     name, label = metric_name(p), metric_label(p)
     t1, diffs, t2, t3 = table1(p, L, floor), paired_differences(p, L), table2(p, L), table3(p, L)
     n = int(floor["n"])
-    _write(t1, L, "table1_fd_vs_nfe", f"Table 1: {label} vs NFE ({p['profile']} profile, {n} samples per setting; "
+    _write(t1, L, "table1_fd_vs_nfe", extra=headline_pivot(p, t1), title=f"Table 1: {label} vs NFE ({p['profile']} profile, {n} samples per setting; "
            f"{name}: against the training statistics, first row: N held-out real images (the floor); "
            f"{name}_heldout: against the held-out images' statistics (a model can't win it by memorising), first row: "
            f"N real training images; nn_train_dist: mean pixel distance to the nearest training image (first row: "
@@ -263,8 +313,8 @@ def write_tables(p, L, log=print):
            f"first sampling seed's latents): the 'above' model's denoiser where sigma > switch_sigma, the 'below' "
            f"model's at and below it; 'pure': one model throughout. {label} against held-out statistics with "
            f"{ci_label(p)} bootstrap intervals, and against the training statistics")
-    with AtomicPath(L.fd_curves, suffix=".csv") as tmp:  # for `dvc plots diff`
-        t1[t1["rho"].notna()][["model", "rho", "nfe", "fd"]].to_csv(tmp, index=False)
+    with AtomicPath(L.fd_curves, suffix=".csv") as tmp:  # for `dvc plots diff`: one column (line) per model
+        fd_curves(p, t1).to_csv(tmp, index=False)
     # Headline numbers for `dvc exp show`: rho 7 (EDM's default) settings, the floor, differences, curvature.
     # Intervals as {low, high}: `dvc exp show` drops list-valued metrics.
     metrics = {f"{name}_floor": floor["fd"], f"{name}_floor_ci": dict(low=floor["low"], high=floor["high"])}

@@ -38,7 +38,7 @@ def _score(run: Run, samples_path, csv_path, features_path, name: str) -> None:
     kept = {}
     for steps, rho, seed, pixels, grads in read_sweep(samples_path):
         x = feats(pixels)
-        fd = fdm.frechet_distance(fdm.feature_statistics(x), stats)
+        fd_value = fdm.frechet_distance(fdm.feature_statistics(x), stats)
         low, high = fdm.fd_ci(x, stats, n_boot=f["bootstrap"], seed=run.p["seed"], level=f["ci_level"])
         kid = fdm.kid(x, ref_feats, stats, seed=run.p["seed"], num_subsets=f["kid_subsets"])
         kid_low, kid_high = fdm.kid_ci(x, ref_feats, stats, n_boot=f["bootstrap"], seed=run.p["seed"],
@@ -47,11 +47,11 @@ def _score(run: Run, samples_path, csv_path, features_path, name: str) -> None:
         fd_h_low, fd_h_high = fdm.fd_ci(x, held_stats, n_boot=f["bootstrap"], seed=run.p["seed"], level=f["ci_level"])
         nn = fdm.nearest_distance(from_uint8(pixels), train_images, device=run.device)
         rows.append(dict(model=name, steps=steps, rho=rho, nfe=num_function_evals(steps), seed=seed, n=len(x),
-                         disc_grad_evals=grads, fd=fd, fd_low=low, fd_high=high, kid=kid, kid_low=kid_low,
+                         disc_grad_evals=grads, fd=fd_value, fd_low=low, fd_high=high, kid=kid, kid_low=kid_low,
                          kid_high=kid_high, fd_heldout=fd_h, fd_heldout_low=fd_h_low, fd_heldout_high=fd_h_high,
                          nn_train_dist=nn))
         kept[sample_key(steps, rho, seed)] = x.astype(np.float32)
-        run.log(f"steps {steps} rho {rho:g} seed {seed}: FD {fd:.3f} [{low:.3f}, {high:.3f}], KID {kid:.4f}; "
+        run.log(f"steps {steps} rho {rho:g} seed {seed}: FD {fd_value:.3f} [{low:.3f}, {high:.3f}], KID {kid:.4f}; "
                 f"vs held-out: FD {fd_h:.3f} [{fd_h_low:.3f}, {fd_h_high:.3f}]; nearest training image {nn:.3f}")
     df = pd.DataFrame(rows).sort_values(["rho", "steps", "seed"])
     _finite(run, df, "scores")
