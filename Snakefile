@@ -8,6 +8,9 @@
 # both front doors see one effective parameter set. After a successful run the finished stages are recorded
 # in dvc.lock (`dvc commit`), so `dvc status` agrees with Snakemake.
 
+report: "workflow/report/workflow.rst"  # the report's workflow description
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/stages.smk"
 

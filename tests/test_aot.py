@@ -195,3 +195,32 @@ def test_lap_through_ctypes_matches_lap_lapjv_and_falls_back(monkeypatch):
         monkeypatch.setattr(aot, "_lap_routine", lambda: None)  # a lap build without the exported routine
         assert np.array_equal(aot.assignment(cost, "lap"), expected)
         monkeypatch.undo()
+
+
+def test_one_registry_pairs_noise_for_every_caller():
+    """aot.PAIRINGS is where pairings live: the schema's choices come from it, training and DG pair through it,
+    and a registered pairing is a valid choice (removed again after the test)."""
+    from aot_diffusion import schema
+    from aot_diffusion.training import PoolSource
+
+    assert {"none", "assignment", "knn"} <= set(aot.PAIRINGS)
+    assert set(schema.VARIANT["pairing"].choices) == set(aot.PAIRINGS)
+    assert set(schema.SCHEMA["train"]["pairing"].choices) == set(aot.PAIRINGS) - {"none"}
+    x, n = torch.randn(16, 1, 4, 4), torch.randn(16, 1, 4, 4)
+    assert torch.equal(aot.pair("none", x, n), n)
+    assert torch.equal(aot.pair("assignment", x, n), pair_noise(x, n))
+    with pytest.raises(ValueError, match="registered"):
+        aot.pair("sinkhorn", x, n)
+
+    @aot.register_pairing("reversed_toy")
+    def reversed_toy(images, noise, class_ids, *, generator=None, solver="auto", knn_k=4):
+        return noise.flip(0)
+
+    try:
+        pool = PoolSource(x, None, pool_size=16, aot_on=True, pairing="reversed_toy", seed=0).make(0)
+        plain = PoolSource(x, None, pool_size=16, aot_on=False, seed=0).make(0)
+        assert torch.equal(pool.noise, plain.noise.flip(0))  # training pairs through the registry
+        with pytest.raises(ValueError, match="registered already"):
+            aot.register_pairing("reversed_toy")(reversed_toy)
+    finally:
+        del aot.PAIRINGS["reversed_toy"]

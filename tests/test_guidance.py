@@ -288,17 +288,17 @@ def test_aot_batches_pair_noise_lowering_image_noise_distance():
 def test_aot_pairing_is_classwise_and_actually_used(monkeypatch):
     real, fake, real_labels, fake_labels = _toy_sets()
     calls = []
-    original = guidance_training.pair_noise
+    original = guidance_training.pair
 
-    def spy(images, noise, labels=None, solver="scipy"):
-        out = original(images, noise, labels=labels, solver=solver)
-        calls.append(dict(images=images, noise=noise, labels=labels, out=out))
+    def spy(name, images, noise, labels=None, **options):  # DG pairs through the registry, by assignment
+        out = original(name, images, noise, labels, **options)
+        calls.append(dict(name=name, images=images, noise=noise, labels=labels, out=out))
         return out
 
-    monkeypatch.setattr(guidance_training, "pair_noise", spy)
+    monkeypatch.setattr(guidance_training, "pair", spy)
     batches = list(discriminator_batches(real, fake, real_labels=real_labels, fake_labels=fake_labels, aot=True,
                                          pool_size=48, batch_size=16, steps=6, seed=1))
-    assert len(calls) == 2  # one real pool and one fake pool
+    assert len(calls) == 2 and {c["name"] for c in calls} == {"assignment"}  # one real pool and one fake pool
     for call, side in zip(calls, (True, False)):
         ids = call["labels"]
         assert ids is not None

@@ -49,7 +49,10 @@ def test_dvc_yaml_is_generated_from_the_stage_table():
 
 def snakemake_commands(cwd, *config, target=()):
     out = run(["snakemake", "-n", "-F", "-p", *target, "--config", *config], cwd).stdout
-    return sorted(re.findall(r"^Shell command: (aot-diffusion [^\n]*)$", out, re.M))
+    # each rule's command, without what every rule adds (its output copied to its log: `2>&1 | tee <log>`)
+    found = re.findall(r"^Shell command: (aot-diffusion [^\n]*?) 2>&1 \| tee logs/[\w/@.']+$", out, re.M)
+    assert len(found) == out.count("Shell command: aot-diffusion "), "a command is not `<command> 2>&1 | tee <log>`"
+    return sorted(found)
 
 
 def dvc_commands(cwd, *targets):
@@ -63,8 +66,12 @@ def test_both_front_doors_plan_the_same_commands(tmp_path, profile):
     run(["aot-diffusion", "params", "--profile", profile], proj)
     smk, dvc = snakemake_commands(proj, f"profile={profile}"), dvc_commands(proj)
     assert smk and smk == dvc
-    # two training seeds (8 trained models) in every profile; the pool-size study is not in `all`
-    assert len(smk) == 62 and not any("--variant" in c for c in smk)
+    # one command per job of the stage table (two training seeds: 8 trained models in every profile); the
+    # pool-size study is not in `all`
+    p = load_params(proj / "params.yaml")
+    plan = Plan(p)
+    assert len(smk) == sum(len(keys_of(st, plan.ctx)) for st in STAGES) == 62
+    assert not any("--variant" in c for c in smk)
 
 
 def test_pool_study_is_its_own_target_at_both_front_doors(tmp_path):

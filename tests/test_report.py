@@ -245,6 +245,7 @@ def test_pool_study_table_gains_ratio_and_figure(fixture_run, monkeypatch):
 
     def spy(fig, path):
         drawn["ticks"] = [t.get_text() for t in fig.get_axes()[0].get_xticklabels()]
+        drawn["legend"] = " ".join(t.get_text() for t in fig.get_axes()[0].get_legend().get_texts())
         real_save(fig, path)
 
     monkeypatch.setattr(figures, "_save", spy)
@@ -260,6 +261,7 @@ def test_pool_study_table_gains_ratio_and_figure(fixture_run, monkeypatch):
     assert (df["pair_ms"] == 6.0).all() and (others["paired_distance"] == 7.0).all()  # windows without a pool skipped
     pools = sorted(v["pool_size"] for v in variants.values() if v["pairing"] == "assignment")
     assert drawn["ticks"] == [str(s) for s in pools] and L.study_figure.exists()
+    assert all(v["pairing"] in drawn["legend"] for v in variants.values())  # every pairing of the study is drawn
     md = L.study_table("md").read_text()
     assert "floor at the same N: 0.10" in md and all(f"| {n} |" in md for n in variants)
     assert set(json.loads(L.study_metrics.read_text())) == {f"{n}.fd_nfe{k}" for n in variants for k in (3, 5)}

@@ -20,12 +20,17 @@ import functools
 import importlib.util
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 
-__all__ = ["pair_noise", "knn_noise", "assignment", "pairwise_cost", "resolve_solver", "available_solvers",
-           "labels_to_ids", "mean_distance", "SOLVERS"]
+# torch is imported inside the functions: the parameter schema reads PAIRINGS below, and the Snakefile that
+# validates the parameters should not pay for importing torch.
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["PAIRINGS", "register_pairing", "pair", "pair_noise", "knn_noise", "assignment", "pairwise_cost",
+           "resolve_solver", "available_solvers", "labels_to_ids", "mean_distance", "SOLVERS"]
 
 SOLVERS = ("auto", "lap", "scipy", "pot")
 _PACKAGES = {"lap": ("lap", "lap"), "scipy": ("scipy", "scipy"), "pot": ("ot", "POT")}  # module, pip name
@@ -54,6 +59,7 @@ def resolve_solver(solver: str) -> str:
 
 def labels_to_ids(labels, n: int) -> torch.Tensor:
     """Class ids [n] from int ids [n] or one-hot / soft labels [n, C]."""
+    import torch
     labels = torch.as_tensor(labels)
     if labels.ndim == 2:
         if labels.shape[0] != n:
@@ -137,6 +143,7 @@ def pairwise_cost(images: torch.Tensor, noise: torch.Tensor, dtype: torch.dtype 
     than a float64 one and, measured on random and digits pools up to 2048 x 3072, gave the same optimal
     assignment every time (benchmarks/pairing.py, part precision).
     """
+    import torch
     if dtype is None:
         dtype = torch.promote_types(torch.promote_types(images.dtype, noise.dtype), torch.float32)
     if dtype not in (torch.float32, torch.float64):
@@ -159,6 +166,7 @@ def pair_noise(images: torch.Tensor, noise: torch.Tensor, labels=None, solver: s
     ``pairwise_cost``).
     ``workers`` bounds the threads that solve class-wise subproblems (default: the CPU count).
     """
+    import torch
     solver = resolve_solver(solver)
     if isinstance(noise, np.ndarray):  # numpy in, numpy out
         paired, perm = pair_noise(torch.as_tensor(np.asarray(images)), torch.from_numpy(noise), labels, solver,
@@ -200,6 +208,7 @@ def knn_noise(images: torch.Tensor, k: int = 4, generator: torch.Generator | Non
     ``labels`` is accepted so both pairings share a call; it changes nothing, as candidates never leave
     their image (hence never cross classes). Numpy images give a numpy result.
     """
+    import torch
     if isinstance(images, np.ndarray):
         return knn_noise(torch.from_numpy(images), k, generator, labels).numpy()
     if not isinstance(images, torch.Tensor):
@@ -220,6 +229,7 @@ def knn_noise(images: torch.Tensor, k: int = 4, generator: torch.Generator | Non
 
 
 def _check_pool(images, noise):
+    import torch
     if not isinstance(images, torch.Tensor) or not isinstance(noise, torch.Tensor):
         raise TypeError("images and noise must be torch tensors (or numpy arrays)")
     if images.shape != noise.shape:
@@ -234,3 +244,50 @@ def _check_pool(images, noise):
 def mean_distance(images: torch.Tensor, noise: torch.Tensor) -> float:
     """Mean Euclidean distance between image i and noise i (the quantity AOT lowers)."""
     return (images.flatten(1).float() - noise.flatten(1).float()).norm(dim=1).mean().item()
+
+
+# ---------------------------------------------------------------------------------------------- the pairings
+# How noise is paired with a pool of images, for every caller (training, DG's discriminators, the pool-size
+# study): one registry. The schema takes `train.pairing` and the study variants' `pairing` from it, so a new
+# pairing is one function here (and its name in conf/). Each entry has the same signature:
+#     fn(images, noise, class_ids, *, generator, solver, knn_k) -> the noise for each image (images' shape)
+# class_ids: int class per image or None; generator: the pool's own (draw from it only, for reproducibility).
+
+PAIRINGS: dict[str, Callable] = {}
+
+
+def register_pairing(name: str):
+    """Decorator: add ``fn`` to :data:`PAIRINGS` under ``name`` (lower-case letters, digits, '_')."""
+    def add(fn):
+        if not name.replace("_", "").isalnum() or not name[:1].isalpha() or name != name.lower():
+            raise ValueError(f"pairing name {name!r}: lower-case letters, digits and '_', starting with a letter")
+        if name in PAIRINGS:
+            raise ValueError(f"pairing {name!r} is registered already")
+        PAIRINGS[name] = fn
+        return fn
+    return add
+
+
+@register_pairing("none")
+def no_pairing(images, noise, class_ids, *, generator=None, solver="auto", knn_k=4):
+    """EDM: each image keeps the noise drawn for it."""
+    return noise
+
+
+@register_pairing("assignment")
+def assignment_pairing(images, noise, class_ids, *, generator=None, solver="auto", knn_k=4):
+    """AOT: the exact minimum-total-distance assignment of the pool's noise to its images (class by class)."""
+    return pair_noise(images, noise, labels=class_ids, solver=solver)
+
+
+@register_pairing("knn")
+def knn_pairing(images, noise, class_ids, *, generator=None, solver="auto", knn_k=4):
+    """Nearest of knn_k fresh draws per image (Immiscible-style baseline; not a permutation)."""
+    return knn_noise(images, knn_k, generator=generator, labels=class_ids)
+
+
+def pair(name: str, images, noise, class_ids=None, *, generator=None, solver: str = "auto", knn_k: int = 4):
+    """Pair ``noise`` with ``images`` by the registered pairing ``name``."""
+    if name not in PAIRINGS:
+        raise ValueError(f"unknown pairing {name!r}; registered: {sorted(PAIRINGS)} (aot.PAIRINGS)")
+    return PAIRINGS[name](images, noise, class_ids, generator=generator, solver=solver, knn_k=knn_k)

@@ -168,6 +168,9 @@ class Layout:
         return self.figures / "pool_size_study.png"
 
     # parameter records: what each finished stage read (dag.Plan); one folder per job, one file per digest
+    def job_log(self, job: str):  # what a Snakemake job printed (logs/ is not an output of either door's DAG)
+        return self.root / "logs" / self.profile / f"{job}.log"
+
     def records(self, job: str):
         return self.results / "records" / job
 

@@ -90,10 +90,7 @@ class PoolSource:
         if self.aot_on:
             t0 = time.perf_counter()
             pool.random_distance = aot.mean_distance(images, noise)
-            if self.pairing == "knn":  # the baseline: each image keeps the nearest of its own k draws
-                pool.noise = aot.knn_noise(images, self.knn_k, generator=g, labels=ids)
-            else:
-                pool.noise = aot.pair_noise(images, noise, labels=ids, solver=self.solver)
+            pool.noise = aot.pair(self.pairing, images, noise, ids, generator=g, solver=self.solver, knn_k=self.knn_k)
             pool.pair_ms = 1000 * (time.perf_counter() - t0)
             pool.paired_distance = aot.mean_distance(images, pool.noise)
         else:

@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from .aot import PAIRINGS, SOLVERS
+
 __all__ = ["ParamError", "PROFILES", "NAME_PATTERN", "INSTANCE", "SCHEMA", "MODEL", "DISCRIMINATOR", "VARIANT",
            "NETWORK", "ENCODER", "RESOLUTION", "MAX_POOL", "MAX_SAMPLES", "Spec", "validate"]
 
@@ -68,7 +70,7 @@ RESOLUTION = {"digits": 8, "cifar10": 32}  # the datasets' image sizes: a U-Net 
 
 MODEL = {"aot": Bool(), "conditional": Bool()}
 DISCRIMINATOR = {"model": Str(), "aot": Bool()}
-VARIANT = {"pairing": Str("none", "assignment", "knn"), "pool_size": Int(1, MAX_POOL)}  # a pool-size study variant
+VARIANT = {"pairing": Str(*PAIRINGS), "pool_size": Int(1, MAX_POOL)}  # a pool-size study variant
 NETWORK = {  # EDM's SongUNet / DhariwalUNet constructor arguments that a profile may set
     "model_type": Str("SongUNet", "DhariwalUNet"), "embedding_type": Str("positional", "fourier"),
     "encoder_type": Str("standard", "skip", "residual"), "decoder_type": Str("standard", "skip"),
@@ -104,8 +106,8 @@ SCHEMA: dict[str, Any] = {
         "network": NETWORK,
         "batch_size": Int(1), "batch_per_rank": Int(1, nullable=True),
         "pool_size": Int(1, MAX_POOL), "pool_size_cond": Int(1, MAX_POOL),
-        "pairing": Str("assignment", "knn"), "knn_k": Int(2, 64),
-        "solver": Str("auto", "lap", "scipy", "pot"),
+        "pairing": Str(*(name for name in PAIRINGS if name != "none")), "knn_k": Int(2, 64),  # none: models' aot
+        "solver": Str(*SOLVERS),
         "total_steps": Int(1), "lr": Num(0, 10, gt=True), "lr_rampup_kimg": Num(0),
         "ema_halflife_kimg": Num(0, gt=True), "ema_rampup_ratio": Num(0, 10, gt=True, nullable=True),
         "P_mean": Num(-10, 10), "P_std": Num(0, 10, gt=True), "augment_p": Num(0, 1),

@@ -52,7 +52,7 @@ class TrainConfig:
     aot: bool = False                   # pair noise to images by exact assignment
     pool_size: int = 512                # images per pairing pool, per rank
     solver: str = "auto"                # exact assignment solver (aot.SOLVERS)
-    pairing: str = "assignment"         # with aot on: exact assignment per pool | knn: nearest of knn_k noises
+    pairing: str = "assignment"         # with aot on: a name of aot.PAIRINGS (assignment: AOT, per pool)
     knn_k: int = 4
     conditional: bool = False
     total_steps: int = 1000
@@ -97,8 +97,8 @@ class TrainConfig:
             fail("pool_size", f"pool ({self.pool_size}) is smaller than the per-rank mini-batch ({bpr})")
         if self.pool_size % bpr:
             fail("pool_size", f"pool ({self.pool_size}) is not divisible by the per-rank mini-batch ({bpr})")
-        if self.pairing not in ("assignment", "knn"):
-            fail("pairing", f"must be 'assignment' or 'knn', got {self.pairing!r}")
+        if self.pairing not in aot.PAIRINGS:
+            fail("pairing", f"must be one of {sorted(aot.PAIRINGS)} (aot.PAIRINGS), got {self.pairing!r}")
         if self.solver not in aot.SOLVERS:
             fail("solver", f"must be one of {aot.SOLVERS}, got {self.solver!r}")
         if not 0 < self.lr < float("inf"):

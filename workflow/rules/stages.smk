@@ -33,9 +33,11 @@ for st in dag.ALL_STAGES:
             threads: THREADS if st.over or st.gpus(CTX) else 1
             resources:
                 **REQUESTS[dag.job_id(st, key)],  # the profile's resources.<kind> and the site's partition
+            log:
+                str(L.job_log(dag.job_id(st, key))),  # logs/<profile>/<job>.log, and the console (tee)
             retries: P["resources"][st.kind]["resubmits"]  # training resumes from its checkpoint (cluster.py)
             shell:
-                "{params.command}"  # the directive runs late: the command is bound per rule in params
+                "{params.command} 2>&1 | tee {log:q}"  # the directive runs late: the command is bound per rule in params
 
 
 # Score a released NVlabs/edm or EDM-AOT network pickle (not part of `all`):

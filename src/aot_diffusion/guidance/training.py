@@ -5,7 +5,7 @@ Noise-aware classifier (what DG freezes): cross-entropy on x + sigma n at VP tim
 [1e-5, 1] as ADM trains its classifier; the model sees alpha (x + sigma n) at time tau * 999.
 Discriminator: binary cross-entropy at DG's importance-sampled VP times, Adam (lr 3e-4, weight decay
 1e-7, batch 128) on the head only. AOT-DG: the unit noise of each pool of real images and of each
-pool of fake images is paired with its images by :func:`aot_diffusion.aot.pair_noise` (class by
+pool of fake images is paired with its images by AOT's assignment (:data:`aot_diffusion.aot.PAIRINGS`; class by
 class with labels) before sigma is drawn, exactly as AOT pairs noise for the diffusion model.
 """
 
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..aot import pair_noise
+from ..aot import pair
 from ._inputs import check_set, make_generator, sigma_vector
 from .adm import ADMEncoderUNet
 from .discriminators import build_discriminator
@@ -150,11 +150,11 @@ def evaluate_classifier(model: ADMEncoderUNet, images: torch.Tensor, labels, *, 
 def discriminator_batches(real_images: torch.Tensor, fake_images: torch.Tensor, *, real_labels=None,
                           fake_labels=None, aot: bool = False, pool_size: int = 512, batch_size: int = 128,
                           steps: Optional[int] = None, seed: int = 0, device=None, sigma_distribution: str = "dg",
-                          P_mean: float = -1.2, P_std: float = 1.2, solver: str = "scipy") -> Iterator[dict]:
+                          P_mean: float = -1.2, P_std: float = 1.2, solver: str = "auto") -> Iterator[dict]:
     """Yield discriminator training batches on ``device`` (default: the real images'), half real, half fake.
 
     Pools of ``pool_size`` real and ``pool_size`` fake images are drawn (epoch-wise shuffling) with one
-    unit Gaussian noise each; with ``aot`` each pool's noise is reordered by ``pair_noise`` (per class
+    unit Gaussian noise each; with ``aot`` each pool's noise is reordered by the assignment pairing (per class
     when labels are given), otherwise it stays random. A pool is consumed in consecutive chunks of
     ``batch_size // 2`` per side; sigma is then drawn per sample, independently of the pairing (DG's
     VP-time draw by default, see :func:`draw_sigma`). Each batch is a dict with ``x`` (noisy input
@@ -191,7 +191,7 @@ def discriminator_batches(real_images: torch.Tensor, fake_images: torch.Tensor, 
         pool_images, pool_ids = images[idx], (ids[idx] if ids is not None else None)
         noise = torch.randn(pool_images.shape, generator=gen, device=device)
         if aot:
-            noise = pair_noise(pool_images, noise, labels=pool_ids, solver=solver)
+            noise = pair("assignment", pool_images, noise, pool_ids, generator=gen, solver=solver)  # aot.PAIRINGS
         return pool_images, pool_ids, noise
 
     step = 0
@@ -216,7 +216,7 @@ def train_discriminator(disc: nn.Module, real_images: torch.Tensor, fake_images:
                         real_labels=None, fake_labels=None, aot: bool = False, pool_size: int = 512,
                         batch_size: int = 128, steps: int = 1000, lr: float = 3e-4, weight_decay: float = 1e-7,
                         seed: int = 0, device=None, sigma_distribution: str = "dg", log_every: int = 50,
-                        solver: str = "scipy", validate: Optional[Callable[[nn.Module], dict]] = None,
+                        solver: str = "auto", validate: Optional[Callable[[nn.Module], dict]] = None,
                         patience: int = 5, log: Optional[Callable[[str], None]] = None) -> list[dict]:
     """Train ``disc`` with BCE-with-logits on real (1) vs fake (0) perturbed images; returns its history.
 
@@ -300,7 +300,7 @@ def fit_discriminator(encoder: ADMEncoderUNet, real_images: torch.Tensor, fake_i
                       weight_decay: float = 1e-7, seed: int = 0, device="cpu", head_config: Optional[dict] = None,
                       head_num_classes: Optional[int] = None, log_every: int = 50,
                       validate: Optional[Callable[[nn.Module], dict]] = None, patience: int = 5,
-                      log: Optional[Callable[[str], None]] = None):
+                      log: Optional[Callable[[str], None]] = None, solver: str = "auto"):
     """Build DG's discriminator on the frozen ``encoder`` (head seeded by ``seed``) and train it.
 
     ``label_dim > 0`` makes it class-conditional (labels required). ``validate``/``patience``: early
@@ -311,7 +311,7 @@ def fit_discriminator(encoder: ADMEncoderUNet, real_images: torch.Tensor, fake_i
     history = train_discriminator(disc, real_images, fake_images, real_labels=real_labels, fake_labels=fake_labels,
                                   aot=aot, pool_size=pool_size, batch_size=batch_size, steps=steps, lr=lr,
                                   weight_decay=weight_decay, seed=seed, device=device, log_every=log_every,
-                                  validate=validate, patience=patience, log=log)
+                                  validate=validate, patience=patience, log=log, solver=solver)
     return disc, history
 
 

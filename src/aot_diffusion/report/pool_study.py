@@ -98,39 +98,48 @@ def _pool_axis(ax, sizes):
 
 
 def study_figure(p, df: pd.DataFrame, floor: dict, path):
+    """Every pairing of the study: a curve over pool size where it was run at several sizes, else a level line."""
     from .figures import _figure, _save
 
     nfes = sorted(int(c[6:]) for c in df.columns if c.startswith("fd_nfe") and c[6:].isdigit())
-    pools = df[df["pairing"] == "assignment"].sort_values("pool_size")
-    others = df[df["pairing"] != "assignment"]
+    curves = {name: g.sort_values("pool_size") for name, g in df.groupby("pairing", sort=False)
+              if g["pool_size"].nunique() > 1}
+    levels = df[~df["pairing"].isin(list(curves))]
+    sizes = sorted({int(x) for g in curves.values() for x in g["pool_size"]} or {int(x) for x in df["pool_size"]})
+    markers, dashes = dict(zip(curves, "os^vD")), ("--", "-.", ":", (0, (5, 1)))
     fig, axes = _figure(3, w=4.0, h=3.8)
     ax = axes[0][0]
     for i, nfe in enumerate(nfes):
         color = f"C{i}"
-        ax.errorbar(pools["pool_size"], pools[f"fd_nfe{nfe}"], fmt="o-", ms=3, color=color, capsize=2,
-                    yerr=[pools[f"fd_nfe{nfe}"] - pools[f"fd_nfe{nfe}_low"],
-                          pools[f"fd_nfe{nfe}_high"] - pools[f"fd_nfe{nfe}"]], label=f"AOT, NFE {nfe}")
-        for (_, r), ls in zip(others.iterrows(), ("--", "-.", ":")):
+        for name, g in curves.items():
+            col = f"fd_nfe{nfe}"
+            ax.errorbar(g["pool_size"], g[col], fmt=f"{markers[name]}-", ms=3, color=color, capsize=2,
+                        yerr=[g[col] - g[f"{col}_low"], g[f"{col}_high"] - g[col]], label=f"{name}, NFE {nfe}")
+        for (_, r), ls in zip(levels.iterrows(), dashes):
             ax.axhline(r[f"fd_nfe{nfe}"], color=color, ls=ls, lw=1,
                        label=f"{r['variant']} ({r['pairing']})" if i == 0 else None)
     ax.axhline(floor["fd"], color="k", ls=":", lw=1, label=f"real held-out floor (N={int(floor['n'])})")
     ax.set(yscale="log", ylabel=metric_label(p), title="sample quality")
-    _pool_axis(ax, pools["pool_size"])
+    _pool_axis(ax, sizes)
     ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)  # below: the data fill the axes
     ax = axes[0][1]
-    ax.plot(pools["pool_size"], pools["paired_distance"], "o-", color="tab:red", label="AOT pairs")
-    for (_, r), ls in zip(others.iterrows(), ("--", "-.", ":")):
+    for name, g in curves.items():
+        ax.plot(g["pool_size"], g["paired_distance"], f"{markers[name]}-", label=f"{name} pairs")
+    for (_, r), ls in zip(levels.iterrows(), dashes):
         ax.axhline(r["paired_distance"], color="gray", ls=ls, lw=1, label=f"{r['variant']} ({r['pairing']})")
     ax.set(ylabel="mean |x - n| of training pairs", title="pairing distance")
-    _pool_axis(ax, pools["pool_size"])
+    _pool_axis(ax, sizes)
     ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     ax = axes[0][2]
-    ax.plot(pools["pool_size"], pools["pair_ms"] / 1000, "o-", color="tab:purple", label="pairing s / pool")
+    twin = ax.twinx() if "step_ratio" in df else None
+    for name, g in curves.items():
+        ax.plot(g["pool_size"], g["pair_ms"] / 1000, f"{markers[name]}-", color="tab:purple", label=f"{name}: s / pool")
+        if twin is not None:
+            twin.plot(g["pool_size"], g["step_ratio"], f"{markers[name]}--", color="tab:green",
+                      label=f"{name}: step-time ratio")
     ax.set(yscale="log", ylabel="seconds per pool", title="cost")
-    _pool_axis(ax, pools["pool_size"])
-    if "step_ratio" in pools:
-        twin = ax.twinx()
-        twin.plot(pools["pool_size"], pools["step_ratio"], "s--", color="tab:green", label="step-time ratio")
+    _pool_axis(ax, sizes)
+    if twin is not None:
         twin.axhline(1.0, color="tab:green", lw=0.5)
         twin.set_ylabel("step time / no-pairing step time")
         twin.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.7, -0.2))

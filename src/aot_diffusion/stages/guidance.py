@@ -108,7 +108,7 @@ def train_discriminator(run: Run) -> None:
         label_dim=k if conditional else 0, aot=spec["aot"], pool_size=g["pool_size"], batch_size=g["batch_size"],
         steps=g["steps"], lr=g["lr"], weight_decay=g["weight_decay"], seed=run.p["seed"], device=run.device,
         head_config=_head_config(run), log_every=g["eval_every"], patience=g["patience"],
-        validate=lambda disc: evaluate(disc, val, run.p["seed"] + 2, 2), log=run.log)
+        validate=lambda disc: evaluate(disc, val, run.p["seed"] + 2, 2), log=run.log, solver=run.p["train"]["solver"])
     held = evaluate(disc, test, run.p["seed"] + 1, 4)
     if not (np.isfinite(held["bce"]) and all(torch.isfinite(p).all() for p in disc.parameters())):
         raise FloatingPointError(f"discriminator {run.key}: non-finite weights or held-out loss; lower "
