@@ -22,6 +22,7 @@ from aot_diffusion.augment import AugmentPipe
 from aot_diffusion.edm_pickle import (PersistentObject, edm_state_dict, load_edm_pickle, load_edm_pickle_data,
                                       network_config)
 from aot_diffusion.networks import build_network
+from aot_diffusion.rehearsal import edm_pickler
 
 CONFIG = dict(img_resolution=16, img_channels=3, label_dim=10, use_fp16=False, model_type="SongUNet",
               embedding_type="fourier", encoder_type="residual", decoder_type="standard", channel_mult_noise=2,
@@ -61,34 +62,11 @@ def fake_edm(tmp_path, monkeypatch):
         sys.modules.pop(name, None)
 
 
-def _edm_pickler(persistence, f, protocol, module_src=MODULE_SRC, init_kwargs=None):
-    """A Pickler that writes persistent objects the way EDM's persistence.persistent_class does."""
-
-    class EDMStylePickler(pickle.Pickler):
-        def reducer_override(self, obj):
-            persistent = isinstance(obj, (torch.nn.Module, AugmentPipe)) and not isinstance(
-                obj, (torch.nn.ModuleDict, torch.nn.ModuleList))
-            if not persistent:
-                return NotImplemented
-            state = dict(obj.__dict__)
-            for key in ("_parameters", "_buffers", "_modules"):  # OrderedDicts, as torch 1.x pickled them
-                if key in state:
-                    state[key] = collections.OrderedDict(state[key])
-            state["_init_args"] = ()
-            state["_init_kwargs"] = (init_kwargs if obj is self.top else getattr(obj, "init_kwargs", {}))
-            meta = dict(type="class", version=6, module_src=module_src, class_name=type(obj).__name__,
-                        state=state)
-            return persistence._reconstruct_persistent_obj, (meta,)
-
-    pickler = EDMStylePickler(f, protocol=protocol)
-    return pickler
-
-
-def _write(path, persistence, data, top, protocol=4, **kwargs):
+def _write(path, persistence, data, top, protocol=4, module_src=MODULE_SRC, init_kwargs=None):
+    """Written by the package's EDM-format writer (rehearsal.edm_pickler), through the fake persistence module."""
     with open(path, "wb") as f:
-        pickler = _edm_pickler(persistence, f, protocol, **kwargs)
-        pickler.top = top
-        pickler.dump(data)
+        edm_pickler(f, persistence._reconstruct_persistent_obj, top, init_kwargs=init_kwargs, protocol=protocol,
+                    module_src=module_src).dump(data)
 
 
 def _net():

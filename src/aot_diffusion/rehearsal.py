@@ -34,7 +34,8 @@ import torch
 from .cifar10 import CIFAR10_CLASSES, md5sum
 from .utils import AtomicPath
 
-__all__ = ["write_cifar10_tarball", "write_dg_classifier", "write_edm_pickle", "write_inputs", "released_config"]
+__all__ = ["write_cifar10_tarball", "write_dg_classifier", "edm_pickler", "write_edm_pickle", "write_inputs",
+           "released_config"]
 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 20, 10
 
@@ -119,6 +120,30 @@ def _edm_persistence():
                 sys.modules[name] = old
 
 
+def edm_pickler(file, reconstruct, top, *, init_kwargs=None, protocol: int = 4,
+                module_src: str = "# the module's source: never executed by aot_diffusion\n") -> pickle.Pickler:
+    """A Pickler that saves networks (and the augment pipe) as EDM's ``persistence.persistent_class`` does: each
+    module reduced to ``reconstruct(meta)`` with its class name, module source and real nested state (torch 1.x's
+    OrderedDicts), ``top`` with the constructor kwargs ``init_kwargs``; ModuleDict / ModuleList by reference."""
+    from .augment import AugmentPipe
+
+    class EDMPickler(pickle.Pickler):
+        def reducer_override(self, obj):
+            if not isinstance(obj, (torch.nn.Module, AugmentPipe)) or isinstance(
+                    obj, (torch.nn.ModuleDict, torch.nn.ModuleList)):
+                return NotImplemented
+            state = dict(obj.__dict__)
+            for key in ("_parameters", "_buffers", "_modules"):
+                if key in state:
+                    state[key] = collections.OrderedDict(state[key])
+            state["_init_args"] = ()
+            state["_init_kwargs"] = init_kwargs if obj is top else getattr(obj, "init_kwargs", {})
+            meta = dict(type="class", version=6, module_src=module_src, class_name=type(obj).__name__, state=state)
+            return reconstruct, (meta,)
+
+    return EDMPickler(file, protocol=protocol)
+
+
 def write_edm_pickle(path, config: Mapping, seed: int = 0) -> None:
     """An NVlabs/edm ``network-snapshot-*.pkl``: {ema, loss_fn, augment_pipe, dataset_kwargs}, each network module
     saved as EDM's persistent classes save themselves (class name, module source, state, init kwargs)."""
@@ -131,25 +156,8 @@ def write_edm_pickle(path, config: Mapping, seed: int = 0) -> None:
     pipe = AugmentPipe(p=0.12, xflip=1e8, yflip=1, scale=1, rotate_frac=1, aniso=1, translate_frac=1)
     data = dict(ema=net, loss_fn=None, augment_pipe=pipe,
                 dataset_kwargs=dict(class_name="training.dataset.ImageFolderDataset", path="cifar10-32x32.zip"))
-
-    with _edm_persistence() as reconstruct:
-        class EDMPickler(pickle.Pickler):
-            def reducer_override(self, obj):
-                if not isinstance(obj, (torch.nn.Module, AugmentPipe)) or isinstance(
-                        obj, (torch.nn.ModuleDict, torch.nn.ModuleList)):
-                    return NotImplemented
-                state = dict(obj.__dict__)
-                for key in ("_parameters", "_buffers", "_modules"):
-                    if key in state:
-                        state[key] = collections.OrderedDict(state[key])
-                state["_init_args"] = ()
-                state["_init_kwargs"] = dict(config) if obj is net else getattr(obj, "init_kwargs", {})
-                meta = dict(type="class", version=6, class_name=type(obj).__name__, state=state,
-                            module_src="# the module's source: never executed by aot_diffusion\n")
-                return reconstruct, (meta,)
-
-        with AtomicPath(path, suffix=".pkl") as tmp, open(tmp, "wb") as f:
-            EDMPickler(f, protocol=4).dump(data)
+    with _edm_persistence() as reconstruct, AtomicPath(path, suffix=".pkl") as tmp, open(tmp, "wb") as f:
+        edm_pickler(f, reconstruct, net, init_kwargs=dict(config)).dump(data)
 
 
 def write_inputs(p: Mapping, released_pickle=None) -> dict:

@@ -301,16 +301,24 @@ def adm_config_summary(state: Mapping) -> dict:
         raise KeyError(f"not a guided-diffusion EncoderUNetModel state dict: no {err.args[0]!r}") from None
 
 
-def dg_classifier_config(encoder: Mapping | None = None) -> dict:
-    """DG's 32x32 classifier config, at the shape ``encoder`` (the ``guidance.encoder`` parameters) gives; None:
-    DG's published one. GroupNorm keeps ADM's 32 groups, narrowed to the width where that is below 32."""
-    if encoder is None:
-        return dict(ADM_CLASSIFIER_32)
+def norm_groups(channels: int) -> int:
+    """ADM's GroupNorm(32), narrowed to the width where that is below 32 (or doesn't divide it)."""
+    return math.gcd(32, int(channels))
+
+
+def encoder_config(encoder: Mapping, **base) -> dict:
+    """:class:`ADMEncoderUNet` arguments at the shape the ``guidance.encoder`` parameters give, on top of ``base``."""
     width = int(encoder["model_channels"])
-    return dict(ADM_CLASSIFIER_32, model_channels=width, channel_mult=tuple(encoder["channel_mult"]),
+    return dict(base, model_channels=width, channel_mult=tuple(encoder["channel_mult"]),
                 num_res_blocks=int(encoder["num_res_blocks"]),
                 attention_resolutions=tuple(int(r) for r in encoder["attention_resolutions"]),
-                num_head_channels=int(encoder["num_head_channels"]), norm_groups=math.gcd(32, width))
+                num_head_channels=int(encoder["num_head_channels"]), norm_groups=norm_groups(width))
+
+
+def dg_classifier_config(encoder: Mapping | None = None) -> dict:
+    """DG's 32x32 classifier config, at the shape ``encoder`` (the ``guidance.encoder`` parameters) gives; None:
+    DG's published one."""
+    return dict(ADM_CLASSIFIER_32) if encoder is None else encoder_config(encoder, **ADM_CLASSIFIER_32)
 
 
 def load_dg_classifier(path, device="cpu", encoder: Mapping | None = None) -> ADMEncoderUNet:

@@ -19,7 +19,7 @@ from ..samples import read_sweep  # noqa: E402
 from ..utils import AtomicPath  # noqa: E402
 from ..params import guidance_settings, model_instances, split_instance  # noqa: E402
 from ..safe_pickle import safe_np_load  # noqa: E402
-from .tables import ci_label, first, grid_only, metric_label  # noqa: E402
+from .tables import ci_label, first, metric_label  # noqa: E402
 
 
 def _save(fig, path):
@@ -267,12 +267,10 @@ def teaser(p, curv: dict, path):
 
 def write_figures(p, L, log=print):
     # FD per model: the table's headline rows (mean over training seeds with its interval when there are several)
-    from .tables import table1
+    from .tables import headline_rows, table1
 
     floor = json.loads(L.fd_floor.read_text())
-    t1 = table1(p, L, floor)
-    t1 = t1[t1["rho"].notna()]
-    fd = t1[t1["train_seed"] == ("mean" if len(p["train"]["seeds"]) > 1 else p["train"]["seeds"][0])]
+    fd = headline_rows(p, table1(p, L, floor))
     curv = {m: dict(safe_np_load(L.curvature(first(p, m)))) for m in p["models"]}  # the first training seed's
     fd_vs_nfe(p, fd, floor, L.figure("fd_vs_nfe"))
     heatmap(p, fd, L.figure("rho_steps_heatmap"))

@@ -80,7 +80,7 @@ def _write(df: pd.DataFrame, L, name: str, title: str, extra: str = ""):
     atomic_write_text(L.table(name, "md"), f"# {title}\n\n{extra}" + _markdown(df) + "\n")
 
 
-def _headline_rows(p, t1: pd.DataFrame) -> pd.DataFrame:
+def headline_rows(p, t1: pd.DataFrame) -> pd.DataFrame:
     """Table 1's headline rows: the mean over training seeds (several), else the one trained model's."""
     several = len(p["train"]["seeds"]) > 1
     return t1[t1["rho"].notna() & (t1["train_seed"].astype(str) == ("mean" if several else str(p["train"]["seeds"][0])))]
@@ -89,7 +89,7 @@ def _headline_rows(p, t1: pd.DataFrame) -> pd.DataFrame:
 def fd_curves(p, t1: pd.DataFrame) -> pd.DataFrame:
     """The headline FD against held-out statistics at the first rho: x = nfe, one column per model (dvc.yaml's
     `plots` draws each column as its own line, so models don't join into one)."""
-    rows = _headline_rows(p, t1)
+    rows = headline_rows(p, t1)
     rows = rows[rows["rho"] == float(p["sample"]["rho"][0])]
     wide = rows.pivot_table(index="nfe", columns="model", values="fd_heldout").reset_index()
     return wide[["nfe", *[m for m in p["models"] if m in wide]]]
@@ -98,7 +98,7 @@ def fd_curves(p, t1: pd.DataFrame) -> pd.DataFrame:
 def headline_pivot(p, t1: pd.DataFrame) -> str:
     """Table 1 as the README shows it: per model, the headline (fd_heldout, the mean over training seeds when
     there are several) as "FD [low, high]" per rho and NFE, the floor in its own row."""
-    several, rows = len(p["train"]["seeds"]) > 1, _headline_rows(p, t1)
+    several, rows = len(p["train"]["seeds"]) > 1, headline_rows(p, t1)
     fmt = lambda r: f"{r['fd_heldout']:.1f} [{r['fd_heldout_low']:.1f}, {r['fd_heldout_high']:.1f}]"  # noqa: E731
     cols = [(float(rho), int(nfe)) for rho, nfe in sorted({(r.rho, r.nfe) for r in rows.itertuples()})]
     table = [{"model": m, **{f"rho {rho:g}, NFE {nfe}": fmt(g[(g["rho"] == rho) & (g["nfe"] == nfe)].iloc[0])
@@ -294,7 +294,8 @@ def write_tables(p, L, log=print):
     name, label = metric_name(p), metric_label(p)
     t1, diffs, t2, t3 = table1(p, L, floor), paired_differences(p, L), table2(p, L), table3(p, L)
     n = int(floor["n"])
-    _write(t1, L, "table1_fd_vs_nfe", extra=headline_pivot(p, t1), title=f"Table 1: {label} vs NFE ({p['profile']} profile, {n} samples per setting; "
+    _write(t1, L, "table1_fd_vs_nfe", extra=headline_pivot(p, t1),
+           title=f"Table 1: {label} vs NFE ({p['profile']} profile, {n} samples per setting; "
            f"{name}: against the training statistics, first row: N held-out real images (the floor); "
            f"{name}_heldout: against the held-out images' statistics (a model can't win it by memorising), first row: "
            f"N real training images; nn_train_dist: mean pixel distance to the nearest training image (first row: "

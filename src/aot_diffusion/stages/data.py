@@ -60,7 +60,6 @@ def feature_network(run: Run) -> None:
     model, acc = train_classifier(d["train_images"], d["train_labels"], d["test_images"], d["test_labels"],
                                   num_classes=int(d["num_classes"]), steps=c["steps"], batch_size=c["batch_size"],
                                   lr=c["lr"], feature_dim=c["feature_dim"], seed=run.p["seed"], log=run.log)
-    # On CIFAR-10 (the rehearsal) these features stand in for Inception's: the records say so.
     description = STAND_IN if run.p["data"]["dataset"] == "cifar10" else "classifier trained on this run's data"
     atomic_save(dict(kind="classifier", description=description, config=model.config, state=model.state_dict()),
                 run.L.feature_network)

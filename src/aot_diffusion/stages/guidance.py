@@ -3,8 +3,6 @@ and guided sampling. The FD feature network is a separate network: a metric is n
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -12,12 +10,9 @@ from ..safe_pickle import safe_torch_load, safe_np_load
 from ..data import load_dataset
 from ..params import guidance_settings
 from .. import guidance as dg
+from ..guidance.adm import encoder_config, norm_groups
 from . import Run
 from .sample import load_denoiser, sweep
-
-
-def _groups(channels: int) -> int:
-    return math.gcd(32, channels)  # ADM's GroupNorm(32), narrowed for small widths
 
 
 def train_encoder(run: Run) -> None:
@@ -29,11 +24,8 @@ def train_encoder(run: Run) -> None:
     else:
         d = load_dataset(run.L.dataset)
         e = g["encoder"]
-        config = dict(image_size=int(d["train_images"].shape[-1]), in_channels=int(d["train_images"].shape[1]),
-                      out_channels=int(d["num_classes"]), model_channels=e["model_channels"],
-                      channel_mult=e["channel_mult"], num_res_blocks=e["num_res_blocks"],
-                      attention_resolutions=e["attention_resolutions"], num_head_channels=e["num_head_channels"],
-                      norm_groups=_groups(e["model_channels"]))
+        config = encoder_config(e, image_size=int(d["train_images"].shape[-1]),
+                                in_channels=int(d["train_images"].shape[1]), out_channels=int(d["num_classes"]))
         encoder, train_metrics = dg.train_noise_aware_classifier(
             torch.as_tensor(d["train_images"]), torch.as_tensor(d["train_labels"]), config=config,
             steps=g["encoder_steps"], batch_size=g["encoder_batch_size"], lr=g["encoder_lr"], seed=run.p["seed"],
@@ -61,7 +53,7 @@ def _head_config(run: Run) -> dict:
     base = dg.DG_HEAD_CONFIG if run.p["data"]["dataset"] == "cifar10" else dg.DIGITS_HEAD_CONFIG
     return dict(base, model_channels=g["head_channels"], num_res_blocks=g["head_depth"],
                 num_head_channels=min(base["num_head_channels"], g["head_channels"]),
-                norm_groups=_groups(g["head_channels"]))
+                norm_groups=norm_groups(g["head_channels"]))
 
 
 def _as_stored(images) -> torch.Tensor:
