@@ -204,8 +204,8 @@ def test_one_registry_pairs_noise_for_every_caller():
     from aot_diffusion.training import PoolSource
 
     assert {"none", "assignment", "knn"} <= set(aot.PAIRINGS)
-    assert set(schema.VARIANT["pairing"].choices) == set(aot.PAIRINGS)
-    assert set(schema.SCHEMA["train"]["pairing"].choices) == set(aot.PAIRINGS) - {"none"}
+    assert set(schema.VARIANT["pairing"].choices()) == set(aot.PAIRINGS)
+    assert set(schema.SCHEMA["train"]["pairing"].choices()) == set(aot.PAIRINGS) - {"none"}
     x, n = torch.randn(16, 1, 4, 4), torch.randn(16, 1, 4, 4)
     assert torch.equal(aot.pair("none", x, n), n)
     assert torch.equal(aot.pair("assignment", x, n), pair_noise(x, n))
@@ -220,6 +220,7 @@ def test_one_registry_pairs_noise_for_every_caller():
         pool = PoolSource(x, None, pool_size=16, aot_on=True, pairing="reversed_toy", seed=0).make(0)
         plain = PoolSource(x, None, pool_size=16, aot_on=False, seed=0).make(0)
         assert torch.equal(pool.noise, plain.noise.flip(0))  # training pairs through the registry
+        assert "reversed_toy" in schema.VARIANT["pairing"].choices()  # read when checked: a plugin's count
         with pytest.raises(ValueError, match="registered already"):
             aot.register_pairing("reversed_toy")(reversed_toy)
     finally:

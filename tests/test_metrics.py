@@ -7,6 +7,7 @@ import threadpoolctl
 import torch
 
 from aot_diffusion.metrics import fd as M
+from aot_diffusion.metrics import scores as S
 from aot_diffusion.metrics.features import FeatureClassifier, extract_features, train_classifier
 from aot_diffusion.metrics.inception import check_inception_assets, inception_features
 from aot_diffusion.samples import from_uint8, to_uint8
@@ -54,12 +55,23 @@ def test_fd_of_few_samples_is_biased_up_and_the_floor_states_it(ref):
     small = M.frechet_distance(M.feature_statistics(_gaussian(50, seed=4)), ref[1])
     large = M.frechet_distance(M.feature_statistics(_gaussian(2000, seed=4)), ref[1])
     assert small > 3 * large  # same distribution as the reference: all of it is finite-N bias
-    floor = M.fd_floor(_gaussian(500, seed=5), ref[1], 50, n_boot=100)
-    assert floor["n"] == 50 and floor["low"] <= floor["fd"] <= floor["high"] and floor["fd"] > large
-    with_kid = M.fd_floor(_gaussian(500, seed=5), ref[1], 50, n_boot=100, ref_features=ref[0][:200])
-    assert with_kid["fd"] == floor["fd"] and with_kid["kid_low"] <= with_kid["kid"] <= with_kid["kid_high"]
-    with pytest.raises(ValueError, match="held-out"):
-        M.fd_floor(_gaussian(40, seed=5), ref[1], 50)
+    # The registry's floor: as many real images as samples, scored like a sample (metrics.scores).
+    held, train = _gaussian(500, seed=5), ref[0]
+    real = lambda f: S.Sample(f, np.zeros((len(f), 1, 2, 2), np.float32))  # noqa: E731
+    reference = S.Reference(stats=ref[1], features=ref[0][:200], heldout_stats=M.feature_statistics(held),
+                            train_images=np.ones((3, 1, 2, 2), np.float32))
+    cfg = S.ScoreConfig(n_boot=100, level=0.95, seed=0, kid_subsets=10)
+    floor = S.score_floor(real(held), real(train), reference, cfg, 50)
+    fd = floor["fd"]
+    assert fd.low <= fd.value <= fd.high and fd.value > large and floor["kid"].low <= floor["kid"].value <= floor["kid"].high
+    subset = held[np.random.default_rng(0).permutation(500)[:50]]  # held-out images against the training set
+    assert fd.value == pytest.approx(M.frechet_distance(M.feature_statistics(subset), ref[1]), rel=1e-12)
+    train_subset = train[np.random.default_rng(0).permutation(len(train))[:50]]  # ...training images vs held-out
+    assert floor["fd_heldout"].value == pytest.approx(
+        M.frechet_distance(M.feature_statistics(train_subset), reference.heldout_stats), rel=1e-12)
+    assert floor["nn_train_dist"].value == pytest.approx(2.0) and floor["nn_train_dist"].low is None
+    with pytest.raises(ValueError, match="real images"):
+        S.score_floor(real(_gaussian(40, seed=5)), real(train), reference, cfg, 50)
 
 
 def test_naive_bootstrap_is_biased_and_fd_ci_holds_its_estimate(ref):

@@ -119,3 +119,37 @@ def test_unknown_study_variant_stops_the_stage_naming_the_section(tmp_path, monk
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "unknown variant 'pool129'" in err and "'pool_study.variants'" in err
     assert not (tmp_path / "results").exists()
+
+
+def test_one_model_spec_for_models_and_study_variants():
+    """A model may set its own pool and an AOT model its own pairing; a study variant is checked as such a model
+    (no keys the schema would refuse), and the training config takes them."""
+    from aot_diffusion.params import pool_study_view
+    from aot_diffusion.stages.train import train_config
+
+    p = compose("smoke", {"models": {"knn_uncond": {"aot": True, "conditional": False, "pairing": "knn",
+                                                    "pool_size": 64}}}, root=ROOT)
+    assert p["models"]["knn_uncond"]["pairing"] == "knn"
+    with pytest.raises(ParamError, match=r"models.edm_uncond.pairing.*aot: false"):
+        compose("smoke", {"models": {"edm_uncond": {"pairing": "knn"}}}, root=ROOT)
+    with pytest.raises(ParamError, match=r"models.knn_uncond.pairing.*must be one of"):
+        compose("smoke", {"models": {"knn_uncond": {"aot": True, "conditional": False, "pairing": "sinkhornx"}}},
+                root=ROOT)
+    with pytest.raises(ParamError, match=r"models.knn_uncond.pool_size.*multiple"):
+        compose("smoke", {"models": {"knn_uncond": {"aot": True, "conditional": False, "pool_size": 33}}}, root=ROOT)
+    view = pool_study_view(p)
+    assert view["models"]["no_aot"] == {"aot": False, "conditional": False, "pool_size": 512}
+    assert view["models"]["knn4"] == {"aot": True, "conditional": False, "pool_size": 512, "pairing": "knn"}
+
+    class Run:  # what train_config reads of a stage run
+        study = False
+        device = "cpu"
+
+    data = {"train_images": __import__("numpy").zeros((4, 1, 8, 8)), "num_classes": 10}
+    run = Run()
+    run.p = p
+    run.model_spec = lambda key: p["models"][key.rsplit("_s", 1)[0]]
+    cfg = train_config(run, "knn_uncond_s0", data)
+    assert (cfg.pairing, cfg.pool_size, cfg.aot) == ("knn", 64, True)
+    cfg = train_config(run, "aot_uncond_s0", data)
+    assert (cfg.pairing, cfg.pool_size) == (p["train"]["pairing"], p["train"]["pool_size"])

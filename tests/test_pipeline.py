@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -132,7 +133,7 @@ def check_outputs(proj: Path, p):
     assert {"EDM + DG", "AOT + AOT-DG", "AOT + DG"} <= set(t2["method"])
     assert (t2["disc_grad_evals"] > 0).all() and t2["outside_noise"].isin([True, False]).all()
     metrics = json.loads(L.metrics.read_text())
-    assert "fd_floor" in metrics and "edm_uncond.fd_rho7_nfe3" in metrics
+    assert "floor.fd" in metrics and "edm_uncond.fd_rho7_nfe3" in metrics
     assert metrics["aot_vs_edm.uncond.fd_heldout_rho7_nfe3"]["ci95"]["over"] == "training seeds"
     # DG at every setting where it is evaluated (the paper's own among them), with the learning curves
     assert {(int(r.steps), float(r.rho)) for r in t2[~t2["conditional"]].itertuples()} == {(2, 7.0), (3, 7.0), (3, 90.0)}
@@ -144,7 +145,7 @@ def check_outputs(proj: Path, p):
     # Headline against held-out statistics, with its own floor, and the memorisation measure beside the real one.
     assert rows["fd_heldout"].notna().all() and floor["fd_heldout"].notna().all()
     assert ((rows["fd_heldout_low"] <= rows["fd_heldout"]) & (rows["fd_heldout"] <= rows["fd_heldout_high"])).all()
-    assert {"fd_heldout_floor", "heldout_images.nn_train_dist", "edm_uncond.fd_heldout_rho7_nfe3",
+    assert {"floor.fd_heldout", "floor.nn_train_dist", "edm_uncond.fd_heldout_rho7_nfe3",
             "edm_uncond.nn_train_dist_rho7_nfe3"} <= set(metrics)
     for disc in p["guidance"]["discriminators"]:
         assert set(metrics[f"{disc}.heldout_accuracy_by_sigma"]) == {"<0.1", "0.1-1", "1-10", ">10"}
@@ -167,12 +168,27 @@ GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
 BOTH = ("dvc.yaml", str(POOL_STUDY_DVC))  # DVC's targets for the main DAG and the pool-size study
 
 
+PLUGINS = Path(__file__).parent / "fixtures" / "plugins"
+TOY_PLUGINS = {"pairings": "toy_sorted", "metrics": "toy_brightness"}
+
+
+def add_toy_plugins(proj: Path) -> None:
+    """What docs/extending.md tells a researcher to do: a plugin file each, named in the profile, and a study
+    variant that pairs with the toy pairing."""
+    for kind, name in TOY_PLUGINS.items():
+        shutil.copy(PLUGINS / kind / f"{name}.py", proj / "plugins" / kind / f"{name}.py")
+    with open(proj / "conf" / "profile" / "smoke.yaml", "a") as fh:
+        fh.write("plugins: {pairings: [toy_sorted], metrics: [toy_brightness]}\n"
+                 "pool_study: {variants: {toy32: {pairing: toy_sorted, pool_size: 32}}}\n")
+
+
 @pytest.fixture(scope="module")
 def smoke_tree(tmp_path_factory):
     """One smoke run shared by the end-to-end tests of this module (they run in file order): the default
     target with an override, then the pool-size study, committed to git."""
     proj = copy_repo(tmp_path_factory.mktemp("smoke"))  # a DVC repository already (.dvc/config: hydra.enabled)
     assert "enabled = true" in (proj / ".dvc" / "config").read_text()
+    add_toy_plugins(proj)
     out = run(["snakemake", "--cores", "2", "--config", "profile=smoke", "train={pool_size: 32}"], proj)
     study = run(["snakemake", "--cores", "2", "pool_study"], proj)
     run([*GIT, "add", "-A"], proj)
@@ -208,6 +224,51 @@ def test_smoke_profile_end_to_end(smoke_tree):
         "check_params": 1, "guided_sample": 3, "guided_fd": 3, "tables": 1, "figures": 1, "all": 1, "total": 10}
     planned = planned_jobs(snakemake_plan(proj, "sample={sigma_max: 60.0}"))
     assert planned["fake_samples"] == 4 and planned["train_discriminator"] == 6 and "train" not in planned
+
+
+@pytest.mark.slow
+def test_a_plugin_pairing_and_metric_run_through_the_smoke_run(smoke_tree):
+    """Two plugin files, two lines of config: the toy pairing is trained, sampled and scored in the pool-size
+    study; the toy metric has its floor, its column in Table 1 and the study, and its keys in metrics.json.
+    Editing a plugin reruns what imports it, and only that."""
+    proj, log, study_log = smoke_tree
+    p = load_params(proj / "params.yaml")
+    L = Layout("smoke", proj)
+    assert "[train pool_study toy32] aot=True conditional=False steps=6 batch=32 pool=32 pairing=toy_sorted" in study_log
+    study = pd.read_csv(L.pool_study.study_table())
+    toy = study[study["variant"] == "toy32"].iloc[0]
+    assert toy["pairing"] == "toy_sorted" and np.isfinite(toy[["fd_nfe3", "gain_nfe3", "curvature_mean"]].astype(float)).all()
+    assert toy["toy_brightness_nfe3_low"] <= toy["toy_brightness_nfe3"] <= toy["toy_brightness_nfe3_high"]
+    record = json.loads((proj / Plan(p, proj).record_path(stage("pool_train"), "toy32")).read_text())
+    assert record["params"]["pool_study.variants.toy32"]["pairing"] == "toy_sorted"
+    assert list(record["plugin_sha256"]) == ["plugins/pairings/toy_sorted.py"]  # pairing plugins only
+    # the toy metric: floor row, every model's rows, metrics.json
+    t1 = pd.read_csv(L.table("table1_fd_vs_nfe"))
+    assert t1["toy_brightness"].notna().all() and ((t1["toy_brightness_low"] <= t1["toy_brightness"])
+                                                   & (t1["toy_brightness"] <= t1["toy_brightness_high"])).all()
+    floor = t1[t1["model"].str.startswith("real")].iloc[0]
+    assert abs(floor["toy_brightness"]) < 0.1  # held-out digits are about as bright as the training digits
+    metrics = json.loads(L.metrics.read_text())
+    assert {"floor.toy_brightness", "floor.toy_brightness_ci", "edm_uncond.toy_brightness_rho7_nfe3",
+            "aot_cond.toy_brightness_rho7_nfe5_ci"} <= set(metrics)
+    assert "toy_brightness" in pd.read_csv(L.hybrid_fd).columns and "toy_brightness" in pd.read_csv(L.guided_fd(
+        next(iter(p["guidance"]["discriminators"])))).columns  # every caller scores through one registry
+    # an edit reruns what imports the file: a metric plugin rescoring, a pairing plugin retraining
+    for kind, name in TOY_PLUGINS.items():
+        path = proj / "plugins" / kind / f"{name}.py"
+        original = path.read_text()
+        path.write_text(original + "# edited\n")
+        try:
+            planned = planned_jobs(snakemake_plan(proj, targets=("all", "pool_study")))
+        finally:
+            path.write_text(original)
+        if kind == "metrics":
+            assert {"fd_reference", "fd", "guided_fd", "hybrid", "tables", "pool_fd", "pool_study"} <= set(planned)
+            assert not {"train", "pool_train", "sample", "train_discriminator"} & set(planned), planned
+        else:
+            assert planned["train"] == len(Plan(p).ctx.models) and planned["pool_train"] == len(p["pool_study"]["variants"])
+            assert planned["train_discriminator"] == len(p["guidance"]["discriminators"]) and "fd_reference" not in planned
+    assert "Nothing to be done" in snakemake_plan(proj, targets=("all", "pool_study"))  # the original content again
 
 
 def snakemake_plan(proj, *config, targets=("all",)):

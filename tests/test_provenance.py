@@ -33,8 +33,8 @@ def test_a_stage_reads_only_what_it_declares():
     assert list(view["sample"]) == ["sigma_min"]  # iteration shows only what is declared
     with pytest.raises(TypeError):
         view["seed"] = 3  # read-only
-    view["guidance"]["steps_list"].append(99)  # a copy: the parameters themselves don't change
-    assert 99 not in P["guidance"]["steps_list"]
+    view["guidance"]["sample_steps"].append(99)  # a copy: the parameters themselves don't change
+    assert 99 not in P["guidance"]["sample_steps"]
 
 
 def test_every_declared_parameter_exists_for_every_profile():

@@ -28,7 +28,7 @@ SIZES = {"threads", "train.network.model_channels", "train.network.channel_mult"
          "guidance.fake_steps", "guidance.encoder.model_channels", "guidance.encoder.channel_mult",
          "guidance.encoder.num_res_blocks", "guidance.encoder.attention_resolutions",
          "guidance.encoder.num_head_channels", "guidance.head_channels", "guidance.head_depth", "guidance.pool_size",
-         "guidance.batch_size", "guidance.steps", "guidance.eval_every", "guidance.patience", "guidance.steps_list",
+         "guidance.batch_size", "guidance.max_steps", "guidance.eval_every", "guidance.patience", "guidance.sample_steps",
          "guidance.rho", "guidance.paper_setting_uncond.steps", "guidance.paper_setting_cond.steps", "hybrid.switch_sigmas",
          "hybrid.steps"}
 

@@ -28,8 +28,8 @@ def fixture_run(tmp_path_factory):
     mu, sigma = ref.mean(0), np.cov(ref, rowvar=False)
     L.fd_reference.parent.mkdir(parents=True)
     np.savez(L.fd_reference, mu=mu, sigma=sigma, mu_heldout=mu, sigma_heldout=sigma, ref_features=ref)
-    atomic_write_text(L.fd_floor, json.dumps(dict(fd=0.1, low=0.05, high=0.2, n=64, kid=0.0, kid_low=-0.01,
-                                                  kid_high=0.01)))
+    atomic_write_text(L.fd_floor, json.dumps(dict(n=64, features="test", metrics=dict(
+        fd=dict(value=0.1, low=0.05, high=0.2), kid=dict(value=0.0, low=-0.01, high=0.01)))))
     atomic_write_text(L.feature_network_metrics, json.dumps({"classifier_test_accuracy": 0.9}))
     atomic_write_text(L.effective_params, "profile: smoke\n")
     n = 64
@@ -98,7 +98,7 @@ def test_tables_floor_row_paired_differences_and_metric_names(fixture_run):
     assert not diffs[diffs["steps"] == 3]["outside_noise"].any()  # same distribution: inside the noise
     assert not t2["outside_noise"].any()  # guided == unguided here
     metrics = json.loads(L.metrics.read_text())
-    assert metrics["fd_floor"] == 0.1 and "edm_uncond.fd_rho7_nfe3" in metrics
+    assert metrics["floor.fd"] == 0.1 and "edm_uncond.fd_rho7_nfe3" in metrics
     assert {"low", "high"} <= set(metrics["edm_uncond.fd_rho7_nfe3_ci"])
     assert {"dg_edm_uncond.gain_fd_heldout_rho7_nfe5", "aot_vs_edm.uncond.fd_heldout_rho7_nfe3",
             "hybrid.uncond.aot_above_2.fd_heldout_nfe5", "edm_uncond.nn_train_dist_rho7_nfe3"} <= set(metrics)
@@ -175,7 +175,7 @@ def test_figures_have_their_content(fixture_run, monkeypatch):
     assert drawn["hybrid_switch"]["lines"] == len(edm_aot_pairs(p)) * len(p["hybrid"]["steps"]) * 2
     assert all(L.figure(name).exists() for name in drawn if not name.endswith(".axes"))
     # What is drawn is the table's numbers: edm_uncond's curve at rho 7 is its mean over training seeds.
-    t1 = tables.table1(p, L, json.loads(L.fd_floor.read_text()))
+    t1 = tables.table1(p, L, tables.read_floor(L))
     want = t1[(t1["model"] == "edm_uncond") & (t1["train_seed"] == "mean") & (t1["rho"] == 7)].sort_values("nfe")
     line = next(ln for ln in drawn["fd_vs_nfe.axes"][0].get_lines() if ln.get_label() == "edm_uncond")
     assert list(line.get_xdata()) == list(want["nfe"]) and np.allclose(line.get_ydata(), want["fd"])
@@ -309,7 +309,7 @@ def test_figures_are_paper_ready(fixture_run, monkeypatch):
     assert ax.yaxis.get_major_formatter()(0.5) == "0.5"
 
     one = copy.deepcopy(p)
-    one["guidance"].update(steps_list=[3], rho=[7], paper_setting_uncond=dict(steps=3, rho=7),
+    one["guidance"].update(sample_steps=[3], rho=[7], paper_setting_uncond=dict(steps=3, rho=7),
                            paper_setting_cond=dict(steps=3, rho=7))
     figures.guidance_plot(one, L, L.figure("guidance_fd_vs_nfe"))
     for panel in seen["guidance_fd_vs_nfe"].get_axes():

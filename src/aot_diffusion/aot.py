@@ -30,9 +30,9 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["PAIRINGS", "register_pairing", "pair", "pair_noise", "knn_noise", "assignment", "pairwise_cost",
-           "resolve_solver", "available_solvers", "labels_to_ids", "mean_distance", "SOLVERS"]
+           "resolve_solver", "available_solvers", "labels_to_ids", "mean_distance", "ASSIGNMENT_SOLVERS"]
 
-SOLVERS = ("auto", "lap", "scipy", "pot")
+ASSIGNMENT_SOLVERS = ("auto", "lap", "scipy", "pot")
 _PACKAGES = {"lap": ("lap", "lap"), "scipy": ("scipy", "scipy"), "pot": ("ot", "POT")}  # module, pip name
 
 
@@ -43,8 +43,8 @@ def available_solvers() -> tuple:
 
 def resolve_solver(solver: str) -> str:
     """The concrete solver behind ``solver``; a clear error when it is unknown or not installed."""
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if solver not in ASSIGNMENT_SOLVERS:
+        raise ValueError(f"solver must be one of {ASSIGNMENT_SOLVERS}, got {solver!r}")
     installed = available_solvers()
     if solver == "auto":
         if not installed:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from .layout import FIGURE_NAMES, TABLE_NAMES, Layout
+from .plugins import KINDS, PLUGIN_DIR, plugin_digests, plugin_path
 from .params import NAME_PATTERN, PARAMS_FILE, ParamError, digest, instance_key, model_instances, select
 
 __all__ = ["Stage", "STAGES", "POOL_STUDY_STAGES", "RELEASED_STAGES", "ALL_STAGES", "Context", "Plan", "stage",
@@ -34,7 +35,17 @@ KEYED = ("model", "disc", "variant")  # what a stage runs once per: --model M, -
 _SAMPLING = ["sample.num_samples", "sample.seeds", "sample.batch_size", "sample.sigma_min", "sample.sigma_max"]
 _NET = ["device", "threads"]  # a stage that runs a network: where, and how many CPU threads (sums change with it)
 # where guidance is evaluated (params.guidance_settings)
-_GUIDED_AT = ["guidance.steps_list", "guidance.rho", "guidance.paper_setting_uncond", "guidance.paper_setting_cond"]
+# The researcher's plugins (plugins.py) a stage imports: what pairs noise reads plugins.pairings, what scores
+# samples plugins.metrics. Declared like parameters, and the files are inputs (DVC: the folder; its foreach
+# can't list files from a parameter); the record holds each file's sha256 (Plan.record).
+_PAIRS, _SCORES = "plugins.pairings", "plugins.metrics"
+
+
+def _plugin_files(c: "Context", kind: str) -> list:
+    return [PLUGIN_DIR / kind] if c.dvc else [plugin_path(kind, name) for name in c.p["plugins"][kind]]
+
+
+_GUIDED_AT = ["guidance.sample_steps", "guidance.rho", "guidance.paper_setting_uncond", "guidance.paper_setting_cond"]
 
 
 @dataclass(frozen=True)
@@ -125,23 +136,23 @@ STAGES: list[Stage] = [
           params=lambda c, k: ["seed", *_NET, "data.dataset", "classifier", "fd.allow_download", "fd.features"],
           gpus=_one_gpu),
     Stage("fd_reference", "fd-reference", None, "data:fd_reference",
-          deps=lambda L, c, k: [L.dataset, L.feature_network],
+          deps=lambda L, c, k: [L.dataset, L.feature_network, *_plugin_files(c, "metrics")],
           outs=lambda L, c, k: {L.fd_reference: OUT, L.fd_floor: GIT},
-          params=lambda c, k: ["seed", *_NET, "data.dataset", "sample.num_samples", "fd"], gpus=_one_gpu),
+          params=lambda c, k: ["seed", *_NET, "data.dataset", "sample.num_samples", "fd", _SCORES], gpus=_one_gpu),
     Stage("train", "train", "model", "train:train",
-          deps=lambda L, c, k: [L.dataset],
+          deps=lambda L, c, k: [L.dataset, *_plugin_files(c, "pairings")],
           outs=lambda L, c, k: {L.network(k): OUT, L.loss_log(k): PLOT},
-          params=lambda c, k: ["seed", *_NET, *c.train_keys(), f"models.{c.spec_name(k)}"],
+          params=lambda c, k: ["seed", *_NET, *c.train_keys(), f"models.{c.spec_name(k)}", _PAIRS],
           gpus=_ranks, plots=("kimg", "loss"), kind="train"),
     Stage("sample", "sample", "model", "sample:sample",
           deps=lambda L, c, k: [L.network(k)],
           outs=lambda L, c, k: {L.samples(k): OUT},
-          params=lambda c, k: [*_NET, "sample.steps", "sample.rho", *_SAMPLING, "guidance.steps_list", "guidance.rho",
+          params=lambda c, k: [*_NET, "sample.steps", "sample.rho", *_SAMPLING, "guidance.sample_steps", "guidance.rho",
                                c.setting_key(k)], gpus=_one_gpu),
     Stage("fd", "fd", "model", "evaluate:fd",
-          deps=lambda L, c, k: [L.samples(k), L.fd_reference, L.feature_network, L.dataset],
+          deps=lambda L, c, k: [L.samples(k), L.fd_reference, L.feature_network, L.dataset, *_plugin_files(c, "metrics")],
           outs=lambda L, c, k: {L.fd(k): GIT, L.features(k): OUT},
-          params=lambda c, k: ["seed", *_NET, "fd"], gpus=_one_gpu),
+          params=lambda c, k: ["seed", *_NET, "fd", _SCORES], gpus=_one_gpu),
     Stage("curvature", "curvature", "model", "evaluate:curvature",
           deps=lambda L, c, k: [L.network(k)],
           outs=lambda L, c, k: {L.curvature(k): OUT, L.curvature_metrics(k): GIT},
@@ -161,40 +172,40 @@ STAGES: list[Stage] = [
                                "guidance.encoder_batch_size", "guidance.encoder_lr", "guidance.adm_classifier"],
           gpus=_one_gpu),
     Stage("train_discriminator", "train-discriminator", "disc", "guidance:train_discriminator",
-          deps=lambda L, c, k: [L.fakes(c.model_of(k)), L.dataset, L.encoder],
+          deps=lambda L, c, k: [L.fakes(c.model_of(k)), L.dataset, L.encoder, *_plugin_files(c, "pairings")],
           outs=lambda L, c, k: {L.discriminator(k): OUT, L.discriminator_metrics(k): GIT,
                                 L.discriminator_curve(k): PLOT},
           params=lambda c, k: ["seed", *_NET, "data.dataset", f"guidance.discriminators.{k}",
                                "guidance.heldout_fraction", "guidance.head_channels", "guidance.head_depth",
-                               "guidance.pool_size", "guidance.batch_size", "guidance.steps", "guidance.eval_every",
-                               "guidance.patience", "guidance.lr", "guidance.weight_decay", "train.solver"],
+                               "guidance.pool_size", "guidance.batch_size", "guidance.max_steps", "guidance.eval_every",
+                               "guidance.patience", "guidance.lr", "guidance.weight_decay", "train.solver", _PAIRS],
           gpus=_one_gpu,
           plots=("step", "val_bce")),
     Stage("guided_sample", "guided-sample", "disc", "guidance:guided_sample",
           deps=lambda L, c, k: [L.network(c.model_of(k)), L.discriminator(k), L.encoder],
           outs=lambda L, c, k: {L.guided_samples(k): OUT},
           params=lambda c, k: [*_NET, f"guidance.discriminators.{k}", c.weight_key(k), "guidance.sigma_window",
-                               "guidance.steps_list", "guidance.rho", c.setting_key(c.model_of(k)), *_SAMPLING],
+                               "guidance.sample_steps", "guidance.rho", c.setting_key(c.model_of(k)), *_SAMPLING],
           gpus=_one_gpu),
     Stage("guided_fd", "guided-fd", "disc", "evaluate:guided_fd",
-          deps=lambda L, c, k: [L.guided_samples(k), L.fd_reference, L.feature_network, L.dataset],
+          deps=lambda L, c, k: [L.guided_samples(k), L.fd_reference, L.feature_network, L.dataset, *_plugin_files(c, "metrics")],
           outs=lambda L, c, k: {L.guided_fd(k): GIT, L.guided_features(k): OUT},
-          params=lambda c, k: ["seed", *_NET, "fd"], gpus=_one_gpu),
+          params=lambda c, k: ["seed", *_NET, "fd", _SCORES], gpus=_one_gpu),
     Stage("hybrid", "hybrid", None, "evaluate:hybrid",
           deps=lambda L, c, k: [*[L.network(c.first(m)) for m in c.model_names], L.fd_reference, L.feature_network,
-                                L.dataset],
+                                L.dataset, *_plugin_files(c, "metrics")],
           outs=lambda L, c, k: {L.hybrid_samples: OUT, L.hybrid_fd: GIT},
-          params=lambda c, k: ["seed", *_NET, "models", "hybrid", "fd", *_SAMPLING], gpus=_one_gpu),
+          params=lambda c, k: ["seed", *_NET, "models", "hybrid", "fd", *_SAMPLING, _SCORES], gpus=_one_gpu),
     Stage("tables", "tables", None, "report:tables",
           deps=lambda L, c, k: [L.effective_params, L.fd_floor, *[L.fd(m) for m in c.models],
                                 *[L.features(m) for m in c.models], *[L.curvature_metrics(m) for m in c.models],
                                 *[L.guided_fd(d) for d in c.discs], *[L.discriminator_metrics(d) for d in c.discs],
-                                L.feature_network_metrics, L.hybrid_fd],
+                                L.feature_network_metrics, L.hybrid_fd, *_plugin_files(c, "metrics")],
           outs=lambda L, c, k: {**{L.table(t, e): GIT for t in TABLE_NAMES for e in ("csv", "md")},
                              L.fd_curves: GIT, L.metrics: METRIC},  # fd_curves: a top-level plot in dvc.yaml
           params=lambda c, k: ["seed", "data.dataset", "fd", "models", "train.seeds", "sample.steps", "sample.rho",
                                "sample.seeds",
-                               "guidance.discriminators", *_GUIDED_AT, "hybrid"],
+                               "guidance.discriminators", *_GUIDED_AT, "hybrid", _SCORES],
           kind="light"),
     Stage("figures", "figures", None, "report:figures",
           deps=lambda L, c, k: [*[L.fd(m) for m in c.models], *[L.curvature(m) for m in c.models],
@@ -225,25 +236,25 @@ POOL_STUDY_STAGES: list[Stage] = [
     Stage("pool_train", "train", "variant", "train:train",
           # DVC: after pool_variants, which checks the name before DVC runs a command that holds it (Snakemake
           # checks names before it plans anything)
-          deps=lambda L, c, k: [L.dataset, *([L.pool_study.variant_spec(k)] if c.dvc else [])],
+          deps=lambda L, c, k: [L.dataset, *([L.pool_study.variant_spec(k)] if c.dvc else []), *_plugin_files(c, "pairings")],
           outs=lambda L, c, k: {L.pool_study.network(k): OUT, L.pool_study.loss_log(k): PLOT},
-          params=lambda c, k: ["seed", *_NET, "train", f"pool_study.variants.{k}"],
+          params=lambda c, k: ["seed", *_NET, "train", f"pool_study.variants.{k}", _PAIRS],
           gpus=_ranks, plots=("kimg", "loss"), kind="train"),
     Stage("pool_sample", "sample", "variant", "sample:sample",
           deps=lambda L, c, k: [L.pool_study.network(k)],
           outs=lambda L, c, k: {L.pool_study.samples(k): OUT},
           params=lambda c, k: [*_NET, "sample.steps", "pool_study.rho", *_SAMPLING], gpus=_one_gpu),
     Stage("pool_fd", "fd", "variant", "evaluate:fd",
-          deps=lambda L, c, k: [L.pool_study.samples(k), L.fd_reference, L.feature_network, L.dataset],
+          deps=lambda L, c, k: [L.pool_study.samples(k), L.fd_reference, L.feature_network, L.dataset, *_plugin_files(c, "metrics")],
           outs=lambda L, c, k: {L.pool_study.fd(k): GIT, L.pool_study.features(k): OUT},
-          params=lambda c, k: ["seed", *_NET, "fd"], gpus=_one_gpu),
+          params=lambda c, k: ["seed", *_NET, "fd", _SCORES], gpus=_one_gpu),
     Stage("pool_curvature", "curvature", "variant", "evaluate:curvature",
           deps=lambda L, c, k: [L.pool_study.network(k)],
           outs=lambda L, c, k: {L.pool_study.curvature(k): OUT, L.pool_study.curvature_metrics(k): GIT},
           params=lambda c, k: ["seed", *_NET, "curvature", "pool_study.rho", "sample.sigma_min", "sample.sigma_max"],
           gpus=_one_gpu),
     Stage("pool_study", "pool-study", None, "report:pool_study",
-          deps=lambda L, c, k: [L.fd_floor, L.fd_reference,
+          deps=lambda L, c, k: [L.fd_floor, L.fd_reference, *_plugin_files(c, "metrics"),
                                 *([L.pool_study.variants_dir] if c.dvc else map(L.pool_study.variant_spec, c.variants)),
                                 *[path for v in c.variants for path in (
                                     L.pool_study.fd(v), L.pool_study.features(v), L.pool_study.curvature_metrics(v),
@@ -252,7 +263,7 @@ POOL_STUDY_STAGES: list[Stage] = [
                              L.pool_study.study_metrics: METRIC, L.pool_study.study_figure: PLOT,
                              L.pool_study.study_figure.with_suffix(".pdf"): GIT},
           params=lambda c, k: ["seed", "data.dataset", "fd", "sample.seeds", "train.batch_size", "train.knn_k",
-                               "pool_study"], kind="light"),
+                               "pool_study", _SCORES], kind="light"),
 ]
 
 # A released NVlabs/edm or EDM-AOT network pickle, sampled and scored at the profile's settings (Snakemake
@@ -263,9 +274,9 @@ RELEASED_STAGES: list[Stage] = [
           outs=lambda L, c, k: {L.released_samples: OUT},
           params=lambda c, k: [*_NET, "released_pickle", "sample.steps", "sample.rho", *_SAMPLING], gpus=_one_gpu),
     Stage("released_fd", "fd", "released", "evaluate:fd",
-          deps=lambda L, c, k: [L.released_samples, L.fd_reference, L.feature_network, L.dataset],
+          deps=lambda L, c, k: [L.released_samples, L.fd_reference, L.feature_network, L.dataset, *_plugin_files(c, "metrics")],
           outs=lambda L, c, k: {L.released_fd: GIT, L.released_features: OUT},
-          params=lambda c, k: ["seed", *_NET, "fd"], gpus=_one_gpu),
+          params=lambda c, k: ["seed", *_NET, "fd", _SCORES], gpus=_one_gpu),
 ]
 ALL_STAGES = STAGES + POOL_STUDY_STAGES + RELEASED_STAGES
 POOL_STUDY_DVC = Path("workflow/pool_size/dvc.yaml")
@@ -339,8 +350,12 @@ class Plan:
     def record(self, st: Stage, key: str | None) -> dict:
         """What the stage reads (values) and the digests of the records it reads from."""
         ups = {job_id(*up): self.digest(*up) for up in self.upstream(st, key)}
-        return {"stage": job_id(st, key), "params": select(self.p, self.declared(st, key)),
-                "upstream": dict(sorted(ups.items()))}
+        declared = self.declared(st, key)
+        record = {"stage": job_id(st, key), "params": select(self.p, declared), "upstream": dict(sorted(ups.items()))}
+        kinds = [k for k in KINDS if f"plugins.{k}" in declared]
+        if any(self.p["plugins"][k] for k in kinds):  # the code it imported (none: the record as before plugins)
+            record["plugin_sha256"] = plugin_digests(self.p, kinds, self.root)
+        return record
 
     def digest(self, st: Stage, key: str | None) -> str:
         job = job_id(st, key)

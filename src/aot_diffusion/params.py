@@ -25,7 +25,7 @@ import yaml
 
 # the schema's names, as every caller knew them here
 from .schema import (DISCRIMINATOR, ENCODER, INSTANCE, MAX_POOL, MAX_SAMPLES, MODEL, NAME_PATTERN, NETWORK,  # noqa: F401
-                     PROFILES, RESOLUTION, SCHEMA, VARIANT, ParamError, Spec, validate)
+                     PROFILES, RESOLUTION, SCHEMA, VARIANT, ParamError, Spec, check_models, validate)
 
 __all__ = ["ParamError", "UndeclaredParam", "PROFILES", "SCHEMA", "NAME_PATTERN", "load_yaml", "load_params",
            "validate", "compose", "resolve", "flatten", "write_params", "select", "StageParams", "digest",
@@ -147,7 +147,7 @@ def compose(profile: str | None = None, overrides: Mapping | None = None, root: 
         raise ParamError(f"cannot compose parameters with overrides {args}: {exc}") from None
     finally:
         GlobalHydra.instance().clear()
-    return validate(OmegaConf.to_container(cfg, resolve=True))
+    return validate(OmegaConf.to_container(cfg, resolve=True), root=root)
 
 
 def _merge(base: Mapping, over: Mapping) -> dict:
@@ -165,7 +165,7 @@ def load_params(path: Path | str = PARAMS_FILE) -> dict:
     p = load_yaml(path)
     if not isinstance(p, Mapping):
         raise ParamError(f"parameter file {path} must hold a mapping")
-    return validate(p)
+    return validate(p, root=path.resolve().parent)
 
 
 def resolve(overrides: Mapping | None, path: Path | str = PARAMS_FILE) -> dict:
@@ -176,7 +176,7 @@ def resolve(overrides: Mapping | None, path: Path | str = PARAMS_FILE) -> dict:
     if "profile" in overrides:
         return compose(overrides.pop("profile"), overrides, root=path.resolve().parent)
     current = load_params(path)
-    return validate(_merge(current, overrides)) if overrides else current
+    return validate(_merge(current, overrides), root=path.resolve().parent) if overrides else current
 
 
 def _typed(tree):
@@ -227,11 +227,11 @@ def digest(obj) -> str:
 
 
 def guidance_settings(p: Mapping, conditional: bool) -> list[tuple[int, float]]:
-    """The (steps, rho) settings where guidance is evaluated for a model: guidance.steps_list x guidance.rho
+    """The (steps, rho) settings where guidance is evaluated for a model: guidance.sample_steps x guidance.rho
     and the paper's own setting for its conditioning (guidance.paper_setting_{uncond,cond}). The unguided
     model is sampled there too (stage sample), so every guided FD has its paired baseline."""
     g = p["guidance"]
-    out = [(int(st), float(r)) for r in g["rho"] for st in g["steps_list"]]
+    out = [(int(st), float(r)) for r in g["rho"] for st in g["sample_steps"]]
     paper = g["paper_setting_cond" if conditional else "paper_setting_uncond"]
     if (int(paper["steps"]), float(paper["rho"])) not in out:
         out.append((int(paper["steps"]), float(paper["rho"])))
@@ -295,13 +295,14 @@ STUDY_ALIASES = {"models.{key}": "pool_study.variants.{key}", "sample.rho": "poo
 
 def pool_study_view(p: Mapping) -> dict:
     """The parameters as the pool-size study's per-variant stages read them: each variant is an unconditional
-    model with its own pairing and pool (the rest of train.* shared), sampled at sample.steps with the one rho
-    pool_study.rho (STUDY_ALIASES). The same stage code then trains, samples and scores a variant as it does
-    a model."""
+    model with its own pairing and pool (a model spec the schema checks; the rest of train.* shared), sampled at
+    sample.steps with the one rho pool_study.rho (STUDY_ALIASES). The same stage code then trains, samples and
+    scores a variant as it does a model."""
     q = copy.deepcopy(dict(p))
     q["models"] = {name: {"aot": v["pairing"] != "none", "conditional": False, "pool_size": v["pool_size"],
                           **({"pairing": v["pairing"]} if v["pairing"] != "none" else {})}
                    for name, v in p["pool_study"]["variants"].items()}
+    check_models(q["models"], where="pool_study.variants (as models)")
     q["sample"] = dict(q["sample"], rho=[p["pool_study"]["rho"]])
     return q
 

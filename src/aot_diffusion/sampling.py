@@ -17,7 +17,7 @@ __all__ = ["sigma_steps", "num_function_evals", "edm_sampler", "Denoiser", "late
            "switch_denoiser"]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
-SOLVERS = ("heun", "euler")
+ODE_SOLVERS = ("heun", "euler")
 
 
 def _check_schedule(num_steps, rho, sigma_min, sigma_max):
@@ -40,8 +40,8 @@ def sigma_steps(num_steps: int, rho: float = 7.0, sigma_min: float = 0.002, sigm
 
 def num_function_evals(num_steps: int, solver: str = "heun") -> int:
     """Denoiser evaluations of one sampler run: 2N - 1 for Heun, N for Euler."""
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if solver not in ODE_SOLVERS:
+        raise ValueError(f"solver must be one of {ODE_SOLVERS}, got {solver!r}")
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 2:
         raise ValueError(f"num_steps must be an integer >= 2, got {num_steps!r}")
     return 2 * num_steps - 1 if solver == "heun" else num_steps
@@ -62,8 +62,8 @@ def edm_sampler(denoise: Denoiser, latents: torch.Tensor, *, num_steps: int, rho
     With ``return_trajectory`` it returns ``(samples, trajectory)``, where trajectory holds
     ``sigma`` [E], ``x`` [E, ...] and ``denoised`` [E, ...] of all E evaluations, and ``t_steps``.
     """
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if solver not in ODE_SOLVERS:
+        raise ValueError(f"solver must be one of {ODE_SOLVERS}, got {solver!r}")
     if not isinstance(latents, torch.Tensor) or latents.ndim < 2 or not latents.is_floating_point():
         raise ValueError("latents must be a floating-point tensor of shape [N, ...]")
     if class_labels is not None and class_labels.shape[0] != latents.shape[0]:

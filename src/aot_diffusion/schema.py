@@ -7,12 +7,13 @@ import math
 import difflib
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
-from .aot import PAIRINGS, SOLVERS
+from .aot import PAIRINGS, ASSIGNMENT_SOLVERS
 
 __all__ = ["ParamError", "PROFILES", "NAME_PATTERN", "INSTANCE", "SCHEMA", "MODEL", "DISCRIMINATOR", "VARIANT",
-           "NETWORK", "ENCODER", "RESOLUTION", "MAX_POOL", "MAX_SAMPLES", "Spec", "validate"]
+           "NETWORK", "ENCODER", "RESOLUTION", "MAX_POOL", "MAX_SAMPLES", "Spec", "validate", "check_models"]
 
 PROFILES = ("digits", "smoke", "cifar10", "rehearsal")  # rehearsal: cifar10 at toy size (conf/profile/rehearsal.yaml)
 
@@ -36,7 +37,7 @@ class Spec:
     kind: str                       # int | num | bool | str | list | map | any
     lo: float | None = None         # inclusive lower bound (numbers; list items)
     hi: float | None = None         # inclusive upper bound
-    choices: tuple = ()
+    choices: tuple | Callable[[], tuple] = ()   # a callable: choices read when a value is checked (registries)
     nullable: bool = False
     item: "Spec | None" = None      # list items / map values
     min_len: int = 0
@@ -68,9 +69,13 @@ def List(item, min_len=1, **kw):
 MAX_POOL, MAX_SAMPLES = 16384, 1_000_000
 RESOLUTION = {"digits": 8, "cifar10": 32}  # the datasets' image sizes: a U-Net halves it once per channel_mult level
 
-MODEL = {"aot": Bool(), "conditional": Bool()}
+# A model: EDM or AOT, unconditional or conditional; it may set its own pool (default: train.pool_size /
+# pool_size_cond: images drawn at a time, paired by AOT) and an AOT model its own pairing (train.pairing). A pool-size study variant is such a model (params.pool_study_view).
+_PAIRING = Spec("str", choices=lambda: tuple(PAIRINGS))  # read from the registry when checked: plugins add to it
+MODEL = {"aot": Bool(), "conditional": Bool(), "pairing": Spec("str", choices=_PAIRING.choices, nullable=True),
+         "pool_size": Int(1, MAX_POOL, nullable=True)}
 DISCRIMINATOR = {"model": Str(), "aot": Bool()}
-VARIANT = {"pairing": Str(*PAIRINGS), "pool_size": Int(1, MAX_POOL)}  # a pool-size study variant
+VARIANT = {"pairing": _PAIRING, "pool_size": Int(1, MAX_POOL)}  # a pool-size study variant
 NETWORK = {  # EDM's SongUNet / DhariwalUNet constructor arguments that a profile may set
     "model_type": Str("SongUNet", "DhariwalUNet"), "embedding_type": Str("positional", "fourier"),
     "encoder_type": Str("standard", "skip", "residual"), "decoder_type": Str("standard", "skip"),
@@ -92,6 +97,8 @@ REQUEST = {"cpus_per_task": Int(1, 1024), "mem_mb": Int(100, 10**7), "runtime": 
 SCHEMA: dict[str, Any] = {
     "profile": Str(*PROFILES),
     "seed": Int(0, 2**31 - 1),
+    # the researcher's own pairings and metrics: names of files plugins/<kind>/<name>.py (plugins.py)
+    "plugins": {"pairings": List(Str(), min_len=0), "metrics": List(Str(), min_len=0)},
     "device": Str("auto", "cpu", "cuda"),
     "threads": Int(1, 256),
     "data": {
@@ -106,8 +113,9 @@ SCHEMA: dict[str, Any] = {
         "network": NETWORK,
         "batch_size": Int(1), "batch_per_rank": Int(1, nullable=True),
         "pool_size": Int(1, MAX_POOL), "pool_size_cond": Int(1, MAX_POOL),
-        "pairing": Str(*(name for name in PAIRINGS if name != "none")), "knn_k": Int(2, 64),  # none: models' aot
-        "solver": Str(*SOLVERS),
+        "pairing": Spec("str", choices=lambda: tuple(n for n in PAIRINGS if n != "none")),  # none: models' aot
+        "knn_k": Int(2, 64),
+        "solver": Str(*ASSIGNMENT_SOLVERS),
         "total_steps": Int(1), "lr": Num(0, 10, gt=True), "lr_rampup_kimg": Num(0),
         "ema_halflife_kimg": Num(0, gt=True), "ema_rampup_ratio": Num(0, 10, gt=True, nullable=True),
         "P_mean": Num(-10, 10), "P_std": Num(0, 10, gt=True), "augment_p": Num(0, 1),
@@ -138,11 +146,11 @@ SCHEMA: dict[str, Any] = {
         "encoder_steps": Int(1), "encoder_batch_size": Int(1), "encoder_lr": Num(0, 10, gt=True),
         "adm_classifier": Str(nullable=True),
         "head_channels": Int(1, 1024), "head_depth": Int(1, 8),
-        "pool_size": Int(1, MAX_POOL), "batch_size": Int(2), "steps": Int(1), "eval_every": Int(1), "patience": Int(1, 1000),
+        "pool_size": Int(1, MAX_POOL), "batch_size": Int(2), "max_steps": Int(1), "eval_every": Int(1), "patience": Int(1, 1000),
         "lr": Num(0, 10, gt=True),
         "weight_decay": Num(0, 1), "weight_uncond": Num(0, 100), "weight_cond": Num(0, 100),
         "sigma_window": List(Num(0, 1e4, gt=True), min_len=2, nullable=True),
-        "steps_list": List(Int(2, 1000)), "rho": List(Num(1, 1000)),
+        "sample_steps": List(Int(2, 1000)), "rho": List(Num(1, 1000)),
         "paper_setting_uncond": SETTING, "paper_setting_cond": SETTING,
         "discriminators": Spec("map", item=Spec("discriminator")),
     },
@@ -180,8 +188,9 @@ def _check_value(path: str, value, spec: Spec):
     elif k == "str":
         if not isinstance(value, str):
             _fail(path, f"must be a string, got {value!r}")
-        if spec.choices and value not in spec.choices:
-            _fail(path, f"must be one of {list(spec.choices)}, got {value!r}")
+        choices = spec.choices() if callable(spec.choices) else spec.choices
+        if choices and value not in choices:
+            _fail(path, f"must be one of {list(choices)}, got {value!r}")
     elif k == "list":
         if not isinstance(value, list) or len(value) < spec.min_len:
             _fail(path, f"must be a list of at least {spec.min_len} item(s), got {value!r}")
@@ -217,8 +226,30 @@ def _check_section(path: str, node, schema: Mapping, required: bool = True):
             _check_value(sub, node[key], spec)
 
 
-def validate(p: Mapping) -> dict:
-    """Check every value against :data:`SCHEMA` and the cross-field rules; return ``p`` as a dict."""
+def check_models(models: Mapping, where: str = "models") -> None:
+    """The model spec, one for every caller (the trained models and the study's variants as models): an EDM
+    model pairs nothing, so a pairing of its own would be ignored, and is refused."""
+    _check_value(where, models, Spec("map", item=Spec("model")))
+    for name, m in models.items():
+        if m.get("pairing") is not None and (m["pairing"] == "none" or not m["aot"]):
+            _fail(f"{where}.{name}.pairing", f"{m['pairing']!r} with aot: {str(m['aot']).lower()}: a pairing is for "
+                                             f"AOT models (aot: true); no pairing is aot: false")
+
+
+def validate(p: Mapping, root: Path | str = ".") -> dict:
+    """Import the plugins named (``root``: the project's), then check every value against :data:`SCHEMA` and the
+    cross-field rules; return ``p`` as a dict."""
+    from .plugins import load_plugins
+
+    plugins = p.get("plugins") if isinstance(p, Mapping) else None
+    if plugins is not None:
+        _check_section("plugins", plugins, SCHEMA["plugins"])
+        for kind, names in plugins.items():
+            for i, name in enumerate(names):
+                if not NAME_PATTERN.match(name):
+                    _fail(f"plugins.{kind}[{i}]", f"{name!r} is not a plugin name (the file plugins/{kind}/<name>.py; "
+                                                  f"{NAME_PATTERN.pattern})")
+        load_plugins(p, root)
     _check_section("", p, SCHEMA)
     t, s, g, c = p["train"], p["sample"], p["guidance"], p["curvature"]
     ranks = t["nproc_per_node"]
@@ -228,6 +259,8 @@ def validate(p: Mapping) -> dict:
     if (t["batch_size"] // ranks) % per_rank:
         _fail("train.batch_per_rank", f"{per_rank} does not divide the per-rank batch {t['batch_size'] // ranks}")
     pools = {f"train.{key}": t[key] for key in ("pool_size", "pool_size_cond")}
+    pools.update({f"models.{name}.pool_size": m["pool_size"] for name, m in p["models"].items()
+                  if m.get("pool_size") is not None})
     pools.update({f"pool_study.variants.{name}.pool_size": v["pool_size"]
                   for name, v in p["pool_study"]["variants"].items()})
     for key, pool in pools.items():
@@ -241,7 +274,7 @@ def validate(p: Mapping) -> dict:
     if s["sigma_min"] >= s["sigma_max"]:
         _fail("sample.sigma_min", f"({s['sigma_min']}) must be below sample.sigma_max ({s['sigma_max']})")
     for key, sub, full in (("sample.grid_steps", s["grid_steps"], s["steps"]),
-                           ("guidance.steps_list", g["steps_list"], s["steps"]),
+                           ("guidance.sample_steps", g["sample_steps"], s["steps"]),
                            ("guidance.rho", g["rho"], s["rho"]),
                            ("curvature.coarse_steps", c["coarse_steps"], s["steps"]),
                            ("hybrid.steps", p["hybrid"]["steps"], s["steps"]),
@@ -263,6 +296,7 @@ def validate(p: Mapping) -> dict:
             _fail("guidance.sigma_window", f"must be [low, high] with low < high, got {g['sigma_window']}")
     if len(set(t["seeds"])) != len(t["seeds"]):
         _fail("train.seeds", f"repeats a seed: {t['seeds']}")
+    check_models(p["models"])
     for name in p["models"]:
         if INSTANCE.match(name):
             _fail(f"models.{name}", "a model name may not end in _s<digits>: that suffix names its training seeds")

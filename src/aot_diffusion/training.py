@@ -51,7 +51,7 @@ class TrainConfig:
     batch_per_rank: Optional[int] = None  # mini-batch per rank and round; None = batch_size // world
     aot: bool = False                   # pair noise to images by exact assignment
     pool_size: int = 512                # images per pairing pool, per rank
-    solver: str = "auto"                # exact assignment solver (aot.SOLVERS)
+    solver: str = "auto"                # exact assignment solver (aot.ASSIGNMENT_SOLVERS)
     pairing: str = "assignment"         # with aot on: a name of aot.PAIRINGS (assignment: AOT, per pool)
     knn_k: int = 4
     conditional: bool = False
@@ -99,8 +99,8 @@ class TrainConfig:
             fail("pool_size", f"pool ({self.pool_size}) is not divisible by the per-rank mini-batch ({bpr})")
         if self.pairing not in aot.PAIRINGS:
             fail("pairing", f"must be one of {sorted(aot.PAIRINGS)} (aot.PAIRINGS), got {self.pairing!r}")
-        if self.solver not in aot.SOLVERS:
-            fail("solver", f"must be one of {aot.SOLVERS}, got {self.solver!r}")
+        if self.solver not in aot.ASSIGNMENT_SOLVERS:
+            fail("solver", f"must be one of {aot.ASSIGNMENT_SOLVERS}, got {self.solver!r}")
         if not 0 < self.lr < float("inf"):
             fail("lr", f"must be positive, got {self.lr!r}")
         if not 0 <= self.augment_p <= 1:

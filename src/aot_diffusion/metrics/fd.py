@@ -21,8 +21,8 @@ import warnings
 
 import numpy as np
 
-__all__ = ["feature_statistics", "frechet_distance", "kid", "fd_ci", "paired_diff_ci", "kid_ci", "fd_floor",
-           "bootstrap_fd", "interval_coverage"]
+__all__ = ["feature_statistics", "frechet_distance", "kid", "fd_ci", "paired_diff_ci", "kid_ci", "bootstrap_fd",
+           "interval_coverage", "nearest_distance"]
 
 
 def _check_features(features, what="features", min_rows=2) -> np.ndarray:
@@ -143,27 +143,6 @@ def paired_diff_ci(feats_a, feats_b, ref_stats, *, n_boot=500, seed=0, level=0.9
     weights = _resample_weights(len(a), n_boot, seed)
     boot = _weighted_fd(a, weights, stats) - _weighted_fd(b, weights, stats)
     return (float(diff), *_centred_interval(diff, boot, level))
-
-
-def fd_floor(heldout_features, ref_stats, n: int, *, n_boot=500, seed=0, level=0.95, ref_features=None,
-             kid_subsets=100) -> dict:
-    """FD of n held-out real images (a seeded random subset) against ref_stats, and its interval.
-
-    The resolution of an n-sample FD: a model whose FD lies within the floor's interval is not
-    distinguishable from real data by this protocol. With ``ref_features`` the same subset's KID
-    and its interval are added (keys kid, kid_low, kid_high).
-    """
-    pool = _check_features(heldout_features, "heldout_features")
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 2 <= n <= len(pool):
-        raise ValueError(f"floor needs 2 <= n <= {len(pool)} held-out images (as many as the samples), got n={n!r}")
-    subset = pool[np.random.default_rng(seed).permutation(len(pool))[:n]]
-    low, high = fd_ci(subset, ref_stats, n_boot=n_boot, seed=seed, level=level)
-    floor = dict(fd=frechet_distance(feature_statistics(subset), ref_stats), low=low, high=high, n=int(n))
-    if ref_features is not None:
-        floor["kid"] = kid(subset, ref_features, ref_stats, seed=seed, num_subsets=kid_subsets)
-        floor["kid_low"], floor["kid_high"] = kid_ci(subset, ref_features, ref_stats, n_boot=n_boot, seed=seed,
-                                                     level=level, num_subsets=kid_subsets)
-    return floor
 
 
 def nearest_distance(images, reference, chunk: int = 1024, device: str = "cpu") -> float:

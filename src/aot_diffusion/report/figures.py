@@ -3,7 +3,6 @@ sample count and profile; layouts are constrained so labels never overlap."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -71,7 +70,7 @@ def fd_vs_nfe(p, fd: pd.DataFrame, floor: dict, path):
             g = g.sort_values("nfe")
             ax.plot(g["nfe"], g["fd"], marker="o", ms=3, label=model, **_style(p, model))
             ax.fill_between(g["nfe"], g["fd_low"], g["fd_high"], alpha=0.15, color=_style(p, model)["color"])
-        ax.axhline(floor["fd"], color="k", ls=":", lw=1, label=f"real held-out (floor, N={floor['n']})")
+        ax.axhline(floor["metrics"]["fd"].value, color="k", ls=":", lw=1, label=f"real held-out (floor, N={floor['n']})")
         ax.set(title=f"rho = {rho:g}", xlabel="NFE", ylabel=metric_label(p), yscale="log")
         _integer_nfe(ax)
         ax.grid(alpha=0.3)
@@ -267,9 +266,9 @@ def teaser(p, curv: dict, path):
 
 def write_figures(p, L, log=print):
     # FD per model: the table's headline rows (mean over training seeds with its interval when there are several)
-    from .tables import headline_rows, table1
+    from .tables import headline_rows, read_floor, table1
 
-    floor = json.loads(L.fd_floor.read_text())
+    floor = read_floor(L)
     fd = headline_rows(p, table1(p, L, floor))
     curv = {m: dict(safe_np_load(L.curvature(first(p, m)))) for m in p["models"]}  # the first training seed's
     fd_vs_nfe(p, fd, floor, L.figure("fd_vs_nfe"))

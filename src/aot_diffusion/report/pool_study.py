@@ -18,8 +18,9 @@ import pandas as pd
 from ..safe_pickle import safe_np_load
 from ..layout import sample_key
 from ..metrics import fd as fdm
+from ..metrics.scores import METRICS
 from ..utils import AtomicPath, atomic_write_text
-from .tables import _summary, ci_label, metric_label, metric_name
+from .tables import _summary, ci_label, metric_label, metric_name, read_floor
 
 
 def _baseline(p) -> str | None:
@@ -48,7 +49,8 @@ def study_table(p, L) -> pd.DataFrame:
         feats = safe_np_load(L.features(name))
         for _, r in _summary(pd.read_csv(L.fd(name)), p["fd"]["ci_level"]).iterrows():
             nfe = int(r["nfe"])
-            row.update({f"fd_nfe{nfe}": r["fd"], f"fd_nfe{nfe}_low": r["fd_low"], f"fd_nfe{nfe}_high": r["fd_high"]})
+            for m in [m for m in METRICS if m in r]:  # every metric's record, as fd_nfe3, fd_nfe3_low, ...
+                row.update({f"{m}_nfe{nfe}{end}": r[f"{m}{end}"] for end in ("", "_low", "_high") if f"{m}{end}" in r})
             if base is not None and name != base:
                 key = sample_key(r["steps"], r["rho"], seed)
                 diff, low, high = fdm.paired_diff_ci(base_feats[key], feats[key], stats, n_boot=f["bootstrap"],
@@ -81,9 +83,10 @@ def _markdown(p, df: pd.DataFrame, floor: dict) -> str:
         cells += [f"{r['curvature_mean']:.4f}", f"{r['paired_distance']:.2f}", f"{r['pair_ms']:.0f}",
                   f"{r['step_ms']:.0f}", f"{r['step_ratio']:.2f}" if "step_ratio" in r else "-"]
         lines.append("| " + " | ".join(cells) + " |")
+    fd = floor["metrics"]["fd"]
     return (f"# Pool-size study: {metric_label(p)} ({p['profile']} profile, rho {p['pool_study']['rho']:g}, "
             f"{int(floor['n'])} samples per setting)\n\n"
-            f"Real held-out floor at the same N: {floor['fd']:.2f} [{floor['low']:.2f}, {floor['high']:.2f}]. "
+            f"Real held-out floor at the same N: {fd.value:.2f} [{fd.low:.2f}, {fd.high:.2f}]. "
             f"gain: FD of the no-pairing baseline minus the variant's, same latents, {ci_label(p)} paired bootstrap "
             f"(positive: the variant is better; an interval that holds 0 is inside the noise). paired dist: mean "
             f"|x - n| of the training pairs (random pairs: {df['random_distance'].mean():.2f}). Step times come "
@@ -118,7 +121,7 @@ def study_figure(p, df: pd.DataFrame, floor: dict, path):
         for (_, r), ls in zip(levels.iterrows(), dashes):
             ax.axhline(r[f"fd_nfe{nfe}"], color=color, ls=ls, lw=1,
                        label=f"{r['variant']} ({r['pairing']})" if i == 0 else None)
-    ax.axhline(floor["fd"], color="k", ls=":", lw=1, label=f"real held-out floor (N={int(floor['n'])})")
+    ax.axhline(floor["metrics"]["fd"].value, color="k", ls=":", lw=1, label=f"real held-out floor (N={int(floor['n'])})")
     ax.set(yscale="log", ylabel=metric_label(p), title="sample quality")
     _pool_axis(ax, sizes)
     ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)  # below: the data fill the axes
@@ -151,7 +154,7 @@ def study_figure(p, df: pd.DataFrame, floor: dict, path):
 
 def write_pool_study(p, L, log=print):
     """``p``: the study's view of the parameters (params.pool_study_view); ``L``: Layout(...).pool_study."""
-    floor = json.loads(L.fd_floor.read_text())
+    floor = read_floor(L)
     df = study_table(p, L)
     with AtomicPath(L.study_table("csv"), suffix=".csv") as tmp:
         df.to_csv(tmp, index=False)

@@ -12,6 +12,7 @@ import scipy.stats
 from ..safe_pickle import safe_np_load
 from ..layout import sample_key
 from ..metrics import fd as fdm
+from ..metrics.scores import METRICS, Estimate, columns, interval_metrics
 from ..params import edm_aot_pairs, guidance_settings, instance_key, model_instances
 from ..sampling import num_function_evals
 from ..utils import AtomicPath, atomic_write_text
@@ -50,6 +51,19 @@ def metric_label(p) -> str:
     if p["data"]["dataset"] == "cifar10":  # the rehearsal
         return "FD (STAND-IN classifier features, not Inception: not FID)"
     return "FD (digits-classifier features)"
+
+
+def metric_key(p, metric: str) -> str:
+    """A metric's name in metrics.json and the tables' titles: FD metrics are 'fid...' with Inception's features."""
+    return metric_name(p) + metric[2:] if metric.startswith("fd") else metric
+
+
+def _headline(key: str, est: Estimate, over: dict | None = None) -> dict:
+    """A record as metrics.json holds it: the value under ``key``, its interval under ``key_ci``."""
+    out = {key: float(est.value)}
+    if est.low is not None and pd.notna(est.low):
+        out[f"{key}_ci"] = dict(low=float(est.low), high=float(est.high), **(over or {}))
+    return out
 
 
 def _kind(p, model):
@@ -120,20 +134,20 @@ def grid_only(p, df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _summary(df: pd.DataFrame, level: float) -> pd.DataFrame:
-    """Per (rho, steps): one sampling seed: its value and bootstrap interval; several: the mean over seeds
-    with a Student-t interval over the seeds' values (never a mean beside one seed's interval)."""
-    rows = []
+    """Per (rho, steps), every metric of the records (metrics.scores): one sampling seed: its value and interval;
+    several: the mean over seeds with a Student-t interval over the seeds' values (never a mean beside one
+    seed's interval); a metric without an interval: the mean."""
+    rows, intervals = [], interval_metrics(df)
     for (rho, steps), g in df.sort_values("seed").groupby(["rho", "steps"]):
         row = dict(rho=rho, steps=steps, nfe=g["nfe"].iloc[0], seeds=len(g), n=g["n"].iloc[0],
                    disc_grad_evals=g["disc_grad_evals"].iloc[0])
-        if "nn_train_dist" in g:
-            row["nn_train_dist"] = g["nn_train_dist"].mean()
-        for m in [m for m in ("fd", "kid", "fd_heldout") if m in g]:
-            if len(g) == 1:
+        for m in [m for m in METRICS if m in g]:
+            if m not in intervals:
+                row[m] = g[m].mean()
+            elif len(g) == 1:
                 row.update({m: g[m].iloc[0], f"{m}_low": g[f"{m}_low"].iloc[0], f"{m}_high": g[f"{m}_high"].iloc[0]})
             else:
-                mean, half = g[m].mean(), scipy.stats.t.ppf((1 + level) / 2, len(g) - 1) * g[m].std(ddof=1) / len(g) ** 0.5
-                row.update({m: mean, f"{m}_low": mean - half, f"{m}_high": mean + half})
+                row[m], row[f"{m}_low"], row[f"{m}_high"] = _t_interval(g[m], level)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -151,29 +165,32 @@ def _t_interval(values, level: float) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def _across_seeds(rows: pd.DataFrame, by: list, metrics: list, level: float) -> pd.DataFrame:
+def _across_seeds(rows: pd.DataFrame, by: list, metrics: list, level: float, means: list = ()) -> pd.DataFrame:
     """One row per group of per-training-seed rows: the mean over training seeds with the t-interval over their
-    values (``{m}_low`` / ``{m}_high``), never one seed's interval beside the mean; train_seed 'mean'."""
+    values (``{m}_low`` / ``{m}_high``), never one seed's interval beside the mean; ``means``: columns averaged
+    without an interval; train_seed 'mean'."""
     out = []
     for keys, g in rows.groupby(by, sort=False):
         row = dict(zip(by, keys if isinstance(keys, tuple) else (keys,)), train_seed="mean", train_seeds=len(g))
         for m in metrics:
             row[m], row[f"{m}_low"], row[f"{m}_high"] = _t_interval(g[m], level)
+        row.update({m: g[m].mean() for m in means})
         out.append(row)
     return pd.DataFrame(out)
 
 
+def read_floor(L) -> dict:
+    """Stage fd_reference's floor: n, the feature network, and every metric's record (an Estimate)."""
+    floor = json.loads(L.fd_floor.read_text())
+    return dict(floor, metrics={m: Estimate.from_json(e) for m, e in floor["metrics"].items()})
+
+
 def table1(p, L, floor) -> pd.DataFrame:
-    """Per trained model (model x training seed) and setting: FD with its interval (_summary); with several
-    training seeds also one 'mean' row per model: the mean over training seeds with the t-interval over them."""
-    # The floor row: held-out real images against the training statistics (fd columns), and real training
-    # images against the held-out statistics (fd_heldout columns), at the same N; nn_train_dist of held-out images.
-    held = floor.get("heldout", {})
+    """Per trained model (model x training seed) and setting: every metric with its interval (_summary); with
+    several training seeds also one 'mean' row per model: the mean over training seeds with the t-interval over
+    them. First row: the floor (``floor``: read_floor), each metric's real images at the same N."""
     rows = [dict(model="real (floor)", train_seed="", conditional=np.nan, aot=np.nan, rho=np.nan, steps=np.nan,
-                 nfe=np.nan, n=floor["n"], fd=floor["fd"], fd_low=floor["low"], fd_high=floor["high"], kid=floor["kid"],
-                 kid_low=floor["kid_low"], kid_high=floor["kid_high"], fd_heldout=held.get("fd", np.nan),
-                 fd_heldout_low=held.get("low", np.nan), fd_heldout_high=held.get("high", np.nan),
-                 nn_train_dist=floor.get("nn_train_dist", np.nan))]
+                 nfe=np.nan, n=floor["n"], **columns(floor["metrics"]))]
     level, per_seed = p["fd"]["ci_level"], []
     for key, (model, train_seed) in model_instances(p).items():
         spec = p["models"][model]
@@ -184,10 +201,9 @@ def table1(p, L, floor) -> pd.DataFrame:
     per_seed = pd.DataFrame(per_seed).assign(train_seeds=1)
     parts = [pd.DataFrame(rows), per_seed]
     if len(p["train"]["seeds"]) > 1:
-        mean = _across_seeds(per_seed, ["model", "conditional", "aot", "rho", "steps", "nfe"],
-                             ["fd", "kid", "fd_heldout"], level)
-        mean["nn_train_dist"] = per_seed.groupby(["model", "rho", "steps"], sort=False)["nn_train_dist"].mean().values
-        parts.append(mean)
+        intervals = interval_metrics(per_seed)
+        parts.append(_across_seeds(per_seed, ["model", "conditional", "aot", "rho", "steps", "nfe"], intervals, level,
+                                   means=[m for m in METRICS if m in per_seed and m not in intervals]))
     return pd.concat(parts, ignore_index=True)
 
 
@@ -290,7 +306,7 @@ def table3(p, L) -> pd.DataFrame:
 
 
 def write_tables(p, L, log=print):
-    floor = json.loads(L.fd_floor.read_text())
+    floor = read_floor(L)
     name, label = metric_name(p), metric_label(p)
     t1, diffs, t2, t3 = table1(p, L, floor), paired_differences(p, L), table2(p, L), table3(p, L)
     n = int(floor["n"])
@@ -316,13 +332,13 @@ def write_tables(p, L, log=print):
            f"{ci_label(p)} bootstrap intervals, and against the training statistics")
     with AtomicPath(L.fd_curves, suffix=".csv") as tmp:  # for `dvc plots diff`: one column (line) per model
         fd_curves(p, t1).to_csv(tmp, index=False)
-    # Headline numbers for `dvc exp show`: rho 7 (EDM's default) settings, the floor, differences, curvature.
-    # Intervals as {low, high}: `dvc exp show` drops list-valued metrics.
-    metrics = {f"{name}_floor": floor["fd"], f"{name}_floor_ci": dict(low=floor["low"], high=floor["high"])}
-    if "heldout" in floor:
-        h = floor["heldout"]
-        metrics.update({f"{name}_heldout_floor": h["fd"], f"{name}_heldout_floor_ci": dict(low=h["low"], high=h["high"]),
-                         "heldout_images.nn_train_dist": floor["nn_train_dist"]})
+    # Headline numbers for `dvc exp show`: the headline metrics (metrics.scores) of the floor and of every model
+    # at rho 7 (EDM's default), differences, curvature. Intervals as {low, high}: `dvc exp show` drops list values.
+    headline = [m for m in METRICS if METRICS[m].headline]
+    metrics = {}
+    for m in headline:
+        if m in floor["metrics"]:
+            metrics.update(_headline(f"floor.{metric_key(p, m)}", floor["metrics"][m]))
     if L.feature_network_metrics.exists():
         metrics.update(json.loads(L.feature_network_metrics.read_text()))
     # Headline per model and difference: the mean over training seeds with its interval over them (several
@@ -333,15 +349,9 @@ def write_tables(p, L, log=print):
         (lambda df: df[df["train_seed"] == p["train"]["seeds"][0]])
     rho0 = p["sample"]["rho"][0]
     for _, r in pick(t1[t1["rho"] == rho0]).iterrows():
-        suffix = f"rho{r['rho']:g}_nfe{int(r['nfe'])}"
-        metrics[f"{r['model']}.{name}_{suffix}"] = float(r["fd"])
-        metrics[f"{r['model']}.{name}_{suffix}_ci"] = dict(low=float(r["fd_low"]), high=float(r["fd_high"]), **over)
-        metrics[f"{r['model']}.kid_{suffix}"] = float(r["kid"])
-        if "fd_heldout" in r and not pd.isna(r["fd_heldout"]):
-            metrics[f"{r['model']}.{name}_heldout_{suffix}"] = float(r["fd_heldout"])
-            metrics[f"{r['model']}.{name}_heldout_{suffix}_ci"] = dict(low=float(r["fd_heldout_low"]),
-                                                                       high=float(r["fd_heldout_high"]), **over)
-            metrics[f"{r['model']}.nn_train_dist_{suffix}"] = float(r["nn_train_dist"])
+        for m in [m for m in headline if m in r and pd.notna(r[m])]:
+            est = Estimate(r[m], r.get(f"{m}_low"), r.get(f"{m}_high"))
+            metrics.update(_headline(f"{r['model']}.{metric_key(p, m)}_rho{r['rho']:g}_nfe{int(r['nfe'])}", est, over))
     for _, r in pick(diffs[diffs["rho"] == rho0]).iterrows():
         metrics[f"aot_vs_edm.{r['pair']}.{name}_heldout_rho{r['rho']:g}_nfe{int(r['nfe'])}"] = dict(
             diff=float(r["diff"]), **{ci_key(p): dict(low=float(r["low"]), high=float(r["high"]), **over)})

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from ..safe_pickle import safe_torch_load
 from ..data import load_dataset, prepare_dataset
 from ..metrics import fd as fdm
+from ..metrics.scores import Reference, Sample, ScoreConfig, describe, score_floor
+from ..utils import AtomicPath
 from . import Run
 
 # What the FD's features are when a CIFAR-10 run scores without Inception (the rehearsal): every record says so.
@@ -97,7 +98,6 @@ def fd_reference(run: Run) -> None:
     """Reference statistics (training images) and the floor: held-out real images at the sample count."""
     d = load_dataset(run.L.dataset)
     feats = FeatureSpace(run)
-    f = run.p["fd"]
     if run.p["fd"]["features"] == "inception":
         from ..metrics.inception import cifar10_reference_statistics
 
@@ -111,22 +111,18 @@ def fd_reference(run: Run) -> None:
     if n < run.p["sample"]["num_samples"]:
         run.log(f"warning: only {len(held)} held-out images; the floor is measured at N = {n}, "
                 f"not at sample.num_samples = {run.p['sample']['num_samples']}")
-    floor = fdm.fd_floor(held, (mu, sigma), n, n_boot=f["bootstrap"], seed=run.p["seed"], level=f["ci_level"],
-                         ref_features=ref_feats, kid_subsets=f["kid_subsets"])
-    # Against held-out statistics a model can't score well by reproducing its training images: the floor
-    # is then N real *training* images against them.
+    # Every metric's floor (metrics.scores): held-out real images for a metric against the training set,
+    # training images for one against the held-out set (a model can't win that one by memorising).
     mu_h, sigma_h = fdm.feature_statistics(held)
     train_feats = ref_feats if len(ref_feats) == len(d["train_images"]) else feats(d["train_images"])
-    floor["heldout"] = fdm.fd_floor(train_feats, (mu_h, sigma_h), min(n, len(train_feats)), n_boot=f["bootstrap"],
-                                    seed=run.p["seed"], level=f["ci_level"])
-    floor["features"] = feats.description
-    floor["nn_train_dist"] = fdm.nearest_distance(d["test_images"][:n], d["train_images"], device=run.device)
-    from ..utils import AtomicPath
-
+    ref = Reference(stats=(mu, sigma), features=ref_feats, heldout_stats=(mu_h, sigma_h),
+                    train_images=d["train_images"])
+    n = min(n, len(train_feats))
+    scores = score_floor(Sample(held, d["test_images"]), Sample(train_feats, d["train_images"]), ref,
+                         ScoreConfig.from_params(run.p, run.device), n)
+    floor = dict(n=n, features=feats.description, metrics={name: e.to_json() for name, e in scores.items()})
     with AtomicPath(run.L.fd_reference, suffix=".npz") as tmp:
         np.savez(tmp, mu=mu, sigma=sigma, ref_features=ref_feats, mu_heldout=mu_h, sigma_heldout=sigma_h)
     run.write_json(run.L.fd_floor, floor)
-    h = floor["heldout"]
-    run.log(f"FD floor (N = {n} held-out real images vs training statistics): {floor['fd']:.3f} [{floor['low']:.3f}, "
-            f"{floor['high']:.3f}], KID {floor['kid']:.4f}; training images vs held-out statistics: {h['fd']:.3f} "
-            f"[{h['low']:.3f}, {h['high']:.3f}]; held-out images' nearest training image: {floor['nn_train_dist']:.3f}")
+    run.log(f"floor (N = {n} real images; against the training set: held-out images, against the held-out set: "
+            f"training images): {describe(scores)}")

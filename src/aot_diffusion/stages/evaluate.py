@@ -8,7 +8,7 @@ import torch
 
 from ..safe_pickle import safe_np_load
 from ..layout import sample_key
-from ..metrics import fd as fdm
+from ..metrics.scores import Reference, Sample, ScoreConfig, columns, describe, score
 from ..params import edm_aot_pairs
 from ..sampling import num_function_evals
 from ..samples import read_sweep
@@ -26,33 +26,28 @@ def _finite(run: Run, df: pd.DataFrame, what: str) -> None:
                                  f"feature network are broken (check sample.sigma_min and the samples file)")
 
 
-def _score(run: Run, samples_path, csv_path, features_path, name: str) -> None:
+def reference(run: Run) -> Reference:
+    """The real data every sample is scored against: stage fd_reference's statistics, the training images."""
     from ..data import load_dataset
-    from ..samples import from_uint8
 
     ref = safe_np_load(run.L.fd_reference)
-    stats, ref_feats = (ref["mu"], ref["sigma"]), ref["ref_features"]
-    held_stats = (ref["mu_heldout"], ref["sigma_heldout"])
-    train_images = load_dataset(run.L.dataset)["train_images"]
-    feats, f, rows = FeatureSpace(run), run.p["fd"], []
-    kept = {}
+    return Reference(stats=(ref["mu"], ref["sigma"]), features=ref["ref_features"],
+                     heldout_stats=(ref["mu_heldout"], ref["sigma_heldout"]),
+                     train_images=load_dataset(run.L.dataset)["train_images"])
+
+
+def _score(run: Run, samples_path, csv_path, features_path, name: str) -> None:
+    from ..samples import from_uint8
+
+    ref, feats, cfg = reference(run), FeatureSpace(run), ScoreConfig.from_params(run.p, run.device)
+    rows, kept = [], {}
     for steps, rho, seed, pixels, grads in read_sweep(samples_path):
         x = feats(pixels)
-        fd_value = fdm.frechet_distance(fdm.feature_statistics(x), stats)
-        low, high = fdm.fd_ci(x, stats, n_boot=f["bootstrap"], seed=run.p["seed"], level=f["ci_level"])
-        kid = fdm.kid(x, ref_feats, stats, seed=run.p["seed"], num_subsets=f["kid_subsets"])
-        kid_low, kid_high = fdm.kid_ci(x, ref_feats, stats, n_boot=f["bootstrap"], seed=run.p["seed"],
-                                       level=f["ci_level"], num_subsets=f["kid_subsets"])
-        fd_h = fdm.frechet_distance(fdm.feature_statistics(x), held_stats)
-        fd_h_low, fd_h_high = fdm.fd_ci(x, held_stats, n_boot=f["bootstrap"], seed=run.p["seed"], level=f["ci_level"])
-        nn = fdm.nearest_distance(from_uint8(pixels), train_images, device=run.device)
+        scores = score(Sample(x, from_uint8(pixels)), ref, cfg)
         rows.append(dict(model=name, steps=steps, rho=rho, nfe=num_function_evals(steps), seed=seed, n=len(x),
-                         disc_grad_evals=grads, fd=fd_value, fd_low=low, fd_high=high, kid=kid, kid_low=kid_low,
-                         kid_high=kid_high, fd_heldout=fd_h, fd_heldout_low=fd_h_low, fd_heldout_high=fd_h_high,
-                         nn_train_dist=nn))
+                         disc_grad_evals=grads, **columns(scores)))
         kept[sample_key(steps, rho, seed)] = x.astype(np.float32)
-        run.log(f"steps {steps} rho {rho:g} seed {seed}: FD {fd_value:.3f} [{low:.3f}, {high:.3f}], KID {kid:.4f}; "
-                f"vs held-out: FD {fd_h:.3f} [{fd_h_low:.3f}, {fd_h_high:.3f}]; nearest training image {nn:.3f}")
+        run.log(f"steps {steps} rho {rho:g} seed {seed}: {describe(scores)}")
     df = pd.DataFrame(rows).sort_values(["rho", "steps", "seed"])
     _finite(run, df, "scores")
     with AtomicPath(features_path, suffix=".npz") as tmp:
@@ -113,16 +108,13 @@ def hybrid(run: Run) -> None:
     """Where along sigma AOT helps and hurts: sample with AOT's denoiser above sigma_s and EDM's below (and the
     reverse), from the main sweep's latents (first sampling seed), scored as the rest; pure models are the
     main sweep's rows at the same setting."""
-    from ..data import load_dataset
     from ..samples import from_uint8, to_uint8
     from ..sampling import class_labels, latents, sample_batched, switch_denoiser
     from .sample import image_shape, load_denoiser
 
-    h, s, f = run.p["hybrid"], run.p["sample"], run.p["fd"]
-    ref = safe_np_load(run.L.fd_reference)
-    stats, held_stats = (ref["mu"], ref["sigma"]), (ref["mu_heldout"], ref["sigma_heldout"])
-    train_images = load_dataset(run.L.dataset)["train_images"]
-    feats, rows, kept = FeatureSpace(run), [], {}
+    h, s = run.p["hybrid"], run.p["sample"]
+    ref, feats, cfg = reference(run), FeatureSpace(run), ScoreConfig.from_params(run.p, run.device)
+    rows, kept = [], {}
     seed = s["seeds"][0]
     for cond, models in edm_aot_pairs(run.p).items():
         edm_name, aot_name = (run.trained(m) for m in models)
@@ -139,22 +131,15 @@ def hybrid(run: Run) -> None:
                         raise FloatingPointError(f"non-finite hybrid samples ({cond}, {above} above sigma {switch}, "
                                                  f"{steps} steps): check the networks and sample.sigma_min")
                     pixels = to_uint8(x.cpu().numpy())
-                    y = feats(pixels)
-                    fd = fdm.frechet_distance(fdm.feature_statistics(y), stats)
-                    low, high = fdm.fd_ci(y, stats, n_boot=f["bootstrap"], seed=run.p["seed"], level=f["ci_level"])
-                    fd_h = fdm.frechet_distance(fdm.feature_statistics(y), held_stats)
-                    h_low, h_high = fdm.fd_ci(y, held_stats, n_boot=f["bootstrap"], seed=run.p["seed"],
-                                              level=f["ci_level"])
-                    nn = fdm.nearest_distance(from_uint8(pixels), train_images, device=run.device)
+                    scores = score(Sample(feats(pixels), from_uint8(pixels)), ref, cfg)
                     name = f"{cond}_{above}_above_{switch:g}_steps{steps}"
                     kept[name] = pixels
                     rows.append(dict(pair=cond, above=f"{above} ({aot_name if above == 'aot' else edm_name})",
                                      below=f"{below} ({edm_name if below == 'edm' else aot_name})",
                                      switch_sigma=switch, steps=steps, rho=h["rho"], nfe=num_function_evals(steps),
-                                     seed=seed, n=len(y), fd=fd, fd_low=low, fd_high=high, fd_heldout=fd_h,
-                                     fd_heldout_low=h_low, fd_heldout_high=h_high, nn_train_dist=nn))
+                                     seed=seed, n=len(pixels), **columns(scores)))
                     run.log(f"{cond}: {above} above sigma {switch:g}, {below} below, NFE "
-                            f"{num_function_evals(steps)}: FD vs held-out {fd_h:.2f} [{h_low:.2f}, {h_high:.2f}]")
+                            f"{num_function_evals(steps)}: {describe(scores)}")
     table = pd.DataFrame(rows)
     _finite(run, table, "hybrid scores")
     with AtomicPath(run.L.hybrid_samples, suffix=".npz") as tmp:

@@ -98,7 +98,7 @@ def train_discriminator(run: Run) -> None:
     disc, history = dg.fit_discriminator(
         _load_encoder(run), real, fakes[n_hold:], real_labels=lab(real_ids), fake_labels=lab(fake_ids[n_hold:]),
         label_dim=k if conditional else 0, aot=spec["aot"], pool_size=g["pool_size"], batch_size=g["batch_size"],
-        steps=g["steps"], lr=g["lr"], weight_decay=g["weight_decay"], seed=run.p["seed"], device=run.device,
+        steps=g["max_steps"], lr=g["lr"], weight_decay=g["weight_decay"], seed=run.p["seed"], device=run.device,
         head_config=_head_config(run), log_every=g["eval_every"], patience=g["patience"],
         validate=lambda disc: evaluate(disc, val, run.p["seed"] + 2, 2), log=run.log, solver=run.p["train"]["solver"])
     held = evaluate(disc, test, run.p["seed"] + 1, 4)

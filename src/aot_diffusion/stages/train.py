@@ -40,7 +40,7 @@ def train_config(run: Run, model: str, data: dict) -> TrainConfig:
         raise RuntimeError(f"train.{unused[0]} has no TrainConfig field: the training loop would ignore it")
     if spec["conditional"]:
         kwargs["pool_size"] = t["pool_size_cond"]
-    kwargs.update({k: spec[k] for k in ("pool_size", "pairing") if k in spec})  # a pool-size study variant
+    kwargs.update({k: spec[k] for k in ("pool_size", "pairing") if spec.get(k) is not None})  # the model's own
     net = dict(t["network"], img_channels=int(data["train_images"].shape[1]),
                img_resolution=int(data["train_images"].shape[2]))
     if spec["conditional"]:
@@ -77,7 +77,7 @@ def train(run: Run, stop_after: int | None = None) -> None:
 
         augment = AugmentPipe(**dict(EDM_CIFAR10_AUGMENT, p=cfg.augment_p))
     run.log(f"aot={cfg.aot} conditional={cfg.conditional} steps={cfg.total_steps} batch={cfg.batch_size} "
-            f"pool={cfg.pool_size} device={cfg.device}")
+            f"pool={cfg.pool_size} pairing={cfg.pairing if cfg.aot else 'none'} device={cfg.device}")
     ckpt = run.L.checkpoints(model)
     result = train_loop(cfg, torch.as_tensor(d["train_images"]), torch.as_tensor(d["train_labels"]),
                         out_path=run.L.network(model), checkpoint_dir=ckpt, num_classes=int(d["num_classes"]),

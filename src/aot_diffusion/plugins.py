@@ -1,0 +1,91 @@
+"""A researcher's own pairings and metrics, without editing the package: Python files in ``plugins/pairings/``
+and ``plugins/metrics/``, named in params.yaml (``plugins.pairings``, ``plugins.metrics``).
+
+The schema imports them before it judges anything (so ``train.pairing`` or a study variant may name a pairing
+that a plugin registers), every stage process imports them the same way, and the stages that pair noise or
+score samples declare the list and depend on the files: a plugin's name *and its content* are part of those
+jobs' parameter records (dag.Plan.record), so an edit reruns what it affects, at either front door.
+A file under ``pairings`` must register pairings only (aot.register_pairing), one under ``metrics`` metrics only
+(metrics.scores.register_metric): which list names a file decides which jobs rerun when it changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Mapping
+
+__all__ = ["KINDS", "plugin_path", "load_plugins", "plugin_digests"]
+
+PLUGIN_DIR = Path("plugins")
+KINDS = ("pairings", "metrics")
+_LOADED: dict[str, str] = {}  # module name -> sha256 of the file it was imported from
+
+
+def plugin_path(kind: str, name: str) -> Path:
+    """``plugins/<kind>/<name>.py``, relative to the project root."""
+    return PLUGIN_DIR / kind / f"{name}.py"
+
+
+def _registry(kind: str) -> dict:
+    if kind == "pairings":
+        from .aot import PAIRINGS
+
+        return PAIRINGS
+    from .metrics.scores import METRICS
+
+    return METRICS
+
+
+def _registered_by(module: str, kind: str) -> list:
+    return [n for n, v in _registry(kind).items() if getattr(v, "fn", v).__module__ == module]
+
+
+def load_plugins(p: Mapping, root: Path | str = ".") -> None:
+    """Import every plugin named in ``p['plugins']`` (once per process and content); a missing file, an import
+    error, or a file that registers nothing or into the other kind's registry stops the run, naming the
+    parameter."""
+    from .schema import ParamError
+
+    for kind in KINDS:
+        for i, name in enumerate(p.get("plugins", {}).get(kind, [])):
+            where, rel = f"plugins.{kind}[{i}]", plugin_path(kind, name)
+            path = Path(root) / rel
+            if not path.is_file():
+                raise ParamError(f"parameter {where!r}: no plugin file {rel} (a plugin named {name!r} is the file "
+                                 f"plugins/{kind}/{name}.py in the project root)")
+            module = f"aot_diffusion_plugins.{kind}.{name}"
+            content = hashlib.sha256(path.read_bytes()).hexdigest()
+            if _LOADED.get(module) == content:
+                continue
+            for k in KINDS:  # a file imported again (edited, or another copy of the project): its entries anew
+                for entry in _registered_by(module, k):
+                    del _registry(k)[entry]
+            spec = importlib.util.spec_from_file_location(module, path)
+            code = importlib.util.module_from_spec(spec)
+            try:
+                spec.loader.exec_module(code)
+            except Exception as exc:  # the researcher's code: name the file and the error
+                raise ParamError(f"parameter {where!r}: importing {rel} failed: {type(exc).__name__}: {exc}") from exc
+            sys.modules[module] = code
+            other = next(k for k in KINDS if k != kind)
+            if _registered_by(module, other):
+                raise ParamError(f"parameter {where!r}: {rel} registered {other} {_registered_by(module, other)}; list "
+                                 f"it under plugins.{other} (the list decides what reruns when the file changes)")
+            if not _registered_by(module, kind):
+                raise ParamError(f"parameter {where!r}: {rel} registered no {kind[:-1]} (use "
+                                 f"{'aot.register_pairing' if kind == 'pairings' else 'metrics.scores.register_metric'})")
+            _LOADED[module] = content
+
+
+def plugin_digests(p: Mapping, kinds, root: Path | str = ".") -> dict:
+    """sha256 of each plugin file of ``kinds``: what a parameter record holds of the code a stage imported."""
+    out = {}
+    for kind in kinds:
+        for name in p.get("plugins", {}).get(kind, []):
+            path = Path(root) / plugin_path(kind, name)
+            out[str(plugin_path(kind, name))] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() \
+                else "missing"
+    return out

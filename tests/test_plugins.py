@@ -1,0 +1,77 @@
+"""Plugins (plugins.py): a researcher's pairing or metric file, named in the parameters, is imported before the
+schema judges anything, is refused with the parameter named when it is wrong, and is part of the parameter
+records of exactly the stages that import it. The end-to-end run is tests/test_pipeline.py
+(test_a_plugin_pairing_and_metric_run_through_the_smoke_run)."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from aot_diffusion.aot import PAIRINGS
+from aot_diffusion.dag import Plan, stage
+from aot_diffusion.metrics.scores import METRICS
+from aot_diffusion.params import ParamError, compose
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGINS = Path(__file__).parent / "fixtures" / "plugins"
+
+
+@pytest.fixture
+def project(tmp_path):
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    for kind in ("pairings", "metrics"):
+        (tmp_path / "plugins" / kind).mkdir(parents=True)
+    yield tmp_path
+    for registry in (PAIRINGS, METRICS):  # leave the registries as the package defines them
+        for name in [n for n, v in registry.items() if getattr(v, "fn", v).__module__.startswith("aot_diffusion_plugins")]:
+            del registry[name]
+
+
+def _add(project, kind, name, text=None):
+    path = project / "plugins" / kind / f"{name}.py"
+    path.write_text(text if text is not None else (PLUGINS / kind / f"{name}.py").read_text())
+    return path
+
+
+def test_a_plugin_pairing_is_a_choice_and_its_metric_a_column(project):
+    _add(project, "pairings", "toy_sorted")
+    _add(project, "metrics", "toy_brightness")
+    with pytest.raises(ParamError, match="train.pairing.*toy_sorted"):  # not listed: not a choice
+        compose("smoke", {"train": {"pairing": "toy_sorted"}}, root=project)
+    p = compose("smoke", {"plugins": {"pairings": ["toy_sorted"], "metrics": ["toy_brightness"]},
+                          "train": {"pairing": "toy_sorted"}}, root=project)
+    assert p["train"]["pairing"] == "toy_sorted" and "toy_brightness" in METRICS and METRICS["toy_brightness"].headline
+
+
+@pytest.mark.parametrize("kind, name, text, message", [
+    ("metrics", "absent", None, r"plugins.metrics\[0\].*no plugin file plugins/metrics/absent.py"),
+    ("metrics", "broken", "raise RuntimeError('oops')\n", r"plugins.metrics\[0\].*importing.*RuntimeError: oops"),
+    ("metrics", "empty", "x = 1\n", r"registered no metric"),
+    ("pairings", "toy_brightness", None, r"plugins.pairings\[0\].*registered metrics.*plugins.metrics"),
+    ("metrics", "Bad-Name", "", r"plugins.metrics\[0\].*not a plugin name"),
+])
+def test_a_wrong_plugin_stops_the_run_naming_the_parameter(project, kind, name, text, message):
+    if name != "absent" and name != "Bad-Name":
+        if text is None:
+            (project / "plugins" / kind / f"{name}.py").write_text((PLUGINS / "metrics" / f"{name}.py").read_text())
+        else:
+            _add(project, kind, name, text)
+    with pytest.raises(ParamError, match=message):
+        compose("smoke", {"plugins": {kind: [name]}}, root=project)
+
+
+def test_a_plugin_edit_changes_the_records_of_what_imports_it_only(project):
+    metric = _add(project, "metrics", "toy_brightness")
+    _add(project, "pairings", "toy_sorted")
+    p = compose("smoke", {"plugins": {"pairings": ["toy_sorted"], "metrics": ["toy_brightness"]}}, root=project)
+    jobs = [("fd_reference", None), ("fd", "edm_uncond_s0"), ("tables", None), ("pool_fd", "pool128"),
+            ("train", "edm_uncond_s0"), ("sample", "edm_uncond_s0"), ("train_discriminator", "dg_edm_uncond"),
+            ("curvature", "aot_uncond_s0")]
+    before = {st: Plan(p, project).digest(stage(st), k) for st, k in jobs}
+    metric.write_text(metric.read_text() + "# edited\n")
+    after = Plan(p, project)
+    changed = {st: before[st] != after.digest(stage(st), k) for st, k in jobs}
+    assert changed == {"fd_reference": True, "fd": True, "tables": True, "pool_fd": True, "train": False,
+                       "sample": False, "train_discriminator": False, "curvature": False}
+    assert list(after.record(stage("train"), "edm_uncond_s0")["plugin_sha256"]) == ["plugins/pairings/toy_sorted.py"]
