@@ -147,7 +147,7 @@ def test_one_model_spec_for_models_and_study_variants():
 
     data = {"train_images": __import__("numpy").zeros((4, 1, 8, 8)), "num_classes": 10}
     run = Run()
-    run.p = p
+    run.params = p
     run.model_spec = lambda key: p["models"][key.rsplit("_s", 1)[0]]
     cfg = train_config(run, "knn_uncond_s0", data)
     assert (cfg.pairing, cfg.pool_size, cfg.aot) == ("knn", 64, True)

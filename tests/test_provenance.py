@@ -193,7 +193,7 @@ def test_an_undeclared_read_stops_the_stage_through_the_cli(tmp_path, monkeypatc
 
     write_params(P, tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(data_stages, "prepare_data", lambda run: run.p["train"]["lr"])  # prepare_data: seed, data
+    monkeypatch.setattr(data_stages, "prepare_data", lambda run: run.params["train"]["lr"])  # prepare_data: seed, data
     with pytest.raises(SystemExit) as info:
         cli.main(["prepare-data"])
     assert info.value.code == 2

@@ -36,10 +36,10 @@ class Run:
         self.study = stage.over == "variant"
         if self.study:  # a pool-size study variant, trained, sampled and scored as a model of its own
             tree, declared = pool_study_view(full), study_declared(declared, key)
-            self.L = self.plan.L.pool_study
+            self.layout = self.plan.L.pool_study
         else:
-            tree, self.L = full, self.plan.L
-        self.p = StageParams(tree, declared, dag.job_id(stage, key))
+            tree, self.layout = full, self.plan.L
+        self.params = StageParams(tree, declared, dag.job_id(stage, key))
         self.tag = stage.cli + (" pool_study" if self.study else "") + (f" {key}" if key else "")
         for path in [*stage.outs(self.plan.L, self.plan.ctx, key), self.plan.record_path(stage, key)]:
             remove_stale_temps(path)  # a killed run of this job left them; nobody else writes these paths
@@ -47,14 +47,14 @@ class Run:
 
     @cached_property
     def device(self) -> str:
-        return device_of(self.p)
+        return device_of(self.params)
 
     def log(self, msg: str) -> None:
         print(f"[{self.tag}] {msg} ({time.perf_counter() - self.t0:.0f} s)", flush=True)
 
     def model_spec(self, key: str) -> dict:
         """The `models` entry of a trained model (<model>_s<seed>; a study variant: its own entry)."""
-        return self.p["models"][key if self.study else split_instance(key)[0]]
+        return self.params["models"][key if self.study else split_instance(key)[0]]
 
     def trained(self, model: str) -> str:
         """The trained model of ``model`` that DG and the hybrid samplers use (first training seed): a path of
@@ -62,7 +62,7 @@ class Run:
         return self.plan.ctx.first(model)
 
     def disc_spec(self, disc: str) -> dict:
-        return self.p["guidance"]["discriminators"][disc]
+        return self.params["guidance"]["discriminators"][disc]
 
     def write_record(self) -> None:
         """The evidence of what this run computed from: written last, the only record in its folder."""

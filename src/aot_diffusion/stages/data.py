@@ -19,26 +19,26 @@ def check_params(run: Run) -> None:
     """Validated already (Run loads params.yaml through the schema); record them beside the results."""
     from ..params import write_params
 
-    write_params(run.p.to_dict(), run.L.effective_params)
-    run.log(f"parameters of profile {run.p['profile']}: OK")
+    write_params(run.params.to_dict(), run.layout.effective_params)
+    run.log(f"parameters of profile {run.params['profile']}: OK")
 
 
 def pool_variants(run: Run) -> None:
     """The pool-size study's variants, one file each (names checked by the schema before any command of the
     study names one): a variant's stages depend on its own file only, so adding one reruns nothing else."""
-    variants = run.p["pool_study"]["variants"]
-    run.L.pool_study.variants_dir.mkdir(parents=True, exist_ok=True)
-    for old in run.L.pool_study.variants_dir.glob("*.json"):
+    variants = run.params["pool_study"]["variants"]
+    run.layout.pool_study.variants_dir.mkdir(parents=True, exist_ok=True)
+    for old in run.layout.pool_study.variants_dir.glob("*.json"):
         if old.stem not in variants:
             old.unlink()
     for name, spec in variants.items():
-        run.write_json(run.L.pool_study.variant_spec(name), spec.to_dict())
+        run.write_json(run.layout.pool_study.variant_spec(name), spec.to_dict())
     run.log(f"{len(variants)} variants: {', '.join(variants)}")
 
 
 def prepare_data(run: Run) -> None:
-    summary = prepare_dataset(run.p, run.L.dataset)
-    run.write_json(run.L.data_summary, summary)
+    summary = prepare_dataset(run.params, run.layout.dataset)
+    run.write_json(run.layout.data_summary, summary)
     run.log(f"{summary['train']} train / {summary['test']} held-out images of shape {summary['shape']}")
 
 
@@ -47,24 +47,24 @@ def feature_network(run: Run) -> None:
     and the rehearsal's stand-in for Inception) or clean-fid's Inception (cifar10: FID)."""
     from ..utils import atomic_save
 
-    if run.p["fd"]["features"] == "inception":
+    if run.params["fd"]["features"] == "inception":
         from ..metrics.inception import check_inception_assets
 
-        record = check_inception_assets(allow_download=run.p["fd"]["allow_download"])
-        atomic_save(dict(kind="inception", record=record), run.L.feature_network)
-        run.write_json(run.L.feature_network_metrics, dict(feature_network="inception (clean-fid legacy_tensorflow)"))
+        record = check_inception_assets(allow_download=run.params["fd"]["allow_download"])
+        atomic_save(dict(kind="inception", record=record), run.layout.feature_network)
+        run.write_json(run.layout.feature_network_metrics, dict(feature_network="inception (clean-fid legacy_tensorflow)"))
         return
     from ..metrics.features import train_classifier
 
-    d = load_dataset(run.L.dataset)
-    c = run.p["classifier"]
+    d = load_dataset(run.layout.dataset)
+    c = run.params["classifier"]
     model, acc = train_classifier(d["train_images"], d["train_labels"], d["test_images"], d["test_labels"],
                                   num_classes=int(d["num_classes"]), steps=c["steps"], batch_size=c["batch_size"],
-                                  lr=c["lr"], feature_dim=c["feature_dim"], seed=run.p["seed"], log=run.log)
-    description = STAND_IN if run.p["data"]["dataset"] == "cifar10" else "classifier trained on this run's data"
+                                  lr=c["lr"], feature_dim=c["feature_dim"], seed=run.params["seed"], log=run.log)
+    description = STAND_IN if run.params["data"]["dataset"] == "cifar10" else "classifier trained on this run's data"
     atomic_save(dict(kind="classifier", description=description, config=model.config, state=model.state_dict()),
-                run.L.feature_network)
-    run.write_json(run.L.feature_network_metrics, {"classifier_test_accuracy": acc, "feature_network": description})
+                run.layout.feature_network)
+    run.write_json(run.layout.feature_network_metrics, {"classifier_test_accuracy": acc, "feature_network": description})
     run.log(f"feature classifier: held-out accuracy {acc:.4f}")
 
 
@@ -72,8 +72,8 @@ class FeatureSpace:
     """Features of images for the FD: the trained classifier's, or Inception's (cifar10)."""
 
     def __init__(self, run: Run):
-        blob = safe_torch_load(run.L.feature_network)
-        self.kind, self.device, self.batch = blob["kind"], run.device, run.p["fd"]["feature_batch"]
+        blob = safe_torch_load(run.layout.feature_network)
+        self.kind, self.device, self.batch = blob["kind"], run.device, run.params["fd"]["feature_batch"]
         self.description = blob.get("description", self.kind)
         if self.kind == "classifier":
             from ..metrics.features import FeatureClassifier
@@ -96,9 +96,9 @@ class FeatureSpace:
 
 def fd_reference(run: Run) -> None:
     """Reference statistics (training images) and the floor: held-out real images at the sample count."""
-    d = load_dataset(run.L.dataset)
+    d = load_dataset(run.layout.dataset)
     feats = FeatureSpace(run)
-    if run.p["fd"]["features"] == "inception":
+    if run.params["fd"]["features"] == "inception":
         from ..metrics.inception import cifar10_reference_statistics
 
         mu, sigma = cifar10_reference_statistics()
@@ -107,10 +107,10 @@ def fd_reference(run: Run) -> None:
         ref_feats = feats(d["train_images"])
         mu, sigma = fdm.feature_statistics(ref_feats)
     held = feats(d["test_images"])
-    n = min(run.p["sample"]["num_samples"], len(held))
-    if n < run.p["sample"]["num_samples"]:
+    n = min(run.params["sample"]["num_samples"], len(held))
+    if n < run.params["sample"]["num_samples"]:
         run.log(f"warning: only {len(held)} held-out images; the floor is measured at N = {n}, "
-                f"not at sample.num_samples = {run.p['sample']['num_samples']}")
+                f"not at sample.num_samples = {run.params['sample']['num_samples']}")
     # Every metric's floor (metrics.scores): held-out real images for a metric against the training set,
     # training images for one against the held-out set (a model can't win that one by memorising).
     mu_h, sigma_h = fdm.feature_statistics(held)
@@ -119,10 +119,10 @@ def fd_reference(run: Run) -> None:
                     train_images=d["train_images"])
     n = min(n, len(train_feats))
     scores = score_floor(Sample(held, d["test_images"]), Sample(train_feats, d["train_images"]), ref,
-                         ScoreConfig.from_params(run.p, run.device), n)
+                         ScoreConfig.from_params(run.params, run.device), n)
     floor = dict(n=n, features=feats.description, metrics={name: e.to_json() for name, e in scores.items()})
-    with AtomicPath(run.L.fd_reference, suffix=".npz") as tmp:
+    with AtomicPath(run.layout.fd_reference, suffix=".npz") as tmp:
         np.savez(tmp, mu=mu, sigma=sigma, ref_features=ref_feats, mu_heldout=mu_h, sigma_heldout=sigma_h)
-    run.write_json(run.L.fd_floor, floor)
+    run.write_json(run.layout.fd_floor, floor)
     run.log(f"floor (N = {n} real images; against the training set: held-out images, against the held-out set: "
             f"training images): {describe(scores)}")

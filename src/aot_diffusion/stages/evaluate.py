@@ -30,16 +30,16 @@ def reference(run: Run) -> Reference:
     """The real data every sample is scored against: stage fd_reference's statistics, the training images."""
     from ..data import load_dataset
 
-    ref = safe_np_load(run.L.fd_reference)
+    ref = safe_np_load(run.layout.fd_reference)
     return Reference(stats=(ref["mu"], ref["sigma"]), features=ref["ref_features"],
                      heldout_stats=(ref["mu_heldout"], ref["sigma_heldout"]),
-                     train_images=load_dataset(run.L.dataset)["train_images"])
+                     train_images=load_dataset(run.layout.dataset)["train_images"])
 
 
 def _score(run: Run, samples_path, csv_path, features_path, name: str) -> None:
     from ..samples import from_uint8
 
-    ref, feats, cfg = reference(run), FeatureSpace(run), ScoreConfig.from_params(run.p, run.device)
+    ref, feats, cfg = reference(run), FeatureSpace(run), ScoreConfig.from_params(run.params, run.device)
     rows, kept = [], {}
     for steps, rho, seed, pixels, grads in read_sweep(samples_path):
         x = feats(pixels)
@@ -58,13 +58,14 @@ def _score(run: Run, samples_path, csv_path, features_path, name: str) -> None:
 
 def fd(run: Run) -> None:
     if run.stage.over == "released":
-        _score(run, run.L.released_samples, run.L.released_fd, run.L.released_features, "released")
+        _score(run, run.layout.released_samples, run.layout.released_fd, run.layout.released_features, "released")
         return
-    _score(run, run.L.samples(run.key), run.L.fd(run.key), run.L.features(run.key), run.key)
+    _score(run, run.layout.samples(run.key), run.layout.fd(run.key), run.layout.features(run.key), run.key)
 
 
 def guided_fd(run: Run) -> None:
-    _score(run, run.L.guided_samples(run.key), run.L.guided_fd(run.key), run.L.guided_features(run.key), run.key)
+    L = run.layout
+    _score(run, L.guided_samples(run.key), L.guided_fd(run.key), L.guided_features(run.key), run.key)
 
 
 def curvature(run: Run) -> None:
@@ -72,9 +73,9 @@ def curvature(run: Run) -> None:
     from ..sampling import class_labels, edm_sampler, latents
     from .sample import image_shape, load_denoiser
 
-    c, s = run.p["curvature"], run.p["sample"]
-    net, denoise = load_denoiser(run.L.network(run.key), run.device)
-    z = latents(run.p["seed"] + c["seed_offset"], c["num_latents"], image_shape(net), run.device)
+    c, s = run.params["curvature"], run.params["sample"]
+    net, denoise = load_denoiser(run.layout.network(run.key), run.device)
+    z = latents(run.params["seed"] + c["seed_offset"], c["num_latents"], image_shape(net), run.device)
     labels = class_labels(net.label_dim, c["num_latents"], run.device)
     fine, traj = fine_trajectory(denoise, z, fine_steps=c["fine_steps"], rho=c["rho"], sigma_min=s["sigma_min"],
                                  sigma_max=s["sigma_max"], class_labels=labels)
@@ -93,14 +94,14 @@ def curvature(run: Run) -> None:
     # The teaser strip: denoiser outputs D(x_sigma; sigma) of latent 0 at 8 points along the fine path.
     picks = np.unique(np.linspace(0, len(sigma) - 1, 8).round().astype(int))
     trunc_table = pd.DataFrame(trunc)
-    with AtomicPath(run.L.curvature(run.key), suffix=".npz") as tmp:
+    with AtomicPath(run.layout.curvature(run.key), suffix=".npz") as tmp:
         np.savez(tmp, sigma=sigma, kappa_mean=kappa.mean(1), grid=grid, kappa_grid=kappa_grid,
                  trunc_steps=trunc_table["steps"].to_numpy(), trunc_rho=trunc_table["rho"].to_numpy(),
                  trunc_nfe=trunc_table["nfe"].to_numpy(), trunc_error=trunc_table["error"].to_numpy(),
                  strip=traj["denoised"][picks, 0].float().cpu().numpy(), strip_sigma=sigma[picks],
                  strip_x=traj["x"][picks, 0].float().cpu().numpy())
     metrics = dict(curvature_mean=float(kappa_grid.mean()), truncation=trunc)
-    run.write_json(run.L.curvature_metrics(run.key), metrics)
+    run.write_json(run.layout.curvature_metrics(run.key), metrics)
     run.log(f"mean curvature {metrics['curvature_mean']:.4f}")
 
 
@@ -112,14 +113,14 @@ def hybrid(run: Run) -> None:
     from ..sampling import class_labels, latents, sample_batched, switch_denoiser
     from .sample import image_shape, load_denoiser
 
-    h, s = run.p["hybrid"], run.p["sample"]
-    ref, feats, cfg = reference(run), FeatureSpace(run), ScoreConfig.from_params(run.p, run.device)
+    h, s = run.params["hybrid"], run.params["sample"]
+    ref, feats, cfg = reference(run), FeatureSpace(run), ScoreConfig.from_params(run.params, run.device)
     rows, kept = [], {}
     seed = s["seeds"][0]
-    for cond, models in edm_aot_pairs(run.p).items():
+    for cond, models in edm_aot_pairs(run.params).items():
         edm_name, aot_name = (run.trained(m) for m in models)
-        edm_net, edm = load_denoiser(run.L.network(edm_name), run.device)
-        _, aot = load_denoiser(run.L.network(aot_name), run.device)
+        edm_net, edm = load_denoiser(run.layout.network(edm_name), run.device)
+        _, aot = load_denoiser(run.layout.network(aot_name), run.device)
         z = latents(seed, s["num_samples"], image_shape(edm_net), run.device)
         labels = class_labels(edm_net.label_dim, s["num_samples"], run.device)
         for above, below, hi, lo in (("aot", "edm", aot, edm), ("edm", "aot", edm, aot)):
@@ -142,7 +143,7 @@ def hybrid(run: Run) -> None:
                             f"{num_function_evals(steps)}: {describe(scores)}")
     table = pd.DataFrame(rows)
     _finite(run, table, "hybrid scores")
-    with AtomicPath(run.L.hybrid_samples, suffix=".npz") as tmp:
+    with AtomicPath(run.layout.hybrid_samples, suffix=".npz") as tmp:
         np.savez(tmp, **kept)
-    with AtomicPath(run.L.hybrid_fd, suffix=".csv") as tmp:
+    with AtomicPath(run.layout.hybrid_fd, suffix=".csv") as tmp:
         table.to_csv(tmp, index=False)

@@ -17,40 +17,40 @@ from .sample import load_denoiser, sweep
 
 def train_encoder(run: Run) -> None:
     """cifar10: DG's published 32x32 classifier (a local file); offline profiles: trained here on noisy images."""
-    g = run.p["guidance"]
+    g = run.params["guidance"]
     if g["adm_classifier"]:
         encoder = dg.load_dg_classifier(g["adm_classifier"], device=run.device, encoder=g["encoder"])
         metrics = dict(source=str(g["adm_classifier"]))
     else:
-        d = load_dataset(run.L.dataset)
+        d = load_dataset(run.layout.dataset)
         e = g["encoder"]
         config = encoder_config(e, image_size=int(d["train_images"].shape[-1]),
                                 in_channels=int(d["train_images"].shape[1]), out_channels=int(d["num_classes"]))
         encoder, train_metrics = dg.train_noise_aware_classifier(
             torch.as_tensor(d["train_images"]), torch.as_tensor(d["train_labels"]), config=config,
-            steps=g["encoder_steps"], batch_size=g["encoder_batch_size"], lr=g["encoder_lr"], seed=run.p["seed"],
+            steps=g["encoder_steps"], batch_size=g["encoder_batch_size"], lr=g["encoder_lr"], seed=run.params["seed"],
             device=run.device, log_every=max(g["encoder_steps"] // 5, 1), log=run.log)
         held = dg.evaluate_classifier(encoder, torch.as_tensor(d["test_images"]), torch.as_tensor(d["test_labels"]),
-                                      seed=run.p["seed"])
+                                      seed=run.params["seed"])
         metrics = dict(train_loss=train_metrics["train_loss"], heldout=held)
         run.log(f"noise-aware classifier: held-out accuracy {held['accuracy']:.3f}")
     from ..utils import atomic_save
 
     atomic_save(dict(config=encoder.config, state={k: v.cpu() for k, v in encoder.state_dict().items()}),
-                run.L.encoder)
-    run.write_json(run.L.encoder_metrics, metrics)
+                run.layout.encoder)
+    run.write_json(run.layout.encoder_metrics, metrics)
 
 
 def _load_encoder(run: Run):
-    blob = safe_torch_load(run.L.encoder)
+    blob = safe_torch_load(run.layout.encoder)
     encoder = dg.ADMEncoderUNet(**blob["config"])
     encoder.load_state_dict(blob["state"])
     return encoder.to(run.device).eval().requires_grad_(False)
 
 
 def _head_config(run: Run) -> dict:
-    g = run.p["guidance"]
-    base = dg.DG_HEAD_CONFIG if run.p["data"]["dataset"] == "cifar10" else dg.DIGITS_HEAD_CONFIG
+    g = run.params["guidance"]
+    base = dg.DG_HEAD_CONFIG if run.params["data"]["dataset"] == "cifar10" else dg.DIGITS_HEAD_CONFIG
     return dict(base, model_channels=g["head_channels"], num_res_blocks=g["head_depth"],
                 num_head_channels=min(base["num_head_channels"], g["head_channels"]),
                 norm_groups=norm_groups(g["head_channels"]))
@@ -72,9 +72,9 @@ def train_discriminator(run: Run) -> None:
     """
     import pandas as pd
 
-    g, spec = run.p["guidance"], run.disc_spec(run.key)
-    d = load_dataset(run.L.dataset)
-    with safe_np_load(run.L.fakes(run.trained(spec["model"]))) as f:
+    g, spec = run.params["guidance"], run.disc_spec(run.key)
+    d = load_dataset(run.layout.dataset)
+    with safe_np_load(run.layout.fakes(run.trained(spec["model"]))) as f:
         fakes, fake_ids, conditional = _as_stored(f["images"]), torch.as_tensor(f["labels"]), bool(f["conditional"])
     n_hold = max(int(len(fakes) * g["heldout_fraction"]), 2)
     real, real_ids = _as_stored(d["train_images"]), torch.as_tensor(d["train_labels"])
@@ -98,20 +98,21 @@ def train_discriminator(run: Run) -> None:
     disc, history = dg.fit_discriminator(
         _load_encoder(run), real, fakes[n_hold:], real_labels=lab(real_ids), fake_labels=lab(fake_ids[n_hold:]),
         label_dim=k if conditional else 0, aot=spec["aot"], pool_size=g["pool_size"], batch_size=g["batch_size"],
-        steps=g["max_steps"], lr=g["lr"], weight_decay=g["weight_decay"], seed=run.p["seed"], device=run.device,
+        steps=g["max_steps"], lr=g["lr"], weight_decay=g["weight_decay"], seed=run.params["seed"], device=run.device,
         head_config=_head_config(run), log_every=g["eval_every"], patience=g["patience"],
-        validate=lambda disc: evaluate(disc, val, run.p["seed"] + 2, 2), log=run.log, solver=run.p["train"]["solver"])
-    held = evaluate(disc, test, run.p["seed"] + 1, 4)
+        validate=lambda disc: evaluate(disc, val, run.params["seed"] + 2, 2), log=run.log,
+        solver=run.params["train"]["solver"])
+    held = evaluate(disc, test, run.params["seed"] + 1, 4)
     if not (np.isfinite(held["bce"]) and all(torch.isfinite(p).all() for p in disc.parameters())):
         raise FloatingPointError(f"discriminator {run.key}: non-finite weights or held-out loss; lower "
                                  f"guidance.lr ({g['lr']}) or check the fakes")
     best = next(h for h in history if h.get("best"))
-    dg.save_discriminator(run.L.discriminator(run.key), disc)
+    dg.save_discriminator(run.layout.discriminator(run.key), disc)
     from ..utils import AtomicPath
 
-    with AtomicPath(run.L.discriminator_curve(run.key), suffix=".csv") as tmp:
+    with AtomicPath(run.layout.discriminator_curve(run.key), suffix=".csv") as tmp:
         pd.DataFrame(history).to_csv(tmp, index=False)
-    run.write_json(run.L.discriminator_metrics(run.key),
+    run.write_json(run.layout.discriminator_metrics(run.key),
                    dict(heldout=held, best_step=best["step"], steps_run=history[-1]["step"],
                         val_bce=best["val_bce"], train_final_loss=history[-1]["loss"]))
     bands = ", ".join(f"{b}: {v['accuracy']:.2f}" for b, v in held["bands"].items())
@@ -120,12 +121,12 @@ def train_discriminator(run: Run) -> None:
 
 
 def guided_sample(run: Run) -> None:
-    g, spec = run.p["guidance"], run.disc_spec(run.key)
-    net, denoise = load_denoiser(run.L.network(run.trained(spec["model"])), run.device)
-    disc = dg.load_discriminator(run.L.discriminator(run.key), device=run.device)
+    g, spec = run.params["guidance"], run.disc_spec(run.key)
+    net, denoise = load_denoiser(run.layout.network(run.trained(spec["model"])), run.device)
+    disc = dg.load_discriminator(run.layout.discriminator(run.key), device=run.device)
     weight = g["weight_cond"] if net.label_dim else g["weight_uncond"]
     window = tuple(g["sigma_window"]) if g["sigma_window"] else dg.DG_SIGMA_WINDOW
     guided = dg.GuidedDenoiser(denoise, disc, weight, sigma_window=window)
-    settings = [(st, r, seed) for st, r in guidance_settings(run.p, bool(net.label_dim))
-                for seed in run.p["sample"]["seeds"]]
-    sweep(run, net, denoise, settings, run.L.guided_samples(run.key), denoise_euler=guided, counter=guided)
+    settings = [(st, r, seed) for st, r in guidance_settings(run.params, bool(net.label_dim))
+                for seed in run.params["sample"]["seeds"]]
+    sweep(run, net, denoise, settings, run.layout.guided_samples(run.key), denoise_euler=guided, counter=guided)

@@ -8,16 +8,16 @@ from . import Run
 def tables(run: Run) -> None:
     from ..report.tables import write_tables
 
-    write_tables(run.p, run.L, log=run.log)
+    write_tables(run.params, run.layout, log=run.log)
 
 
 def figures(run: Run) -> None:
     from ..report.figures import write_figures
 
-    write_figures(run.p, run.L, log=run.log)
+    write_figures(run.params, run.layout, log=run.log)
 
 
 def pool_study(run: Run) -> None:
     from ..report.pool_study import write_pool_study
 
-    write_pool_study(run.p, run.L.pool_study, log=run.log)
+    write_pool_study(run.params, run.layout.pool_study, log=run.log)

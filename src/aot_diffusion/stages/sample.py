@@ -35,7 +35,7 @@ def image_shape(net):
 
 def sweep(run: Run, net, denoise, settings, out_path, denoise_euler=None, counter=None) -> None:
     """Sample every (steps, rho, seed) setting from the seed's latents (shared by all models) into one file."""
-    s = run.p["sample"]
+    s = run.params["sample"]
     images, grads = {}, {}
     for k, (steps, rho, seed) in enumerate(settings):
         if counter is not None:
@@ -58,26 +58,26 @@ def sweep(run: Run, net, denoise, settings, out_path, denoise_euler=None, counte
 
 
 def sample(run: Run) -> None:
-    s = run.p["sample"]
+    s = run.params["sample"]
     released = run.stage.over == "released"
-    if released and not run.p["released_pickle"]:
+    if released and not run.params["released_pickle"]:
         raise FileNotFoundError("released_pickle is not set: --config released_pickle=/path/to/network.pkl")
-    net, denoise = load_denoiser(run.p["released_pickle"] if released else run.L.network(run.key), run.device)
+    net, denoise = load_denoiser(run.params["released_pickle"] if released else run.layout.network(run.key), run.device)
     grid = [(st, r) for r in s["rho"] for st in s["steps"]]
     if run.stage.name == "sample":  # and where its guided runs are scored: their paired unguided baseline
-        grid += [x for x in guidance_settings(run.p, bool(net.label_dim)) if x not in grid]
+        grid += [x for x in guidance_settings(run.params, bool(net.label_dim)) if x not in grid]
     settings = [(st, r, seed) for st, r in grid for seed in s["seeds"]]
-    sweep(run, net, denoise, settings, run.L.released_samples if released else run.L.samples(run.key))
+    sweep(run, net, denoise, settings, run.layout.released_samples if released else run.layout.samples(run.key))
 
 
 def fake_samples(run: Run) -> None:
     """Samples of a trained model: the 'fake' class of its discriminators."""
     from ..utils import AtomicPath
 
-    g, s = run.p["guidance"], run.p["sample"]
-    net, denoise = load_denoiser(run.L.network(run.key), run.device)
+    g, s = run.params["guidance"], run.params["sample"]
+    net, denoise = load_denoiser(run.layout.network(run.key), run.device)
     labels = class_labels(net.label_dim, g["num_fake"], run.device)
-    z = latents(run.p["seed"] + g["fake_seed_offset"], g["num_fake"], image_shape(net), run.device)
+    z = latents(run.params["seed"] + g["fake_seed_offset"], g["num_fake"], image_shape(net), run.device)
     x = sample_batched(denoise, z, labels, s["batch_size"], num_steps=g["fake_steps"], rho=g["fake_rho"],
                        sigma_min=s["sigma_min"], sigma_max=s["sigma_max"],
                        progress=lambda k: run.log(f"{k}/{g['num_fake']} samples"))
@@ -85,5 +85,5 @@ def fake_samples(run: Run) -> None:
         raise FloatingPointError(f"non-finite fake samples of {run.key}: the network or the sampler settings "
                                  f"(sample.sigma_min = {s['sigma_min']}, sigma_max = {s['sigma_max']}) are broken")
     ids = labels.argmax(1).cpu().numpy() if labels is not None else np.zeros(g["num_fake"], dtype=np.int64)
-    with AtomicPath(run.L.fakes(run.key), suffix=".npz") as tmp:  # uint8, as the samples scored and as DG stores them
+    with AtomicPath(run.layout.fakes(run.key), suffix=".npz") as tmp:  # uint8, as the samples scored and as DG stores them
         np.savez(tmp, images=to_uint8(x.cpu().numpy()), labels=ids, conditional=labels is not None)

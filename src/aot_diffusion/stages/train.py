@@ -32,7 +32,7 @@ def _torchrun_relaunch(nproc: int, log) -> None:
 
 
 def train_config(run: Run, model: str, data: dict) -> TrainConfig:
-    spec, t = run.model_spec(model), run.p["train"]
+    spec, t = run.model_spec(model), run.params["train"]
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     kwargs = {k: v for k, v in t.items() if k in fields and k not in _LAUNCH_KEYS}
     unused = sorted(set(t) - fields - set(_LAUNCH_KEYS))
@@ -68,8 +68,8 @@ def _loss_csv(jsonl, out) -> None:
 def train(run: Run, stop_after: int | None = None) -> None:
     model = run.key
     run.model_spec(model)
-    _torchrun_relaunch(run.p["train"]["nproc_per_node"], run.log)
-    d = load_dataset(run.L.dataset)
+    _torchrun_relaunch(run.params["train"]["nproc_per_node"], run.log)
+    d = load_dataset(run.layout.dataset)
     cfg = train_config(run, model, d)
     augment = None
     if cfg.augment_p > 0:
@@ -78,9 +78,9 @@ def train(run: Run, stop_after: int | None = None) -> None:
         augment = AugmentPipe(**dict(EDM_CIFAR10_AUGMENT, p=cfg.augment_p))
     run.log(f"aot={cfg.aot} conditional={cfg.conditional} steps={cfg.total_steps} batch={cfg.batch_size} "
             f"pool={cfg.pool_size} pairing={cfg.pairing if cfg.aot else 'none'} device={cfg.device}")
-    ckpt = run.L.checkpoints(model)
+    ckpt = run.layout.checkpoints(model)
     result = train_loop(cfg, torch.as_tensor(d["train_images"]), torch.as_tensor(d["train_labels"]),
-                        out_path=run.L.network(model), checkpoint_dir=ckpt, num_classes=int(d["num_classes"]),
+                        out_path=run.layout.network(model), checkpoint_dir=ckpt, num_classes=int(d["num_classes"]),
                         augment=augment, log=run.log, stop_after=stop_after, deadline=job_deadline())
     if result.get("deadline"):  # the job's time is nearly up: the rule's retries resubmit and resume
         run.log(f"stopped at step {result['step']} before the job's time limit; exit {RESUBMIT_EXIT}: run again "
@@ -90,4 +90,4 @@ def train(run: Run, stop_after: int | None = None) -> None:
         run.log(f"stopped after step {result['step']} (--stop-after); rerun to resume")
         return False
     if int(os.environ.get("RANK", "0")) == 0:
-        _loss_csv(ckpt / "loss.jsonl", run.L.loss_log(model))
+        _loss_csv(ckpt / "loss.jsonl", run.layout.loss_log(model))
