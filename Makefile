@@ -10,6 +10,7 @@ all: setup run
 
 setup:
 	$(PIP) install -e ".[test]"
+	aot-diffusion offline-plots
 
 run:
 	snakemake --cores $(CORES)

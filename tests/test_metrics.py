@@ -70,8 +70,11 @@ def test_fd_of_few_samples_is_biased_up_and_the_floor_states_it(ref):
     assert floor["fd_heldout"].value == pytest.approx(
         M.frechet_distance(M.feature_statistics(train_subset), reference.heldout_stats), rel=1e-12)
     assert floor["nn_train_dist"].value == pytest.approx(2.0) and floor["nn_train_dist"].low is None
-    with pytest.raises(ValueError, match="real images"):
+    with pytest.raises(ValueError, match="held-out real images"):
         S.score_floor(real(_gaussian(40, seed=5)), real(train), reference, cfg, 50)
+    few_train = S.score_floor(real(held), real(train[:30]), reference, cfg, 50)  # all 30 training images
+    assert few_train["fd_heldout"].value == pytest.approx(M.frechet_distance(
+        M.feature_statistics(train[:30][np.random.default_rng(0).permutation(30)]), reference.heldout_stats))
 
 
 def test_naive_bootstrap_is_biased_and_fd_ci_holds_its_estimate(ref):

@@ -98,10 +98,15 @@ def test_tables_floor_row_paired_differences_and_metric_names(fixture_run):
     assert not diffs[diffs["steps"] == 3]["outside_noise"].any()  # same distribution: inside the noise
     assert not t2["outside_noise"].any()  # guided == unguided here
     metrics = json.loads(L.metrics.read_text())
-    assert metrics["floor.fd"] == 0.1 and "edm_uncond.fd_rho7_nfe3" in metrics
-    assert {"low", "high"} <= set(metrics["edm_uncond.fd_rho7_nfe3_ci"])
-    assert {"dg_edm_uncond.gain_fd_heldout_rho7_nfe5", "aot_vs_edm.uncond.fd_heldout_rho7_nfe3",
-            "hybrid.uncond.aot_above_2.fd_heldout_nfe5", "edm_uncond.nn_train_dist_rho7_nfe3"} <= set(metrics)
+    # headline only: floors, EDM minus AOT at every rho and NFE, memorisation, curvature, DG gains
+    assert metrics["floor.fd"] == dict(value=0.1, low=0.05, high=0.2) and metrics["floor.kid"]["value"] == 0.0
+    steps_rho = [(st, r) for st in p["sample"]["steps"] for r in p["sample"]["rho"]]
+    assert {f"aot_vs_edm.{pair}.fd_heldout_rho{r:g}_nfe{2 * st - 1}" for pair in ("uncond", "cond")
+            for st, r in steps_rho} <= set(metrics)
+    assert {"dg_edm_uncond.gain_fd_heldout_rho7_nfe5", "edm_uncond.nn_train_dist_rho7_nfe3",
+            "edm_uncond.curvature_mean"} <= set(metrics)
+    assert set(metrics["dg_edm_uncond.gain_fd_heldout_rho7_nfe5"]) == {"gain", "low", "high"}
+    assert not any(k.startswith("hybrid.") or ".fd_rho" in k or "accuracy_by_sigma" in k for k in metrics)
     assert not any("fid" in k for k in metrics)
     assert "FD (digits-classifier features)" in L.table("table1_fd_vs_nfe", "md").read_text()
 
@@ -137,11 +142,10 @@ def test_intervals_are_labelled_with_the_configured_level(fixture_run):
     for name in ("table1_fd_vs_nfe", "table2_guidance", "aot_vs_edm", "hybrid_switch"):
         text = L.table(name, "md").read_text()
         assert "90%" in text and "95%" not in text, name
-    metrics = json.loads(L.metrics.read_text())
-    diffs = [v for k, v in metrics.items() if k.startswith("aot_vs_edm.")]
-    assert diffs and all("ci90" in d and "ci95" not in d for d in diffs)
+    intervals = json.loads(L.metrics.read_text())["intervals"]
+    assert intervals.startswith("90%") and "95%" not in intervals
     tables.write_tables(p, L, log=lambda m: None)  # back to the fixture's 0.95 for the other tests
-    assert all("ci95" in v for k, v in json.loads(L.metrics.read_text()).items() if k.startswith("aot_vs_edm."))
+    assert json.loads(L.metrics.read_text())["intervals"].startswith("95%")
 
 
 def test_figures_have_their_content(fixture_run, monkeypatch):
@@ -205,9 +209,10 @@ def test_across_training_seeds_a_mean_comes_with_the_interval_over_training_seed
     seeds, m = d[d["train_seed"] != "mean"], d[d["train_seed"] == "mean"].iloc[0]
     half = scipy.stats.t.ppf(0.975, 1) * seeds["diff"].std(ddof=1) / 2 ** 0.5
     assert (m["low"], m["high"]) == pytest.approx((m["diff"] - half, m["diff"] + half))
-    head = json.loads(L.metrics.read_text())["aot_vs_edm.uncond.fd_heldout_rho7_nfe3"]
-    assert head["diff"] == pytest.approx(m["diff"]) and head["ci95"]["over"] == "training seeds"
-    assert (head["ci95"]["low"], head["ci95"]["high"]) == pytest.approx((m["low"], m["high"]))
+    metrics = json.loads(L.metrics.read_text())
+    head = metrics["aot_vs_edm.uncond.fd_heldout_rho7_nfe3"]
+    assert head["diff"] == pytest.approx(m["diff"]) and "t-interval over 2 training seeds" in metrics["intervals"]
+    assert (head["low"], head["high"]) == pytest.approx((m["low"], m["high"]))
 
 
 def test_pool_study_table_gains_ratio_and_figure(fixture_run, monkeypatch):
@@ -324,6 +329,10 @@ def test_markdown_tables_as_the_readme_shows_them(fixture_run):
     for name in ("table1_fd_vs_nfe", "table2_guidance", "aot_vs_edm", "hybrid_switch"):
         md = L.table(name, "md").read_text()
         assert "nan" not in md.lower().replace("nanmean", ""), name
+        # ...and as HTML, which the Snakemake report shows inline: every row of the CSV, the same title
+        page = L.table(name, "html").read_text()
+        assert page.count("<tr") == len(pd.read_csv(L.table(name))) + 1 and md.split("\n")[0][2:40] in page, name
+        assert ">nan<" not in page.lower() and ">None<" not in page
     t1 = pd.read_csv(L.table("table1_fd_vs_nfe"))
     assert set(t1["conditional"].dropna().astype(str)) == {"True", "False"}
     md = L.table("table1_fd_vs_nfe", "md").read_text()
@@ -332,3 +341,21 @@ def test_markdown_tables_as_the_readme_shows_them(fixture_run):
     assert "edm_uncond" in head and "rho 7, NFE 3" in head and "11.3 [" in head and "real (floor)" not in head
     curves = pd.read_csv(L.fd_curves)
     assert list(curves.columns) == ["nfe", *p["models"]] and curves["nfe"].tolist() == [3, 5]
+
+
+def test_offline_plot_template_inlines_vega_for_dvc(tmp_path):
+    """The page DVC fills: its placeholders once each, the libraries inlined (no <script src>), SVG rendering.
+    Drawn in a browser with the network off: tests/test_pipeline.py::test_dvc_plots_render_offline_in_headless_chromium."""
+    from dvc_render.html import HTML
+
+    from aot_diffusion.report.offline_plots import template_html, write_template
+
+    page = template_html()
+    assert page.count("{plot_divs}") == 1 and "<script src" not in page and "{scripts}" not in page
+    assert "window.vegaEmbed=" in page.replace(" ", "") and 'renderer: "svg"' in page
+    filled = HTML(page).with_element("<div id='x'></div>").embed()  # dvc-render's own filling
+    assert "<div id='x'></div>" in filled and "{plot_divs}" not in filled
+    (tmp_path / ".dvc").mkdir()
+    assert write_template(tmp_path).read_text() == page
+    with pytest.raises(FileNotFoundError, match="repository root"):
+        write_template(tmp_path / "elsewhere")

@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override (YAML value)")
     sp.add_argument("--check", action="store_true", help="only validate the existing params.yaml")
     sub.add_parser("dvc-yaml", help="regenerate dvc.yaml (and the pool-size study's) from the stage table")
+    sub.add_parser("offline-plots", help="write .dvc/offline_plots.html, the page `dvc plots show/diff` fill, with "
+                                         "Vega inlined (charts render without a network)")
     sp = sub.add_parser("rehearsal-inputs", help="write the rehearsal's stand-in inputs (CIFAR-10-format tarball, DG "
                                                  "classifier file, EDM network pickle) where its parameters name them")
     sp.add_argument("--released-pickle", default="data/rehearsal/network.pkl",
@@ -102,6 +104,10 @@ def main(argv=None) -> None:
             return _params_command(args)
         if args.command == "dvc-yaml":
             return _dvc_yaml_command()
+        if args.command == "offline-plots":
+            from .report.offline_plots import write_template
+
+            return print(f"wrote {write_template()}")
         if args.command == "rehearsal-inputs":
             from .params import compose
             from .rehearsal import write_inputs

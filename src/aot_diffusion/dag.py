@@ -202,7 +202,7 @@ STAGES: list[Stage] = [
                                 *[L.features(m) for m in c.models], *[L.curvature_metrics(m) for m in c.models],
                                 *[L.guided_fd(d) for d in c.discs], *[L.discriminator_metrics(d) for d in c.discs],
                                 L.feature_network_metrics, L.hybrid_fd, *_plugin_files(c, "metrics")],
-          outs=lambda L, c, k: {**{L.table(t, e): GIT for t in TABLE_NAMES for e in ("csv", "md")},
+          outs=lambda L, c, k: {**{L.table(t, e): GIT for t in TABLE_NAMES for e in ("csv", "md", "html")},
                              L.fd_curves: GIT, L.metrics: METRIC},  # fd_curves: a top-level plot in dvc.yaml
           params=lambda c, k: ["seed", "data.dataset", "fd", "models", "train.seeds", "sample.steps", "sample.rho",
                                "sample.seeds",
@@ -260,8 +260,8 @@ POOL_STUDY_STAGES: list[Stage] = [
                                 *[path for v in c.variants for path in (
                                     L.pool_study.fd(v), L.pool_study.features(v), L.pool_study.curvature_metrics(v),
                                     L.pool_study.loss_log(v))]],
-          outs=lambda L, c, k: {L.pool_study.study_table("csv"): GIT, L.pool_study.study_table("md"): GIT,
-                             L.pool_study.study_metrics: METRIC, L.pool_study.study_figure: PLOT,
+          outs=lambda L, c, k: {**{L.pool_study.study_table(e): GIT for e in ("csv", "md", "html")},
+                             L.pool_study.study_metrics: GIT, L.pool_study.study_figure: PLOT,
                              L.pool_study.study_figure.with_suffix(".pdf"): GIT},
           params=lambda c, k: ["seed", "data.dataset", "fd", "sample.seeds", "train.batch_size", "train.knn_k",
                                "pool_study", _SCORES], kind="light"),

@@ -1,7 +1,8 @@
 # One thin rule per job of the stage tables in src/aot_diffusion/dag.py, named as DVC names it (stage@key):
 # the main DAG (target `all`), the pool-size study (target `pool_study`) and the released-pickle scoring
 # (target `released`), the last two not part of `all`.
-# Tables and figures go into `snakemake --report report.html`, with captions from workflow/report/.
+# Tables (their HTML, shown inline) and figures go into `snakemake --report report.html`, with captions from
+# workflow/report/.
 from pathlib import Path
 
 from aot_diffusion.layout import FIGURE_NAMES, TABLE_NAMES
@@ -12,7 +13,7 @@ REPORTED = {**{name: "Tables" for name in TABLE_NAMES}, **{name: "Figures" for n
 
 def reported(path):
     stem = Path(path).stem
-    if stem not in REPORTED or Path(path).suffix not in (".csv", ".png"):
+    if stem not in REPORTED or Path(path).suffix not in (".html", ".png"):
         return path
     return report(path, caption=f"../report/{stem}.rst", category=REPORTED[stem],
                   labels={"name": stem, "profile": P["profile"]})

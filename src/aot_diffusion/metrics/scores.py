@@ -14,8 +14,8 @@ A new metric is one function::
 
 ``against``: the real split a metric compares with. Its floor scores the *other* split's real images: held-out
 images for a metric against the training set, training images for one against the held-out set. ``headline``:
-the metric's values go into metrics.json (what ``dvc exp show`` compares); every metric is a column of the
-tables. Plugins register metrics the same way (plugins.py). Importing this module needs numpy only.
+the metric's values per model go into metrics.json (what ``dvc exp show`` compares; the built-in headline is
+memorisation, nn_train_dist; FD enters as EDM minus AOT); every metric, and its floor, is a column of the tables. Plugins register metrics the same way (plugins.py). Importing this module needs numpy only.
 """
 
 from __future__ import annotations
@@ -134,14 +134,13 @@ def _subset(sample: Sample, n: int, seed: int) -> Sample:
 
 
 def score_floor(heldout: Sample, train: Sample, ref: Reference, cfg: ScoreConfig, n: int) -> dict[str, Estimate]:
-    """The real-data floor of every metric at N = n: a seeded random subset of n real images of the split the
-    metric does not compare with, scored as a sample would be. A model within it is, by this protocol,
-    indistinguishable from real data."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 2 <= n <= min(len(heldout.features),
-                                                                                      len(train.features)):
-        raise ValueError(f"the floor needs 2 <= n <= {min(len(heldout.features), len(train.features))} real images "
-                         f"(as many as the samples), got n={n!r}")
-    real = {"train": _subset(heldout, n, cfg.seed), "heldout": _subset(train, n, cfg.seed)}
+    """The real-data floor of every metric at N = n: a seeded random subset of n real images (all of them where
+    the split is smaller) of the split the metric does not compare with, scored as a sample would be. A model
+    within it is, by this protocol, indistinguishable from real data."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 2 <= n <= len(heldout.features):
+        raise ValueError(f"the floor needs 2 <= n <= {len(heldout.features)} held-out real images (as many as the "
+                         f"samples), got n={n!r}")
+    real = {"train": _subset(heldout, n, cfg.seed), "heldout": _subset(train, min(n, len(train.features)), cfg.seed)}
     return {name: m.fn(real[m.against], ref, cfg) for name, m in METRICS.items()}
 
 
@@ -163,7 +162,7 @@ def interval_metrics(df) -> list:
 
 # ---------------------------------------------------------------------------------------------- the metrics
 
-@register_metric("fd", headline=True)
+@register_metric("fd")
 def frechet(sample, ref, cfg):
     """FD against the training statistics (FID with Inception's features), bootstrap interval."""
     value = fdm.frechet_distance(fdm.feature_statistics(sample.features), ref.stats)
@@ -178,7 +177,7 @@ def kernel(sample, ref, cfg):
                                        level=cfg.level, num_subsets=cfg.kid_subsets))
 
 
-@register_metric("fd_heldout", against="heldout", headline=True)
+@register_metric("fd_heldout", against="heldout")
 def frechet_heldout(sample, ref, cfg):
     """FD against the held-out images' statistics (a model can't win it by memorising), bootstrap interval."""
     value = fdm.frechet_distance(fdm.feature_statistics(sample.features), ref.heldout_stats)

@@ -20,7 +20,7 @@ from ..layout import sample_key
 from ..metrics import fd as fdm
 from ..metrics.scores import METRICS
 from ..utils import AtomicPath, atomic_write_text
-from .tables import _summary, ci_label, metric_label, metric_name, read_floor
+from .tables import _summary, ci_label, html_table, metric_label, metric_name, read_floor
 
 
 def _baseline(p) -> str | None:
@@ -159,6 +159,8 @@ def write_pool_study(p, L, log=print):
     with AtomicPath(L.study_table("csv"), suffix=".csv") as tmp:
         df.to_csv(tmp, index=False)
     atomic_write_text(L.study_table("md"), _markdown(p, df, floor))
+    atomic_write_text(L.study_table("html"), html_table(df, f"Pool-size study ({p['profile']} profile): every column "
+                                                            f"of {L.study_table('csv').name}"))
     study_figure(p, df, floor, L.study_figure)
     name = metric_name(p)
     metrics = {f"{r['variant']}.{name}_nfe{c[6:]}": float(r[c]) for _, r in df.iterrows()

@@ -58,12 +58,11 @@ def metric_key(p, metric: str) -> str:
     return metric_name(p) + metric[2:] if metric.startswith("fd") else metric
 
 
-def _headline(key: str, est: Estimate, over: dict | None = None) -> dict:
-    """A record as metrics.json holds it: the value under ``key``, its interval under ``key_ci``."""
-    out = {key: float(est.value)}
-    if est.low is not None and pd.notna(est.low):
-        out[f"{key}_ci"] = dict(low=float(est.low), high=float(est.high), **(over or {}))
-    return out
+def _headline(key: str, est: Estimate) -> dict:
+    """A record as metrics.json holds it: a value, or {value, low, high} where it has an interval."""
+    if est.low is None or pd.isna(est.low):
+        return {key: float(est.value)}
+    return {key: dict(value=float(est.value), low=float(est.low), high=float(est.high))}
 
 
 def _kind(p, model):
@@ -87,11 +86,24 @@ def _markdown(df: pd.DataFrame) -> str:
     return df.astype(object).where(df.notna(), None).to_markdown(index=False, floatfmt=".4g", missingval="")
 
 
+def html_table(df: pd.DataFrame, title: str) -> str:
+    """A table as a standalone HTML page (what `snakemake --report` shows inline): title, then the rows."""
+    import html
+
+    cells = df.astype(object).map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v))  # not 'nan'
+                                  else f"{v:.4g}" if isinstance(v, float) else v)
+    body = cells.to_html(index=False, border=0)
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><style>table{{border-collapse:collapse;"
+            f"font:12px sans-serif}}td,th{{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}}</style>"
+            f"</head><body><p>{html.escape(title)}</p>\n{body}\n</body></html>\n")
+
+
 def _write(df: pd.DataFrame, L, name: str, title: str, extra: str = ""):
     df = _tidy(df)
     with AtomicPath(L.table(name, "csv"), suffix=".csv") as tmp:
         df.to_csv(tmp, index=False)
     atomic_write_text(L.table(name, "md"), f"# {title}\n\n{extra}" + _markdown(df) + "\n")
+    atomic_write_text(L.table(name, "html"), html_table(df, title))
 
 
 def headline_rows(p, t1: pd.DataFrame) -> pd.DataFrame:
@@ -305,6 +317,39 @@ def table3(p, L) -> pd.DataFrame:
     return df
 
 
+def headline_metrics(p, L, floor, t1, diffs, t2, t3) -> dict:
+    """metrics.json: the headline numbers only, what `dvc exp show` / `dvc metrics diff` compare (the detail is in
+    the tables): every metric's floor; EDM minus AOT against held-out statistics at every rho and NFE; the
+    headline metrics of metrics.scores per model at rho 7 (memorisation: nn_train_dist); each model's mean
+    curvature; DG's gain at every setting where guidance is evaluated. A value with an interval is
+    {diff | gain | value, low, high} (`dvc exp show` drops lists); the key `intervals` says which interval."""
+    name, level = metric_name(p), ci_label(p)
+    several = len(p["train"]["seeds"]) > 1
+    metrics = {"intervals": (f"{level}; models and EDM minus AOT: " + (
+        f"t-interval over {len(p['train']['seeds'])} training seeds" if several else "bootstrap") +
+        "; DG gains: paired bootstrap (first training seed); floor: bootstrap")}
+    for m, est in floor["metrics"].items():
+        metrics.update(_headline(f"floor.{metric_key(p, m)}", est))
+    if L.feature_network_metrics.exists():
+        metrics.update(json.loads(L.feature_network_metrics.read_text()))
+    pick = (lambda df: df[df["train_seed"] == "mean"]) if several else \
+        (lambda df: df[df["train_seed"] == p["train"]["seeds"][0]])
+    for _, r in pick(diffs).iterrows():
+        metrics[f"aot_vs_edm.{r['pair']}.{name}_heldout_rho{r['rho']:g}_nfe{int(r['nfe'])}"] = dict(
+            diff=float(r["diff"]), low=float(r["low"]), high=float(r["high"]))
+    headline = [m for m in METRICS if METRICS[m].headline]
+    for _, r in pick(t1[t1["rho"] == p["sample"]["rho"][0]]).iterrows():
+        for m in [m for m in headline if m in r and pd.notna(r[m])]:
+            est = Estimate(r[m], r.get(f"{m}_low"), r.get(f"{m}_high"))
+            metrics.update(_headline(f"{r['model']}.{metric_key(p, m)}_rho{r['rho']:g}_nfe{int(r['nfe'])}", est))
+    for _, r in pick(t3).iterrows():
+        metrics[f"{r['model']}.curvature_mean"] = float(r["curvature_mean"])
+    for _, r in t2.iterrows():
+        metrics[f"{r['discriminator']}.gain_{name}_heldout_rho{r['rho']:g}_nfe{int(r['nfe'])}"] = dict(
+            gain=float(r["gain"]), low=float(r["gain_low"]), high=float(r["gain_high"]))
+    return metrics
+
+
 def write_tables(p, L, log=print):
     floor = read_floor(L)
     name, label = metric_name(p), metric_label(p)
@@ -332,42 +377,7 @@ def write_tables(p, L, log=print):
            f"{ci_label(p)} bootstrap intervals, and against the training statistics")
     with AtomicPath(L.fd_curves, suffix=".csv") as tmp:  # for `dvc plots diff`: one column (line) per model
         fd_curves(p, t1).to_csv(tmp, index=False)
-    # Headline numbers for `dvc exp show`: the headline metrics (metrics.scores) of the floor and of every model
-    # at rho 7 (EDM's default), differences, curvature. Intervals as {low, high}: `dvc exp show` drops list values.
-    headline = [m for m in METRICS if METRICS[m].headline]
-    metrics = {}
-    for m in headline:
-        if m in floor["metrics"]:
-            metrics.update(_headline(f"floor.{metric_key(p, m)}", floor["metrics"][m]))
-    if L.feature_network_metrics.exists():
-        metrics.update(json.loads(L.feature_network_metrics.read_text()))
-    # Headline per model and difference: the mean over training seeds with its interval over them (several
-    # seeds), else the one trained model's own interval; "over" says which.
-    several = len(p["train"]["seeds"]) > 1
-    over = dict(over="training seeds" if several else "bootstrap", train_seeds=len(p["train"]["seeds"]))
-    pick = (lambda df: df[df["train_seed"] == "mean"]) if several else \
-        (lambda df: df[df["train_seed"] == p["train"]["seeds"][0]])
-    rho0 = p["sample"]["rho"][0]
-    for _, r in pick(t1[t1["rho"] == rho0]).iterrows():
-        for m in [m for m in headline if m in r and pd.notna(r[m])]:
-            est = Estimate(r[m], r.get(f"{m}_low"), r.get(f"{m}_high"))
-            metrics.update(_headline(f"{r['model']}.{metric_key(p, m)}_rho{r['rho']:g}_nfe{int(r['nfe'])}", est, over))
-    for _, r in pick(diffs[diffs["rho"] == rho0]).iterrows():
-        metrics[f"aot_vs_edm.{r['pair']}.{name}_heldout_rho{r['rho']:g}_nfe{int(r['nfe'])}"] = dict(
-            diff=float(r["diff"]), **{ci_key(p): dict(low=float(r["low"]), high=float(r["high"]), **over)})
-    for _, r in pick(t3).iterrows():
-        metrics[f"{r['model']}.curvature_mean"] = float(r["curvature_mean"])
-    for _, r in hyb[hyb["switch_sigma"] != "pure"].iterrows():
-        metrics[f"hybrid.{r['pair']}.{r['above'].split()[0]}_above_{r['switch_sigma']}.{name}_heldout_nfe{int(r['nfe'])}"] = \
-            dict(value=float(r["fd_heldout"]), **{ci_key(p): dict(low=float(r["fd_heldout_low"]),
-                                                                  high=float(r["fd_heldout_high"]))})
-    for disc in p["guidance"]["discriminators"]:
-        held = json.loads(L.discriminator_metrics(disc).read_text())["heldout"]
-        metrics[f"{disc}.heldout_accuracy"] = held["accuracy"]
-        metrics[f"{disc}.heldout_accuracy_by_sigma"] = {b: v["accuracy"] for b, v in held["bands"].items()}
-    for _, r in t2.iterrows():  # DG gains (held-out statistics) at every setting where guidance is evaluated
-        metrics[f"{r['discriminator']}.gain_{name}_heldout_rho{r['rho']:g}_nfe{int(r['nfe'])}"] = dict(
-            gain=float(r["gain"]), **{ci_key(p): dict(low=float(r["gain_low"]), high=float(r["gain_high"]))})
+    metrics = headline_metrics(p, L, floor, t1, diffs, t2, t3)
     atomic_write_text(L.metrics, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     _write(diffs, L, "aot_vs_edm", f"EDM minus AOT {label} against held-out statistics ({p['profile']} profile, "
            f"{n} samples): per training seed, EDM and AOT trained with that seed on the same latents (the first "

@@ -117,10 +117,10 @@ def fd_reference(run: Run) -> None:
     train_feats = ref_feats if len(ref_feats) == len(d["train_images"]) else feats(d["train_images"])
     ref = Reference(stats=(mu, sigma), features=ref_feats, heldout_stats=(mu_h, sigma_h),
                     train_images=d["train_images"])
-    n = min(n, len(train_feats))
     scores = score_floor(Sample(held, d["test_images"]), Sample(train_feats, d["train_images"]), ref,
                          ScoreConfig.from_params(run.params, run.device), n)
-    floor = dict(n=n, features=feats.description, metrics={name: e.to_json() for name, e in scores.items()})
+    floor = dict(n=n, n_training_images=min(n, len(train_feats)), features=feats.description,
+                 metrics={name: e.to_json() for name, e in scores.items()})
     with AtomicPath(run.layout.fd_reference, suffix=".npz") as tmp:
         np.savez(tmp, mu=mu, sigma=sigma, ref_features=ref_feats, mu_heldout=mu_h, sigma_heldout=sigma_h)
     run.write_json(run.layout.fd_floor, floor)
