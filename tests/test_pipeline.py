@@ -418,12 +418,14 @@ def test_dvc_plots_render_offline_in_headless_chromium(smoke_tree, tmp_path):
     dom = subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=30000",
                           "--host-resolver-rules=MAP * ~NOTFOUND", "--dump-dom", (tmp_path / "index.html").as_uri()],
                          capture_output=True, text=True, timeout=300).stdout
-    drawn = re.findall(r'<svg class="marks"', dom)
+    drawn = re.findall(r'<svg[^>]* class="marks"', dom)
     lines = re.findall(r'class="mark-line role-mark[^"]*"[^>]*>(.*?)</g>', dom, re.S)
     assert len(drawn) == charts, f"{len(drawn)} of {charts} charts drawn offline"
     assert sum(len(re.findall(r'<path[^>]* d="M[-\d.]+,[-\d.]+L', g)) for g in lines) >= charts  # real lines
-    fd_curves = next(g for g in re.findall(r'<div id="([^"]*fd_curves[^"]*)"', page))
-    assert fd_curves  # the headline FD curves are among them (one column, one line, per model)
+    # the headline FD curves: one line per model (a column each), not one zigzag through all of them
+    chunk = dom.split('id="results_smoke_tables_fd_curves_csv"')[1].split("<div id=")[0]
+    lines = re.findall(r'field: (\w+)" role="graphics-symbol" aria-roledescription="line mark" d="M[^"]*L', chunk)
+    assert set(lines) == set(load_params(proj / "params.yaml")["models"])
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import yaml
 from .dag import (POOL_STUDY_DVC, POOL_STUDY_STAGES, STAGES, GIT, METRIC, OUT, PLOT, Context, Plan, Stage, command,
                   job_id, keys_of)
 from .layout import FIGURE_NAMES, Layout
-from .params import DISCRIMINATOR, MODEL, VARIANT
+from .params import DISCRIMINATOR, VARIANT
 
 __all__ = ["dvc_yaml", "pool_study_dvc_yaml", "dvc_commit_targets"]
 
@@ -48,14 +48,17 @@ def _dvc_entry(st: Stage, ctx: Context, key, wdir: str | None = None) -> dict:
     return entry
 
 
-# Free-form sections (their keys differ between profiles) are tracked whole; records have fixed keys.
+# Free-form sections (their keys differ between profiles) are tracked whole; so is a model, whose own `pairing`
+# and `pool_size` are optional (DVC refuses a parameter that params.yaml lacks); other records have fixed keys.
 _WHOLE = ("train.network", "pool_study.variants")
-_RECORDS = {"models.": tuple(MODEL), "guidance.discriminators.": tuple(DISCRIMINATOR),
-            "pool_study.variants.": tuple(VARIANT)}
+_WHOLE_RECORDS = ("models.",)
+_RECORDS = {"guidance.discriminators.": tuple(DISCRIMINATOR), "pool_study.variants.": tuple(VARIANT)}
 
 
 def _leaves(p: Mapping, name: str) -> list:
     """DVC tracks parameters leaf by leaf, so a renamed or missing key stops `dvc repro` naming it."""
+    if any(name.startswith(prefix) and name.count(".") == prefix.count(".") for prefix in _WHOLE_RECORDS):
+        return [name]
     for prefix, fields in _RECORDS.items():
         if name.startswith(prefix) and name.count(".") == prefix.count("."):
             return [f"{name}.{f}" for f in fields]
