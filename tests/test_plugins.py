@@ -17,15 +17,24 @@ ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = Path(__file__).parent / "fixtures" / "plugins"
 
 
+def _unload_plugins():
+    """The registries as the package defines them (another test in this process may have loaded a plugin)."""
+    from aot_diffusion import plugins
+
+    for registry in (PAIRINGS, METRICS):
+        for name in [n for n, v in registry.items() if getattr(v, "fn", v).__module__.startswith("aot_diffusion_plugins")]:
+            del registry[name]
+    plugins._LOADED.clear()
+
+
 @pytest.fixture
 def project(tmp_path):
+    _unload_plugins()
     shutil.copytree(ROOT / "conf", tmp_path / "conf")
     for kind in ("pairings", "metrics"):
         (tmp_path / "plugins" / kind).mkdir(parents=True)
     yield tmp_path
-    for registry in (PAIRINGS, METRICS):  # leave the registries as the package defines them
-        for name in [n for n, v in registry.items() if getattr(v, "fn", v).__module__.startswith("aot_diffusion_plugins")]:
-            del registry[name]
+    _unload_plugins()
 
 
 def _add(project, kind, name, text=None):
