@@ -40,11 +40,6 @@ def ci_label(p) -> str:
     return f"{100 * p['fd']['ci_level']:g}%"
 
 
-def ci_key(p) -> str:
-    """...and as metrics.json names it (0.95 -> 'ci95', 0.975 -> 'ci97_5')."""
-    return "ci" + f"{100 * p['fd']['ci_level']:g}".replace(".", "_")
-
-
 def metric_label(p) -> str:
     if p["fd"]["features"] == "inception":
         return "FID (Inception, clean-fid legacy_tensorflow)"
@@ -60,9 +55,8 @@ def metric_key(p, metric: str) -> str:
 
 def _headline(key: str, est: Estimate) -> dict:
     """A record as metrics.json holds it: a value, or {value, low, high} where it has an interval."""
-    if est.low is None or pd.isna(est.low):
-        return {key: float(est.value)}
-    return {key: dict(value=float(est.value), low=float(est.low), high=float(est.high))}
+    has_interval = est.low is not None and pd.notna(est.low)
+    return {key: est.to_json() if has_interval else float(est.value)}
 
 
 def _kind(p, model):
