@@ -4,7 +4,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 CORES ?= all
 
-.PHONY: all setup run test bench rehearsal gpu-check
+.PHONY: all setup run test bench rehearsal gpu-check compare
 
 all: setup run
 
@@ -30,3 +30,8 @@ rehearsal: setup
 # On a GPU machine: the rehearsal with device=cuda, then NCSN++ training / pairing / sampling throughput.
 gpu-check: setup
 	$(PYTHON) benchmarks/gpu_check.py --rehearsal
+
+# DVC experiments side by side on one screen (src/aot_diffusion/report/compare.py): a row per parameter or
+# headline metric that differs among them, a column per experiment. `make compare ARGS=--csv`: dvc's own CSV.
+compare:
+	aot-diffusion compare $(ARGS)

@@ -1,6 +1,8 @@
 """The pipeline: one stage table drives both front doors (Snakemake rules, generated dvc.yaml); the smoke
 profile runs end to end in a temporary copy of the repository, with its outputs and shared state checked."""
 
+import csv
+import io
 import json
 import os
 import re
@@ -43,10 +45,17 @@ def run(cmd, cwd, check=True, timeout=1200):
     return out
 
 
-def test_dvc_yaml_is_generated_from_the_stage_table():
+def test_dvc_yaml_is_generated_from_the_stage_table(tmp_path):
     p = compose(root=ROOT)
     assert (ROOT / "dvc.yaml").read_text() == dvc_yaml(p)
-    assert (ROOT / POOL_STUDY_DVC).read_text() == pool_study_dvc_yaml(p)
+    # The study's pipeline file is written when a study is asked for, not kept: DVC collects every dvc.yaml, so
+    # a bare `dvc status` (or `dvc plots show`) would list each stage of a study that never ran.
+    assert not (ROOT / POOL_STUDY_DVC).exists() or (ROOT / POOL_STUDY_DVC).read_text() == pool_study_dvc_yaml(p)
+    proj = copy_repo(tmp_path)
+    run(["aot-diffusion", "dvc-yaml"], proj)
+    assert not (proj / POOL_STUDY_DVC).exists()
+    run(["aot-diffusion", "dvc-yaml", "--pool-study"], proj)
+    assert (proj / POOL_STUDY_DVC).read_text() == pool_study_dvc_yaml(p)
 
 
 def snakemake_commands(cwd, *config, target=()):
@@ -80,6 +89,7 @@ def test_pool_study_is_its_own_target_at_both_front_doors(tmp_path):
     """Not part of `all` / `dvc repro`; its own target plans the same commands at both doors (data and FD
     reference from the main DAG, then train / sample / fd / curvature per variant and the report)."""
     proj = copy_repo(tmp_path)
+    run(["aot-diffusion", "dvc-yaml", "--pool-study"], proj)
     variants = compose(root=ROOT)["pool_study"]["variants"]
     smk = snakemake_commands(proj, "profile=digits", target=["pool_study"])
     assert smk == dvc_commands(proj, str(POOL_STUDY_DVC))
@@ -134,7 +144,7 @@ def check_outputs(proj: Path, p):
     assert {"EDM + DG", "AOT + AOT-DG", "AOT + DG"} <= set(t2["method"])
     assert (t2["disc_grad_evals"] > 0).all() and t2["outside_noise"].isin([True, False]).all()
     metrics = json.loads(L.metrics.read_text())
-    assert "floor.fd" in metrics and "edm_uncond.nn_train_dist_rho7_nfe3" in metrics
+    assert "floor.fd" in metrics and "edm_uncond.nn_train_dist_rho7_nfe5" in metrics
     assert {"aot_vs_edm.uncond.fd_heldout_rho90_nfe5", "aot_vs_edm.cond.fd_heldout_rho7_nfe3"} <= set(metrics)
     assert "t-interval over 2 training seeds" in metrics["intervals"]
     # DG at every setting where it is evaluated (the paper's own among them), with the learning curves
@@ -142,12 +152,12 @@ def check_outputs(proj: Path, p):
     assert all(pd.read_csv(L.discriminator_curve(d))["val_bce"].notna().all() for d in p["guidance"]["discriminators"])
     hybrid = pd.read_csv(L.table("hybrid_switch"))
     assert set(hybrid["switch_sigma"].astype(str)) == {"pure", "2"} and hybrid["fd_heldout"].notna().all()
-    assert "dg_edm_uncond.gain_fd_heldout_rho7_nfe5" in metrics
+    assert "dg_edm_uncond.gain_fd_heldout_rho90_nfe5" in metrics  # the paper's setting
     assert not any(k.startswith("fid") or ".fid_" in k for k in metrics)  # offline: FD, never FID
     # Headline against held-out statistics, with its own floor, and the memorisation measure beside the real one.
     assert rows["fd_heldout"].notna().all() and floor["fd_heldout"].notna().all()
     assert ((rows["fd_heldout_low"] <= rows["fd_heldout"]) & (rows["fd_heldout"] <= rows["fd_heldout_high"])).all()
-    assert {"floor.fd_heldout", "floor.nn_train_dist", "edm_uncond.nn_train_dist_rho7_nfe3"} <= set(metrics)
+    assert {"floor.fd_heldout", "floor.nn_train_dist", "edm_uncond.nn_train_dist_rho7_nfe5"} <= set(metrics)
     for name in FIGURE_NAMES:
         png = L.figure(name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000, name
@@ -189,7 +199,9 @@ def smoke_tree(tmp_path_factory):
     assert "enabled = true" in (proj / ".dvc" / "config").read_text()
     add_toy_plugins(proj)
     out = run(["snakemake", "--cores", "2", "--config", "profile=smoke", "train={pool_size: 32}"], proj)
+    assert "up to date" in run(["dvc", "status"], proj).stdout  # a bare status: nothing of a study not asked for
     study = run(["snakemake", "--cores", "2", "pool_study"], proj)
+    assert f"{POOL_STUDY_DVC}: written (the pool-size study ran)" in study.stdout + study.stderr
     run([*GIT, "add", "-A"], proj)
     run([*GIT, "commit", "-qm", "smoke run"], proj)
     return proj, out.stdout + out.stderr, study.stdout + study.stderr
@@ -248,9 +260,9 @@ def test_a_plugin_pairing_and_metric_run_through_the_smoke_run(smoke_tree):
     floor = t1[t1["model"].str.startswith("real")].iloc[0]
     assert abs(floor["toy_brightness"]) < 0.1  # held-out digits are about as bright as the training digits
     metrics = json.loads(L.metrics.read_text())
-    assert {"value", "low", "high"} == set(metrics["floor.toy_brightness"])
-    assert {"value", "low", "high"} == set(metrics["aot_cond.toy_brightness_rho7_nfe5"])
-    assert "edm_uncond.toy_brightness_rho7_nfe3" in metrics
+    assert {"value", "interval"} == set(metrics["floor.toy_brightness"])
+    assert {"value", "interval"} == set(metrics["aot_cond.toy_brightness_rho7_nfe5"])
+    assert "edm_uncond.toy_brightness_rho7_nfe5" in metrics
     assert "toy_brightness" in pd.read_csv(L.hybrid_fd).columns and "toy_brightness" in pd.read_csv(L.guided_fd(
         next(iter(p["guidance"]["discriminators"])))).columns  # every caller scores through one registry
     # an edit reruns what imports the file: a metric plugin rescoring, a pairing plugin retraining
@@ -281,7 +293,8 @@ def _flow(value) -> str:
 
 
 def _overrides(changes: dict) -> tuple[list, list]:
-    """The same overrides as Snakemake --config and DVC -S arguments (full set, composed from conf/)."""
+    """The same overrides as Snakemake --config and DVC -S arguments (full set, composed from conf/); a key that
+    conf/ lacks (an added study variant, a model's own pool) gets Hydra's `+`."""
     smk, dvc = ["profile=smoke"], ["-S", "profile=smoke"]
     tree: dict = {}
     for key, value in changes.items():
@@ -290,7 +303,7 @@ def _overrides(changes: dict) -> tuple[list, list]:
         for part in parents:
             node = node.setdefault(part, {})
         node[last] = value
-        added = key.startswith("pool_study.variants.") and key.split(".")[2].startswith("added")
+        added = key.startswith("pool_study.variants.added") or key.startswith("models.") and last == "pool_size"
         dvc += ["-S", ("+" if added else "") + f"{key}={_flow(value)}"]
     smk += [f"{k}={_flow(v)}" for k, v in tree.items()]
     return smk, dvc
@@ -313,81 +326,129 @@ def _changed_jobs(before: dict, after: dict) -> set:
             if old_digests.get(job_id(st, k)) != new.digest(st, k)}
 
 
-# One parameter of each kind per step, each step through the other door than the last one: a training
-# parameter (a study variant's pool), a sampling parameter (the figures' grid steps), a guidance parameter and
-# an added study variant; an FD parameter (it reruns every scoring job) in the first two steps, once each way
-# between DVC and Snakemake (suite budget: it was a third of this test's time).
+def _door_step(proj, door: str, changes: dict, name: str | None = None) -> set:
+    """Run one door with these overrides (on top of the smoke profile); check that it reran exactly the jobs
+    whose declared parameters (or those upstream) changed, that every job's record is the current parameters'
+    (the records name a digest of them) and that then neither door has anything to do. Returns what ran."""
+    before = load_params(proj / "params.yaml")
+    smk, dvc = _overrides(changes)
+    if door == "snakemake":
+        out = run(["snakemake", "--cores", "2", "all", "pool_study", "--config", *smk], proj)
+    elif door == "dvc repro":  # params.yaml composed by hand, then DVC
+        run(["aot-diffusion", "params", "--profile", "smoke", *[a for kv in smk[1:] for a in ("--set", kv)]], proj)
+        out = run(["dvc", "repro", *BOTH], proj)
+    else:
+        out = run(["dvc", "exp", "run", *BOTH, *dvc, "-n", name], proj)
+        assert "WARNING" not in out.stdout + out.stderr, out.stderr[-2000:]  # e.g. no "No file hash info" flood
+    after = load_params(proj / "params.yaml")
+    for key, value in changes.items():
+        node = after
+        for part in key.split("."):
+            node = node[part]
+        assert node == value, (door, key)
+    expected = _changed_jobs(before, after)
+    ran = _ran(out.stdout + out.stderr)
+    assert ran == expected, f"{door}: missing {sorted(expected - ran)}, extra {sorted(ran - expected)}"
+    plan = Plan(after, proj)
+    assert all(plan.is_current(st, k) for st in STAGES + POOL_STUDY_STAGES for k in keys_of(st, plan.ctx)), door
+    assert "Nothing to be done" in snakemake_plan(proj, targets=("all", "pool_study")), door
+    assert "up to date" in run(["dvc", "status", *BOTH], proj).stdout, door
+    return ran
+
+
+# Steps through the two doors in turn, each changing one parameter of each kind: a training parameter (a study
+# variant's pool), a sampling parameter (the figures' grid steps), a guidance parameter and an added study
+# variant; an FD parameter (it reruns every scoring job) in the Snakemake step only (a DVC stage costs ~3 s
+# more per job: suite budget). Then the three single-parameter DVC experiments of the README's comparison recipe.
 DOOR_STEPS = [
-    ("dvc repro", {"pool_study.variants.pool128.pool_size": 64, "sample.grid_steps": [2], "fd.kid_subsets": 5,
+    ("dvc repro", {"pool_study.variants.pool128.pool_size": 64, "sample.grid_steps": [2],
                    "guidance.weight_cond": 1.5, "pool_study.variants.added1": {"pairing": "assignment", "pool_size": 32}}),
-    ("snakemake", {"pool_study.variants.pool128.pool_size": 96, "sample.grid_steps": [3], "fd.kid_subsets": 6,
+    ("snakemake", {"pool_study.variants.pool128.pool_size": 96, "sample.grid_steps": [3], "fd.kid_subsets": 5,
                    "guidance.weight_cond": 2.0, "pool_study.variants.added2": {"pairing": "none", "pool_size": 32}}),
-    ("dvc exp run", {"pool_study.variants.pool128.pool_size": 128, "sample.grid_steps": [2, 3],
-                     "guidance.weight_cond": 2.5, "pool_study.variants.added3": {"pairing": "knn", "pool_size": 32}}),
-    ("snakemake", {"pool_study.variants.pool128.pool_size": 64, "sample.grid_steps": [2],
-                   "guidance.weight_cond": 3.0, "pool_study.variants.added4": {"pairing": "assignment", "pool_size": 64}}),
 ]
+# One parameter each, against the committed baseline: a training pool (one model's own, so that only its two
+# trainings rerun: suite budget), an unconditional guidance weight, the sampler's rho grid (new headline keys).
+# In this order, each experiment restores the previous one's jobs from DVC's run cache instead of rerunning them.
+EXPERIMENTS = {"pool": {"models.aot_uncond.pool_size": 64}, "weight": {"guidance.weight_uncond": 3.0},
+               "rho": {"sample.rho": [7, 72]}}
+
+
+def _terminal_columns(csv_text: str) -> list:
+    """The columns `dvc exp show` prints in a terminal: its CSV's, with Experiment/rev/typ/parent as one."""
+    return [c for c in next(csv.reader(io.StringIO(csv_text))) if c not in ("rev", "typ", "parent")]
+
+
+def exp_show_columns(proj, *flags) -> list:
+    return _terminal_columns(run(["dvc", "exp", "show", "--csv", *flags], proj).stdout)
+
+
+def compare_columns(proj) -> list:
+    """The README's comparison recipe, `make compare` (dvc exp show --only-changed --drop ... --keep ...)."""
+    return _terminal_columns(run(["make", "-s", "compare", "ARGS=--csv"], proj).stdout)
+
+
+def compare_lines(proj) -> list:
+    return run(["make", "-s", "compare"], proj).stdout.splitlines()
 
 
 @pytest.mark.slow
 def test_parameter_changes_are_seen_whichever_door_ran_last(smoke_tree):
-    """Snakemake then DVC, DVC then Snakemake, Snakemake then `dvc exp run`, `dvc exp run` then Snakemake:
-    the second door reruns exactly the jobs whose declared parameters (or those upstream) changed, their
-    records carry the new values, and then neither door has anything to do."""
+    """Snakemake then DVC, DVC then Snakemake, Snakemake then `dvc exp run`, and three experiments one after
+    another: the second door reruns exactly the jobs whose declared parameters (or those upstream) changed,
+    their records carry the new values, and then neither door has anything to do (`dvc exp apply` then
+    Snakemake: the next test). The experiments,
+    each one parameter away from a committed baseline, fit a screen in `make compare` (<= 40 columns)."""
     proj, _, _ = smoke_tree
     changes = {"train.pool_size": 32}
     for door, step in DOOR_STEPS:
-        before = load_params(proj / "params.yaml")
         changes = {k: v for k, v in changes.items() if not k.startswith("pool_study.variants.added")} | step
-        smk, dvc = _overrides(changes)
-        if door == "snakemake":
-            out = run(["snakemake", "--cores", "2", "all", "pool_study", "--config", *smk], proj)
-        elif door == "dvc repro":  # params.yaml composed by hand, then DVC
-            run(["aot-diffusion", "params", "--profile", "smoke",
-                 *[a for kv in smk[1:] for a in ("--set", kv)]], proj)
-            out = run(["dvc", "repro", *BOTH], proj)
-        else:
-            out = run(["dvc", "exp", "run", *BOTH, *dvc, "-n", "doors"], proj)
-        after = load_params(proj / "params.yaml")
-        for key, value in step.items():
-            node = after
-            for part in key.split("."):
-                node = node[part]
-            assert node == value, (door, key)
-        expected = _changed_jobs(before, after)
+        ran = _door_step(proj, door, changes)
         added = next(k.split(".")[2] for k in step if ".added" in k)
-        assert {"pool_train@pool128", f"pool_train@{added}", "figures", "tables", "guided_sample@dg_edm_cond"} <= expected
-        assert not any(job.startswith(("train@", "prepare_data", "pool_train@pool512")) for job in expected)
-        ran = _ran(out.stdout + out.stderr)
-        assert ran == expected, f"{door}: missing {sorted(expected - ran)}, extra {sorted(ran - expected)}"
+        assert {"pool_train@pool128", f"pool_train@{added}", "figures", "tables", "guided_sample@dg_edm_cond"} <= ran
+        assert not any(job.startswith(("train@", "prepare_data", "pool_train@pool512")) for job in ran)
         # The records of what reran carry the new values.
-        plan = Plan(after, proj)
+        plan = Plan(load_params(proj / "params.yaml"), proj)
         rec = json.loads((proj / plan.record_path(stage("pool_train"), "pool128")).read_text())
         assert rec["params"]["pool_study.variants.pool128"]["pool_size"] == step["pool_study.variants.pool128.pool_size"]
         rec = json.loads((proj / plan.record_path(stage("figures"), None)).read_text())
         assert rec["params"]["sample.grid_steps"] == step["sample.grid_steps"]
-        # Then neither door has anything to do.
-        assert "Nothing to be done" in snakemake_plan(proj, targets=("all", "pool_study")), door
-        assert "up to date" in run(["dvc", "status", *BOTH], proj).stdout, door
+    # The experiments: a committed baseline (the last step's run), then one parameter each.
+    run([*GIT, "add", "-A"], proj)
+    run([*GIT, "commit", "-qm", "baseline of the experiments"], proj)
+    for name, one in EXPERIMENTS.items():
+        assert _door_step(proj, "dvc exp run", changes | one, name), name
+    shown, everything = compare_columns(proj), exp_show_columns(proj, "--only-changed")
+    assert len(shown) <= 40, shown
+    lines = compare_lines(proj)  # transposed: a row per parameter or metric, readable in 200 characters
+    assert max(map(len, lines)) <= 200 and len(lines) == len(shown) - 1  # header, a row per column
+    assert any(line.startswith("sample.rho ") and "[7, 72]" in line for line in lines)
+    assert {"models.aot_uncond.pool_size", "sample.rho", "guidance.weight_uncond",
+            "aot_vs_edm.cond.fd_heldout_rho72_nfe5.diff", "aot_vs_edm.cond.fd_heldout_rho72_nfe5.interval",
+            "dg_edm_uncond.gain_fd_heldout_rho90_nfe5.gain", "floor.fd_heldout.value"} <= set(shown)
+    # what the recipe leaves out is only what DVC always lists: each changed dependency's hash
+    assert all(c.startswith("results/") or c == "params.yaml" for c in set(everything) - set(shown))
 
 
 @pytest.mark.slow
 def test_dvc_experiments_and_apply_keep_both_doors_consistent(smoke_tree):
-    """The experiment of the matrix is in `dvc exp show` with its parameters; `dvc exp apply` brings back its
-    outputs and records, keeps training checkpoints, and Snakemake then plans nothing."""
+    """The experiments are in `dvc exp show` with their parameters; `dvc exp apply` brings back its outputs and
+    records, keeps training checkpoints, and Snakemake then plans nothing."""
     proj, _, _ = smoke_tree
     shown = json.loads(run(["dvc", "exp", "show", "--json"], proj).stdout)
     exps = {(exp.get("name") or rev["data"].get("name")): rev["data"]
             for commit in shown for exp in commit.get("experiments") or [] for rev in exp["revs"]}
-    data = exps["doors"]
-    assert data["params"]["params.yaml"]["data"]["guidance"]["weight_cond"] == 2.5  # the third door step's
+    assert set(EXPERIMENTS) <= set(exps)
+    data = exps["rho"]
+    assert data["params"]["params.yaml"]["data"]["sample"]["rho"] == [7, 72]
     assert data["params"]["params.yaml"]["data"]["train"]["pool_size"] == 32
-    assert "aot_vs_edm.uncond.fd_heldout_rho7_nfe3" in data["metrics"]["results/smoke/metrics.json"]["data"]
+    assert "aot_vs_edm.uncond.fd_heldout_rho72_nfe3" in data["metrics"]["results/smoke/metrics.json"]["data"]
+    assert exps["pool"]["params"]["params.yaml"]["data"]["models"]["aot_uncond"]["pool_size"] == 64
     checkpoints = Layout("smoke", proj).checkpoints("edm_uncond_s0")
     assert any(checkpoints.iterdir())
-    out = run(["dvc", "exp", "apply", "doors"], proj)
+    out = run(["dvc", "exp", "apply", "pool"], proj)  # the workspace held "rho": the other end of the chain
     assert "failed" not in (out.stdout + out.stderr).lower()
-    assert load_params(proj / "params.yaml")["guidance"]["weight_cond"] == 2.5
+    applied = load_params(proj / "params.yaml")
+    assert applied["models"]["aot_uncond"]["pool_size"] == 64 and applied["sample"]["rho"] == [7]
     assert any(checkpoints.iterdir())  # not DVC's: left alone
     assert "Nothing to be done" in snakemake_plan(proj, targets=("all", "pool_study"))
     # Profiles keep their own outputs; the report lists tables and figures.

@@ -99,13 +99,19 @@ def test_tables_floor_row_paired_differences_and_metric_names(fixture_run):
     assert not t2["outside_noise"].any()  # guided == unguided here
     metrics = json.loads(L.metrics.read_text())
     # headline only: floors, EDM minus AOT at every rho and NFE, memorisation, curvature, DG gains
-    assert metrics["floor.fd"] == dict(value=0.1, low=0.05, high=0.2) and metrics["floor.kid"]["value"] == 0.0
+    assert metrics["floor.fd"] == dict(value=0.1, interval="[0.05, 0.2]") and metrics["floor.kid"]["value"] == 0.0
     steps_rho = [(st, r) for st in p["sample"]["steps"] for r in p["sample"]["rho"]]
     assert {f"aot_vs_edm.{pair}.fd_heldout_rho{r:g}_nfe{2 * st - 1}" for pair in ("uncond", "cond")
             for st, r in steps_rho} <= set(metrics)
-    assert {"dg_edm_uncond.gain_fd_heldout_rho7_nfe5", "edm_uncond.nn_train_dist_rho7_nfe3",
-            "edm_uncond.curvature_mean"} <= set(metrics)
-    assert set(metrics["dg_edm_uncond.gain_fd_heldout_rho7_nfe5"]) == {"gain", "low", "high"}
+    # memorisation at the sweep's largest NFE; DG at the paper's setting (Table 2 has the others)
+    assert {"dg_edm_uncond.gain_fd_heldout_rho90_nfe5", "dg_edm_cond.gain_fd_heldout_rho72_nfe5",
+            "edm_uncond.nn_train_dist_rho7_nfe5", "edm_uncond.curvature_mean"} <= set(metrics)
+    assert not any(k.startswith("dg_") and "_rho7_" in k for k in metrics)
+    assert not any(".nn_train_dist" in k and not k.endswith("_nfe5") for k in metrics if not k.startswith("floor."))
+    gain = metrics["dg_edm_uncond.gain_fd_heldout_rho90_nfe5"]
+    row = t2[(t2["discriminator"] == "dg_edm_uncond") & (t2["rho"] == 90)].iloc[0]
+    assert gain["gain"] == pytest.approx(row["gain"])  # the bounds: two columns in `dvc exp show`, not three
+    assert json.loads(gain["interval"]) == pytest.approx([row["gain_low"], row["gain_high"]], rel=1e-3)
     assert not any(k.startswith("hybrid.") or ".fd_rho" in k or "accuracy_by_sigma" in k for k in metrics)
     assert not any("fid" in k for k in metrics)
     assert "FD (digits-classifier features)" in L.table("table1_fd_vs_nfe", "md").read_text()
@@ -212,7 +218,7 @@ def test_across_training_seeds_a_mean_comes_with_the_interval_over_training_seed
     metrics = json.loads(L.metrics.read_text())
     head = metrics["aot_vs_edm.uncond.fd_heldout_rho7_nfe3"]
     assert head["diff"] == pytest.approx(m["diff"]) and "t-interval over 2 training seeds" in metrics["intervals"]
-    assert (head["low"], head["high"]) == pytest.approx((m["low"], m["high"]))
+    assert json.loads(head["interval"]) == pytest.approx([m["low"], m["high"]], rel=1e-3)
 
 
 def test_pool_study_table_gains_ratio_and_figure(fixture_run, monkeypatch):
@@ -359,3 +365,19 @@ def test_offline_plot_template_inlines_vega_for_dvc(tmp_path):
     assert write_template(tmp_path).read_text() == page
     with pytest.raises(FileNotFoundError, match="repository root"):
         write_template(tmp_path / "elsewhere")
+
+
+def test_compare_prints_a_row_per_parameter_or_metric():
+    """`aot-diffusion compare` turns dvc exp show's CSV round: experiments as columns, four significant digits,
+    absent values blank, the row identifiers (rev, typ, Created...) left out."""
+    from aot_diffusion.report.compare import FLAGS, transposed
+
+    text = ("Experiment,rev,typ,Created,parent,aot_vs_edm.uncond.fd_heldout_rho7_nfe3.diff,"
+            "aot_vs_edm.uncond.fd_heldout_rho7_nfe3.interval,sample.rho,train.pool_size\n"
+            ",workspace,baseline,,,0.21571596141158622,\"[-0.07041, 0.5018]\",\"[7, 90]\",64\n"
+            "rho-exp,c310e35,branch_base,2026-12-01T11:06:38,,,,\"[7, 72]\",64\n")
+    lines = transposed(text).splitlines()
+    assert lines[0].split() == ["workspace", "rho-exp"]
+    assert lines[1].split() == ["aot_vs_edm.uncond.fd_heldout_rho7_nfe3.diff", "0.2157"]
+    assert lines[3].split()[0] == "sample.rho" and "[7, 72]" in lines[3] and len(lines) == 5
+    assert "--only-changed" in FLAGS and transposed("Experiment,rev\n").startswith("no experiments")

@@ -34,9 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--profile", default=None, help="digits | smoke | cifar10 (default: conf/config.yaml's)")
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override (YAML value)")
     sp.add_argument("--check", action="store_true", help="only validate the existing params.yaml")
-    sub.add_parser("dvc-yaml", help="regenerate dvc.yaml (and the pool-size study's) from the stage table")
+    sp = sub.add_parser("dvc-yaml", help="regenerate dvc.yaml (and the pool-size study's, where it exists) from the "
+                                         "stage table")
+    sp.add_argument("--pool-study", action="store_true",
+                    help="also write the pool-size study's pipeline file (it is not in the repository until a study "
+                         "is asked for: a bare `dvc status` would list every stage of a study that never ran)")
     sub.add_parser("offline-plots", help="write .dvc/offline_plots.html, the page `dvc plots show/diff` fill, with "
                                          "Vega inlined (charts render without a network)")
+    sp = sub.add_parser("compare", help="DVC experiments side by side: what differs among them, a row per parameter "
+                                        "or metric (`dvc exp show --only-changed`, dependency hashes dropped)")
+    sp.add_argument("--csv", action="store_true", help="dvc exp show's own CSV (a column per parameter or metric)")
+    sp.add_argument("dvc_args", nargs="*", help="passed on to dvc exp show (after --), e.g. -- -A")
     sp = sub.add_parser("rehearsal-inputs", help="write the rehearsal's stand-in inputs (CIFAR-10-format tarball, DG "
                                                  "classifier file, EDM network pickle) where its parameters name them")
     sp.add_argument("--released-pickle", default="data/rehearsal/network.pkl",
@@ -84,15 +92,17 @@ def _params_command(args) -> None:
     print("params.yaml: composed")
 
 
-def _dvc_yaml_command() -> None:
-    from .dvcfile import POOL_STUDY_DVC, dvc_yaml, pool_study_dvc_yaml
+def _dvc_yaml_command(pool_study: bool) -> None:
+    from .dvcfile import POOL_STUDY_DVC, dvc_yaml, write_pool_study_dvc_yaml
     from .params import compose
     from .utils import atomic_write_text
 
     p = compose()
     atomic_write_text("dvc.yaml", dvc_yaml(p))
-    atomic_write_text(POOL_STUDY_DVC, pool_study_dvc_yaml(p))
-    print(f"dvc.yaml, {POOL_STUDY_DVC}: regenerated")
+    if pool_study or POOL_STUDY_DVC.exists():
+        write_pool_study_dvc_yaml(p)
+        return print(f"dvc.yaml, {POOL_STUDY_DVC}: regenerated")
+    print(f"dvc.yaml: regenerated ({POOL_STUDY_DVC}, the pool-size study's, only with --pool-study)")
 
 
 def main(argv=None) -> None:
@@ -103,11 +113,19 @@ def main(argv=None) -> None:
         if args.command == "params":
             return _params_command(args)
         if args.command == "dvc-yaml":
-            return _dvc_yaml_command()
+            return _dvc_yaml_command(args.pool_study)
         if args.command == "offline-plots":
             from .report.offline_plots import write_template
 
             return print(f"wrote {write_template()}")
+        if args.command == "compare":
+            from .report.compare import exp_show_command, exp_show_csv, transposed
+
+            import shlex
+
+            print("$ " + shlex.join(exp_show_command(*args.dvc_args)), file=sys.stderr)
+            text = exp_show_csv(*args.dvc_args)
+            return print(text if args.csv else transposed(text), end="\n" if not args.csv else "")
         if args.command == "rehearsal-inputs":
             from .params import compose
             from .rehearsal import write_inputs

@@ -223,7 +223,7 @@ STAGES: list[Stage] = [
 
 
 # The pool-size study: its own DAG on top of the main one's data and FD reference, outside the default
-# target (`snakemake pool_study`; DVC: workflow/pool_size/dvc.yaml, which `dvc repro` alone does not run).
+# target (`snakemake pool_study`; DVC: workflow/pool_size/dvc.yaml, written when a study is asked for).
 # Its variants are trained, sampled and scored by the main stages' commands with `--variant`; those stages
 # see a variant as a model (params.pool_study_view). `pool_variants` comes first: it checks the variants'
 # names before DVC puts any of them into a command, and writes one file per variant.

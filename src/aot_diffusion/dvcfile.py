@@ -14,7 +14,7 @@ from .dag import (POOL_STUDY_DVC, POOL_STUDY_STAGES, STAGES, GIT, METRIC, OUT, P
 from .layout import FIGURE_NAMES, Layout
 from .params import DISCRIMINATOR, VARIANT
 
-__all__ = ["dvc_yaml", "pool_study_dvc_yaml", "dvc_commit_targets"]
+__all__ = ["dvc_yaml", "pool_study_dvc_yaml", "write_pool_study_dvc_yaml", "dvc_commit_targets"]
 
 
 def _dvc_entry(st: Stage, ctx: Context, key, wdir: str | None = None) -> dict:
@@ -119,6 +119,18 @@ def pool_study_dvc_yaml(p: Mapping) -> str:
     return head + yaml.dump(body, Dumper=_NoAliases, sort_keys=False, width=200)
 
 
+def write_pool_study_dvc_yaml(p: Mapping, root=".") -> Path:
+    """The study's pipeline file exists once a study is asked for (`aot-diffusion dvc-yaml --pool-study`, or a
+    Snakemake run of `pool_study`), not before: DVC collects every dvc.yaml, so a bare `dvc status` or
+    `dvc plots show` would list each stage of a study that never ran."""
+    from .utils import atomic_write_text
+
+    path = Path(root) / POOL_STUDY_DVC
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, pool_study_dvc_yaml(p))
+    return path
+
+
 class _NoAliases(yaml.SafeDumper):
     def ignore_aliases(self, data):
         return True
@@ -128,7 +140,7 @@ def dvc_commit_targets(root=".") -> tuple[list, int]:
     """What `dvc commit` can record after a Snakemake run, and how many stages finished with the current
     parameters (outputs and the record of the current digest there): a pipeline file whose stages all
     finished is one target (one pass over it is ~5x faster than naming its stages), otherwise each finished
-    stage by name (``file:stage@key`` for the study's file)."""
+    stage by name (``file:stage@key`` for the study's file, which the caller writes first if it is absent)."""
     from .params import load_params
 
     plan = Plan(load_params(Path(root) / "params.yaml"), root)

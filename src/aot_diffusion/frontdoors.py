@@ -122,7 +122,8 @@ def check_run_lock(p, root: Path | str = ".") -> None:
 def record_in_dvc(root: Path | str = ".") -> None:
     """After a successful Snakemake run, record the finished stages in dvc.lock (`dvc commit`), so that
     `dvc status` agrees with Snakemake. Only inside a DVC repository."""
-    from .dvcfile import dvc_commit_targets
+    from .dag import POOL_STUDY_DVC
+    from .dvcfile import dvc_commit_targets, write_pool_study_dvc_yaml
 
     root = Path(root)
     if not (root / ".dvc").is_dir() or shutil.which("dvc") is None:
@@ -130,6 +131,10 @@ def record_in_dvc(root: Path | str = ".") -> None:
     targets, finished = dvc_commit_targets(root)
     if not targets:
         return
+    if any(t.startswith(str(POOL_STUDY_DVC)) for t in targets) and not (root / POOL_STUDY_DVC).exists():
+        from .params import load_params
+
+        print(f"{write_pool_study_dvc_yaml(load_params(root / 'params.yaml'), root)}: written (the pool-size study ran)")
     out = subprocess.run(["dvc", "commit", "--force", "--quiet", *targets], cwd=root, capture_output=True, text=True)
     if out.returncode:
         print(f"dvc commit failed (dvc status will show the stages as changed):\n{out.stderr[-2000:]}")

@@ -53,10 +53,13 @@ def metric_key(p, metric: str) -> str:
     return metric_name(p) + metric[2:] if metric.startswith("fd") else metric
 
 
-def _headline(key: str, est: Estimate) -> dict:
-    """A record as metrics.json holds it: a value, or {value, low, high} where it has an interval."""
-    has_interval = est.low is not None and pd.notna(est.low)
-    return {key: est.to_json() if has_interval else float(est.value)}
+def _headline(key: str, value, low=None, high=None, name: str = "value") -> dict:
+    """One headline number as metrics.json holds it: the value, or {name: value, interval: "[low, high]"} where
+    it has one. The bounds are one text column in `dvc exp show`, so a setting costs two columns, not three
+    (three single-parameter experiments fit a screen); the tables hold the bounds as numbers."""
+    if low is None or pd.isna(low):
+        return {key: float(value)}
+    return {key: {name: float(value), "interval": f"[{low:.4g}, {high:.4g}]"}}
 
 
 def _kind(p, model):
@@ -314,33 +317,37 @@ def table3(p, L) -> pd.DataFrame:
 def headline_metrics(p, L, floor, t1, diffs, t2, t3) -> dict:
     """metrics.json: the headline numbers only, what `dvc exp show` / `dvc metrics diff` compare (the detail is in
     the tables): every metric's floor; EDM minus AOT against held-out statistics at every rho and NFE; the
-    headline metrics of metrics.scores per model at rho 7 (memorisation: nn_train_dist); each model's mean
-    curvature; DG's gain at every setting where guidance is evaluated. A value with an interval is
-    {diff | gain | value, low, high} (`dvc exp show` drops lists); the key `intervals` says which interval."""
+    headline metrics of metrics.scores per model at the first rho and the sweep's largest NFE (memorisation:
+    nn_train_dist); each model's mean curvature; each discriminator's DG gain at the paper's setting for its
+    conditioning (Table 2 has every setting). A value with an interval is {diff | gain | value, interval}
+    (see _headline); the key `intervals` says which interval."""
     name, level = metric_name(p), ci_label(p)
     several = len(p["train"]["seeds"]) > 1
     metrics = {"intervals": (f"{level}; models and EDM minus AOT: " + (
         f"t-interval over {len(p['train']['seeds'])} training seeds" if several else "bootstrap") +
         "; DG gains: paired bootstrap (first training seed); floor: bootstrap")}
     for m, est in floor["metrics"].items():
-        metrics.update(_headline(f"floor.{metric_key(p, m)}", est))
+        metrics.update(_headline(f"floor.{metric_key(p, m)}", est.value, est.low, est.high))
     if L.feature_network_metrics.exists():
         metrics.update(json.loads(L.feature_network_metrics.read_text()))
     pick = (lambda df: df[df["train_seed"] == "mean"]) if several else \
         (lambda df: df[df["train_seed"] == p["train"]["seeds"][0]])
     for _, r in pick(diffs).iterrows():
-        metrics[f"aot_vs_edm.{r['pair']}.{name}_heldout_rho{r['rho']:g}_nfe{int(r['nfe'])}"] = dict(
-            diff=float(r["diff"]), low=float(r["low"]), high=float(r["high"]))
+        metrics.update(_headline(f"aot_vs_edm.{r['pair']}.{name}_heldout_rho{r['rho']:g}_nfe{int(r['nfe'])}",
+                                 r["diff"], r["low"], r["high"], name="diff"))
     headline = [m for m in METRICS if METRICS[m].headline]
-    for _, r in pick(t1[t1["rho"] == p["sample"]["rho"][0]]).iterrows():
+    at = (t1["rho"] == p["sample"]["rho"][0]) & (t1["steps"] == max(p["sample"]["steps"]))
+    for _, r in pick(t1[at]).iterrows():
         for m in [m for m in headline if m in r and pd.notna(r[m])]:
-            est = Estimate(r[m], r.get(f"{m}_low"), r.get(f"{m}_high"))
-            metrics.update(_headline(f"{r['model']}.{metric_key(p, m)}_rho{r['rho']:g}_nfe{int(r['nfe'])}", est))
+            metrics.update(_headline(f"{r['model']}.{metric_key(p, m)}_rho{r['rho']:g}_nfe{int(r['nfe'])}",
+                                     r[m], r.get(f"{m}_low"), r.get(f"{m}_high")))
     for _, r in pick(t3).iterrows():
         metrics[f"{r['model']}.curvature_mean"] = float(r["curvature_mean"])
     for _, r in t2.iterrows():
-        metrics[f"{r['discriminator']}.gain_{name}_heldout_rho{r['rho']:g}_nfe{int(r['nfe'])}"] = dict(
-            gain=float(r["gain"]), low=float(r["gain_low"]), high=float(r["gain_high"]))
+        paper = p["guidance"]["paper_setting_cond" if r["conditional"] else "paper_setting_uncond"]
+        if (int(r["steps"]), float(r["rho"])) == (int(paper["steps"]), float(paper["rho"])):
+            metrics.update(_headline(f"{r['discriminator']}.gain_{name}_heldout_rho{r['rho']:g}_nfe{int(r['nfe'])}",
+                                     r["gain"], r["gain_low"], r["gain_high"], name="gain"))
     return metrics
 
 
