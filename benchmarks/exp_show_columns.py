@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -42,6 +43,11 @@ def sh(cmd, cwd, both=False, **kw):
 
 def columns(csv_text: str) -> list:
     return [c for c in next(csv.reader(io.StringIO(csv_text))) if c not in ("rev", "typ", "parent")]
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # every command this script waited for
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -73,7 +79,8 @@ def main() -> None:
                   only_changed_dependency_columns=len([c for c in changed if c not in recipe]),
                   compare_columns=len(recipe), compare=recipe, compare_table_width=max(map(len, table)),
                   compare_table_rows=len(table) - 1, exp_run_warning_lines=warnings,
-                  bare_dvc_status_lines=status_lines, seconds_wall=round(time.perf_counter() - t0, 1))
+                  bare_dvc_status_lines=status_lines, seconds_wall=round(time.perf_counter() - t0, 1),
+                  cpu_seconds_children=round(_children_cpu(), 1), cpu_count=os.cpu_count())
     out = ROOT / "results" / "bench" / "exp_show_columns.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

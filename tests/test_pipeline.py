@@ -356,21 +356,18 @@ def _door_step(proj, door: str, changes: dict, name: str | None = None) -> set:
     return ran
 
 
-# Steps through the two doors in turn, each changing one parameter of each kind: a training parameter (a study
-# variant's pool), a sampling parameter (the figures' grid steps), a guidance parameter and an added study
-# variant; an FD parameter (it reruns every scoring job) in the Snakemake step only (a DVC stage costs ~3 s
-# more per job: suite budget). Then the three single-parameter DVC experiments of the README's comparison recipe.
-DOOR_STEPS = [
-    ("dvc repro", {"pool_study.variants.pool128.pool_size": 64, "sample.grid_steps": [2],
-                   "guidance.weight_cond": 1.5, "pool_study.variants.added1": {"pairing": "assignment", "pool_size": 32}}),
-    ("snakemake", {"pool_study.variants.pool128.pool_size": 96, "sample.grid_steps": [3], "fd.kid_subsets": 5,
-                   "guidance.weight_cond": 2.0, "pool_study.variants.added2": {"pairing": "none", "pool_size": 32}}),
-]
-# One parameter each, against the committed baseline: a training pool (one model's own, so that only its two
-# trainings rerun: suite budget), an unconditional guidance weight, the sampler's rho grid (new headline keys).
-# In this order, each experiment restores the previous one's jobs from DVC's run cache instead of rerunning them.
+# One parameter each, against the committed baseline (the shared smoke run, by Snakemake): a training pool (one
+# model's own, so that only its two trainings rerun: suite budget), an unconditional guidance weight, the
+# sampler's rho grid (new headline keys). In this order, each experiment restores the previous one's jobs from
+# DVC's run cache instead of rerunning them.
 EXPERIMENTS = {"pool": {"models.aot_uncond.pool_size": 64}, "weight": {"guidance.weight_uncond": 3.0},
                "rho": {"sample.rho": [7, 72]}}
+# Then Snakemake on top of the last experiment, changing one parameter of each kind: a training parameter (a
+# study variant's pool), a sampling parameter (the figures' grid steps), a guidance parameter and an added study
+# variant. (`dvc repro` after Snakemake with such changes, and an FD parameter, which reruns every scoring job,
+# were steps of this test until the experiments took their time: suite budget.)
+SNAKEMAKE_STEP = {"pool_study.variants.pool128.pool_size": 96, "sample.grid_steps": [2],
+                  "guidance.weight_cond": 2.0, "pool_study.variants.added2": {"pairing": "none", "pool_size": 32}}
 
 
 def _terminal_columns(csv_text: str) -> list:
@@ -393,30 +390,15 @@ def compare_lines(proj) -> list:
 
 @pytest.mark.slow
 def test_parameter_changes_are_seen_whichever_door_ran_last(smoke_tree):
-    """Snakemake then DVC, DVC then Snakemake, Snakemake then `dvc exp run`, and three experiments one after
-    another: the second door reruns exactly the jobs whose declared parameters (or those upstream) changed,
-    their records carry the new values, and then neither door has anything to do (`dvc exp apply` then
-    Snakemake: the next test). The experiments,
-    each one parameter away from a committed baseline, fit a screen in `make compare` (<= 40 columns)."""
+    """Snakemake then three `dvc exp run`s, each one parameter away from a committed baseline, one after
+    another, then Snakemake again: each door reruns exactly the jobs whose declared parameters (or those
+    upstream) changed, their records carry the new values, and then neither door has anything to do (`dvc exp
+    apply` then Snakemake: the next test). The experiments fit a screen in `make compare` (<= 40 columns)."""
     proj, _, _ = smoke_tree
-    changes = {"train.pool_size": 32}
-    for door, step in DOOR_STEPS:
-        changes = {k: v for k, v in changes.items() if not k.startswith("pool_study.variants.added")} | step
-        ran = _door_step(proj, door, changes)
-        added = next(k.split(".")[2] for k in step if ".added" in k)
-        assert {"pool_train@pool128", f"pool_train@{added}", "figures", "tables", "guided_sample@dg_edm_cond"} <= ran
-        assert not any(job.startswith(("train@", "prepare_data", "pool_train@pool512")) for job in ran)
-        # The records of what reran carry the new values.
-        plan = Plan(load_params(proj / "params.yaml"), proj)
-        rec = json.loads((proj / plan.record_path(stage("pool_train"), "pool128")).read_text())
-        assert rec["params"]["pool_study.variants.pool128"]["pool_size"] == step["pool_study.variants.pool128.pool_size"]
-        rec = json.loads((proj / plan.record_path(stage("figures"), None)).read_text())
-        assert rec["params"]["sample.grid_steps"] == step["sample.grid_steps"]
-    # The experiments: a committed baseline (the last step's run), then one parameter each.
-    run([*GIT, "add", "-A"], proj)
-    run([*GIT, "commit", "-qm", "baseline of the experiments"], proj)
+    run([*GIT, "add", "-A"], proj)  # the smoke run is committed already (the fixture): the baseline
+    run([*GIT, "commit", "-qm", "baseline of the experiments", "--allow-empty"], proj)
     for name, one in EXPERIMENTS.items():
-        assert _door_step(proj, "dvc exp run", changes | one, name), name
+        assert _door_step(proj, "dvc exp run", one, name), name
     shown, everything = compare_columns(proj), exp_show_columns(proj, "--only-changed")
     assert len(shown) <= 40, shown
     lines = compare_lines(proj)  # transposed: a row per parameter or metric, readable in 200 characters
@@ -427,6 +409,16 @@ def test_parameter_changes_are_seen_whichever_door_ran_last(smoke_tree):
             "dg_edm_uncond.gain_fd_heldout_rho90_nfe5.gain", "floor.fd_heldout.value"} <= set(shown)
     # what the recipe leaves out is only what DVC always lists: each changed dependency's hash
     assert all(c.startswith("results/") or c == "params.yaml" for c in set(everything) - set(shown))
+
+    ran = _door_step(proj, "snakemake", EXPERIMENTS["rho"] | SNAKEMAKE_STEP)
+    assert {"pool_train@pool128", "pool_train@added2", "figures", "tables", "guided_sample@dg_edm_cond"} <= ran
+    assert not any(job.startswith(("train@", "sample@", "prepare_data", "pool_train@pool512")) for job in ran)
+    # The records of what reran carry the new values.
+    plan = Plan(load_params(proj / "params.yaml"), proj)
+    rec = json.loads((proj / plan.record_path(stage("pool_train"), "pool128")).read_text())
+    assert rec["params"]["pool_study.variants.pool128"]["pool_size"] == 96
+    rec = json.loads((proj / plan.record_path(stage("figures"), None)).read_text())
+    assert rec["params"]["sample.grid_steps"] == [2]
 
 
 @pytest.mark.slow
@@ -440,15 +432,14 @@ def test_dvc_experiments_and_apply_keep_both_doors_consistent(smoke_tree):
     assert set(EXPERIMENTS) <= set(exps)
     data = exps["rho"]
     assert data["params"]["params.yaml"]["data"]["sample"]["rho"] == [7, 72]
-    assert data["params"]["params.yaml"]["data"]["train"]["pool_size"] == 32
     assert "aot_vs_edm.uncond.fd_heldout_rho72_nfe3" in data["metrics"]["results/smoke/metrics.json"]["data"]
     assert exps["pool"]["params"]["params.yaml"]["data"]["models"]["aot_uncond"]["pool_size"] == 64
     checkpoints = Layout("smoke", proj).checkpoints("edm_uncond_s0")
     assert any(checkpoints.iterdir())
-    out = run(["dvc", "exp", "apply", "pool"], proj)  # the workspace held "rho": the other end of the chain
+    out = run(["dvc", "exp", "apply", "pool"], proj)  # the workspace held "rho" and a Snakemake run on top
     assert "failed" not in (out.stdout + out.stderr).lower()
     applied = load_params(proj / "params.yaml")
-    assert applied["models"]["aot_uncond"]["pool_size"] == 64 and applied["sample"]["rho"] == [7]
+    assert applied["models"]["aot_uncond"]["pool_size"] == 64 and applied["sample"]["rho"] == [7, 90]
     assert any(checkpoints.iterdir())  # not DVC's: left alone
     assert "Nothing to be done" in snakemake_plan(proj, targets=("all", "pool_study"))
     # Profiles keep their own outputs; the report lists tables and figures.
