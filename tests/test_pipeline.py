@@ -334,9 +334,6 @@ def _door_step(proj, door: str, changes: dict, name: str | None = None) -> set:
     smk, dvc = _overrides(changes)
     if door == "snakemake":
         out = run(["snakemake", "--cores", "2", "all", "pool_study", "--config", *smk], proj)
-    elif door == "dvc repro":  # params.yaml composed by hand, then DVC
-        run(["aot-diffusion", "params", "--profile", "smoke", *[a for kv in smk[1:] for a in ("--set", kv)]], proj)
-        out = run(["dvc", "repro", *BOTH], proj)
     else:
         out = run(["dvc", "exp", "run", *BOTH, *dvc, "-n", name], proj)
         assert "WARNING" not in out.stdout + out.stderr, out.stderr[-2000:]  # e.g. no "No file hash info" flood
