@@ -191,6 +191,9 @@ def add_toy_plugins(proj: Path) -> None:
                  "pool_study: {variants: {toy32: {pairing: toy_sorted, pool_size: 32}}}\n")
 
 
+SMOKE_POOL = 32  # the fixture's override; every later door step composes params from conf/ and repeats it
+
+
 @pytest.fixture(scope="module")
 def smoke_tree(tmp_path_factory):
     """One smoke run shared by the end-to-end tests of this module (they run in file order): the default
@@ -198,7 +201,7 @@ def smoke_tree(tmp_path_factory):
     proj = copy_repo(tmp_path_factory.mktemp("smoke"))  # a DVC repository already (.dvc/config: hydra.enabled)
     assert "enabled = true" in (proj / ".dvc" / "config").read_text()
     add_toy_plugins(proj)
-    out = run(["snakemake", "--cores", "2", "--config", "profile=smoke", "train={pool_size: 32}"], proj)
+    out = run(["snakemake", "--cores", "2", "--config", "profile=smoke", "train={pool_size: %d}" % SMOKE_POOL], proj)
     assert "up to date" in run(["dvc", "status"], proj).stdout  # a bare status: nothing of a study not asked for
     study = run(["snakemake", "--cores", "2", "pool_study"], proj)
     assert f"{POOL_STUDY_DVC}: written (the pool-size study ran)" in study.stdout + study.stderr
@@ -212,7 +215,7 @@ def test_smoke_profile_end_to_end(smoke_tree):
     """Every stage ran under its declared-parameters view (an undeclared read would have failed the run)."""
     proj, log, study_log = smoke_tree
     p = yaml.safe_load((proj / "params.yaml").read_text())
-    assert p["profile"] == "smoke" and p["train"]["pool_size"] == 32  # the override reached params.yaml...
+    assert p["profile"] == "smoke" and p["train"]["pool_size"] == SMOKE_POOL  # the override reached params.yaml...
     assert "[train aot_uncond_s1] aot=True conditional=False steps=6 batch=32 pool=32" in log  # ...and the stage
     check_outputs(proj, p)
     assert "[train pool_study pool8192] aot=True conditional=False steps=6 batch=32 pool=8192" in study_log
@@ -331,6 +334,7 @@ def _door_step(proj, door: str, changes: dict, name: str | None = None) -> set:
     whose declared parameters (or those upstream) changed, that every job's record is the current parameters'
     (the records name a digest of them) and that then neither door has anything to do. Returns what ran."""
     before = load_params(proj / "params.yaml")
+    changes = {"train.pool_size": SMOKE_POOL} | changes  # both doors recompose from conf/: keep the baseline's
     smk, dvc = _overrides(changes)
     if door == "snakemake":
         out = run(["snakemake", "--cores", "2", "all", "pool_study", "--config", *smk], proj)
