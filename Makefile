@@ -16,7 +16,7 @@ run:
 	snakemake --cores $(CORES)
 
 test: setup
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q --durations=20
 
 bench: setup
 	$(PYTHON) benchmarks/pairing.py

@@ -296,8 +296,7 @@ def _flow(value) -> str:
 
 
 def _overrides(changes: dict) -> tuple[list, list]:
-    """The same overrides as Snakemake --config and DVC -S arguments (full set, composed from conf/); a key that
-    conf/ lacks (an added study variant, a model's own pool) gets Hydra's `+`."""
+    """The same overrides as Snakemake --config and DVC -S arguments (full set, composed from conf/)."""
     smk, dvc = ["profile=smoke"], ["-S", "profile=smoke"]
     tree: dict = {}
     for key, value in changes.items():
@@ -306,8 +305,7 @@ def _overrides(changes: dict) -> tuple[list, list]:
         for part in parents:
             node = node.setdefault(part, {})
         node[last] = value
-        added = key.startswith("pool_study.variants.added") or key.startswith("models.") and last == "pool_size"
-        dvc += ["-S", ("+" if added else "") + f"{key}={_flow(value)}"]
+        dvc += ["-S", f"{key}={_flow(value)}"]
     smk += [f"{k}={_flow(v)}" for k, v in tree.items()]
     return smk, dvc
 
@@ -338,6 +336,9 @@ def _door_step(proj, door: str, changes: dict, name: str | None = None) -> set:
     smk, dvc = _overrides(changes)
     if door == "snakemake":
         out = run(["snakemake", "--cores", "2", "all", "pool_study", "--config", *smk], proj)
+        if name:  # Snakemake's run is in dvc.lock (its final `dvc commit`): DVC can keep it as an experiment
+            saved = run(["dvc", "exp", "save", "-n", name], proj)
+            assert f"saved as: {name}" in saved.stdout + saved.stderr, saved.stderr[-2000:]
     else:
         out = run(["dvc", "exp", "run", *BOTH, *dvc, "-n", name], proj)
         assert "WARNING" not in out.stdout + out.stderr, out.stderr[-2000:]  # e.g. no "No file hash info" flood
@@ -357,18 +358,14 @@ def _door_step(proj, door: str, changes: dict, name: str | None = None) -> set:
     return ran
 
 
-# One parameter each, against the committed baseline (the shared smoke run, by Snakemake): a training pool (one
-# model's own, so that only its two trainings rerun: suite budget), an unconditional guidance weight, the
-# sampler's rho grid (new headline keys). In this order, each experiment restores the previous one's jobs from
-# DVC's run cache instead of rerunning them.
-EXPERIMENTS = {"pool": {"models.aot_uncond.pool_size": 64}, "weight": {"guidance.weight_uncond": 3.0},
-               "rho": {"sample.rho": [7, 72]}}
-# Then Snakemake on top of the last experiment, changing one parameter of each kind: a training parameter (a
-# study variant's pool), a sampling parameter (the figures' grid steps), a guidance parameter and an added study
-# variant. (`dvc repro` after Snakemake with such changes, and an FD parameter, which reruns every scoring job,
-# were steps of this test until the experiments took their time: suite budget.)
-SNAKEMAKE_STEP = {"pool_study.variants.pool128.pool_size": 96, "sample.grid_steps": [2],
-                  "guidance.weight_cond": 2.0, "pool_study.variants.added2": {"pairing": "none", "pool_size": 32}}
+# One parameter each, against the committed baseline (the shared smoke run, by Snakemake), in this order: an
+# unconditional guidance weight and a training pool (a study variant's, so that one training reruns) by `dvc exp
+# run`, then the sampler's rho grid (new headline keys) by Snakemake on both cores, kept with `dvc exp save`
+# (DVC runs stages one at a time: suite budget). Each step also undoes the one before it: DVC restores the
+# weight's jobs from its run cache; Snakemake, after DVC, retrains the variant and reruns what it feeds.
+EXPERIMENTS = {"weight": ("dvc exp run", {"guidance.weight_uncond": 3.0}),
+               "pool": ("dvc exp run", {"pool_study.variants.pool128.pool_size": 64}),
+               "rho": ("snakemake", {"sample.rho": [7, 72]})}
 
 
 def _terminal_columns(csv_text: str) -> list:
@@ -391,35 +388,31 @@ def compare_lines(proj) -> list:
 
 @pytest.mark.slow
 def test_parameter_changes_are_seen_whichever_door_ran_last(smoke_tree):
-    """Snakemake then three `dvc exp run`s, each one parameter away from a committed baseline, one after
-    another, then Snakemake again: each door reruns exactly the jobs whose declared parameters (or those
-    upstream) changed, their records carry the new values, and then neither door has anything to do (`dvc exp
-    apply` then Snakemake: the next test). The experiments fit a screen in `make compare` (<= 40 columns)."""
+    """Snakemake (the baseline), two `dvc exp run`s, then Snakemake saved with `dvc exp save`: three
+    experiments, each one parameter away from the baseline, run one after another, so that each door follows
+    the other. Each reruns exactly the jobs whose declared parameters (or those upstream) changed, their records
+    carry the new values, and then neither door has anything to do (`dvc exp apply` then Snakemake: the next
+    test). The experiments fit a screen in `make compare` (<= 40 columns, 200 characters)."""
     proj, _, _ = smoke_tree
     run([*GIT, "add", "-A"], proj)  # the smoke run is committed already (the fixture): the baseline
     run([*GIT, "commit", "-qm", "baseline of the experiments", "--allow-empty"], proj)
-    for name, one in EXPERIMENTS.items():
-        assert _door_step(proj, "dvc exp run", one, name), name
+    ran = {name: _door_step(proj, door, one, name) for name, (door, one) in EXPERIMENTS.items()}
+    assert {"guided_sample@dg_aot_uncond", "pool_train@pool128"} <= ran["pool"]  # the weight's, from the run cache
+    assert {"pool_train@pool128", "pool_study", "sample@edm_cond_s1", "tables"} <= ran["rho"]
+    assert not any(job.startswith(("train", "pool_train@pool512", "prepare_data")) for job in ran["rho"])
+    plan = Plan(load_params(proj / "params.yaml"), proj)  # the records of what reran carry the new values
+    rec = json.loads((proj / plan.record_path(stage("sample"), "edm_cond_s1")).read_text())
+    assert rec["params"]["sample.rho"] == [7, 72]
     shown, everything = compare_columns(proj), exp_show_columns(proj, "--only-changed")
     assert len(shown) <= 40, shown
     lines = compare_lines(proj)  # transposed: a row per parameter or metric, readable in 200 characters
     assert max(map(len, lines)) <= 200 and len(lines) == len(shown) - 1  # header, a row per column
     assert any(line.startswith("sample.rho ") and "[7, 72]" in line for line in lines)
-    assert {"models.aot_uncond.pool_size", "sample.rho", "guidance.weight_uncond",
+    assert {"pool_study.variants.pool128.pool_size", "sample.rho", "guidance.weight_uncond",
             "aot_vs_edm.cond.fd_heldout_rho72_nfe5.diff", "aot_vs_edm.cond.fd_heldout_rho72_nfe5.interval",
             "dg_edm_uncond.gain_fd_heldout_rho90_nfe5.gain", "floor.fd_heldout.value"} <= set(shown)
     # what the recipe leaves out is only what DVC always lists: each changed dependency's hash
     assert all(c.startswith("results/") or c == "params.yaml" for c in set(everything) - set(shown))
-
-    ran = _door_step(proj, "snakemake", EXPERIMENTS["rho"] | SNAKEMAKE_STEP)
-    assert {"pool_train@pool128", "pool_train@added2", "figures", "tables", "guided_sample@dg_edm_cond"} <= ran
-    assert not any(job.startswith(("train@", "sample@", "prepare_data", "pool_train@pool512")) for job in ran)
-    # The records of what reran carry the new values.
-    plan = Plan(load_params(proj / "params.yaml"), proj)
-    rec = json.loads((proj / plan.record_path(stage("pool_train"), "pool128")).read_text())
-    assert rec["params"]["pool_study.variants.pool128"]["pool_size"] == 96
-    rec = json.loads((proj / plan.record_path(stage("figures"), None)).read_text())
-    assert rec["params"]["sample.grid_steps"] == [2]
 
 
 @pytest.mark.slow
@@ -434,13 +427,13 @@ def test_dvc_experiments_and_apply_keep_both_doors_consistent(smoke_tree):
     data = exps["rho"]
     assert data["params"]["params.yaml"]["data"]["sample"]["rho"] == [7, 72]
     assert "aot_vs_edm.uncond.fd_heldout_rho72_nfe3" in data["metrics"]["results/smoke/metrics.json"]["data"]
-    assert exps["pool"]["params"]["params.yaml"]["data"]["models"]["aot_uncond"]["pool_size"] == 64
+    assert exps["pool"]["params"]["params.yaml"]["data"]["pool_study"]["variants"]["pool128"]["pool_size"] == 64
     checkpoints = Layout("smoke", proj).checkpoints("edm_uncond_s0")
     assert any(checkpoints.iterdir())
-    out = run(["dvc", "exp", "apply", "pool"], proj)  # the workspace held "rho" and a Snakemake run on top
+    out = run(["dvc", "exp", "apply", "pool"], proj)  # the workspace held "rho", Snakemake's run
     assert "failed" not in (out.stdout + out.stderr).lower()
     applied = load_params(proj / "params.yaml")
-    assert applied["models"]["aot_uncond"]["pool_size"] == 64 and applied["sample"]["rho"] == [7, 90]
+    assert applied["pool_study"]["variants"]["pool128"]["pool_size"] == 64 and applied["sample"]["rho"] == [7, 90]
     assert any(checkpoints.iterdir())  # not DVC's: left alone
     assert "Nothing to be done" in snakemake_plan(proj, targets=("all", "pool_study"))
     # Profiles keep their own outputs; the report lists tables and figures.
