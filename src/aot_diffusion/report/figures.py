@@ -31,7 +31,7 @@ def _save(fig, path):
     path = Path(path)
     for ext, dpi in (("png", 150), ("pdf", None)):
         with AtomicPath(path.with_suffix(f".{ext}"), suffix=f".{ext}") as tmp:
-            fig.savefig(tmp, dpi=dpi, format=ext)
+            fig.savefig(tmp, dpi=dpi, format=ext, bbox_inches="tight")  # a long title widens, never clips
     plt.close(fig)
 
 
