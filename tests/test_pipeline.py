@@ -201,7 +201,7 @@ def smoke_tree(tmp_path_factory):
     proj = copy_repo(tmp_path_factory.mktemp("smoke"))  # a DVC repository already (.dvc/config: hydra.enabled)
     assert "enabled = true" in (proj / ".dvc" / "config").read_text()
     add_toy_plugins(proj)
-    out = run(["snakemake", "--cores", "2", "--config", "profile=smoke", "train={pool_size: %d}" % SMOKE_POOL], proj)
+    out = run(["snakemake", "--cores", "2", "--config", *_overrides({"train.pool_size": SMOKE_POOL})[0]], proj)
     assert "up to date" in run(["dvc", "status"], proj).stdout  # a bare status: nothing of a study not asked for
     study = run(["snakemake", "--cores", "2", "pool_study"], proj)
     assert f"{POOL_STUDY_DVC}: written (the pool-size study ran)" in study.stdout + study.stderr
@@ -390,7 +390,8 @@ def test_parameter_changes_are_seen_whichever_door_ran_last(smoke_tree):
     """Snakemake (the baseline), a `dvc exp run`, then Snakemake saved with `dvc exp save`: two experiments,
     each one parameter away from the baseline, run one after another, so that each door follows the other.
     Each reruns exactly the jobs whose declared parameters (or those upstream) changed, their records carry the
-    new values, and then neither door has anything to do (`dvc exp apply` then Snakemake: the next test). The experiments fit a screen in `make compare` (<= 40 columns, 200 characters)."""
+    new values, and then neither door has anything to do (`dvc exp apply` then Snakemake: the next test). The
+    experiments fit a screen in `make compare` (<= 40 columns, 200 characters)."""
     proj, _, _ = smoke_tree
     run([*GIT, "add", "-A"], proj)  # the smoke run is committed already (the fixture): the baseline
     run([*GIT, "commit", "-qm", "baseline of the experiments", "--allow-empty"], proj)
