@@ -70,17 +70,34 @@ def test_a_wrong_plugin_stops_the_run_naming_the_parameter(project, kind, name, 
         compose("smoke", {"plugins": {kind: [name]}}, root=project)
 
 
-def test_a_plugin_edit_changes_the_records_of_what_imports_it_only(project):
+def test_a_plugin_edit_changes_the_records_of_what_uses_it_only(project):
     metric = _add(project, "metrics", "toy_brightness")
-    _add(project, "pairings", "toy_sorted")
-    p = compose("smoke", {"plugins": {"pairings": ["toy_sorted"], "metrics": ["toy_brightness"]}}, root=project)
+    pairing = _add(project, "pairings", "toy_sorted")
+    p = compose("smoke", {"plugins": {"pairings": ["toy_sorted"], "metrics": ["toy_brightness"]},
+                          "pool_study": {"variants": {"toy32": {"pairing": "toy_sorted", "pool_size": 32}}}},
+                root=project)
     jobs = [("fd_reference", None), ("fd", "edm_uncond_s0"), ("tables", None), ("pool_fd", "pool128"),
-            ("train", "edm_uncond_s0"), ("sample", "edm_uncond_s0"), ("train_discriminator", "dg_edm_uncond"),
+            ("train", "edm_uncond_s0"), ("train", "aot_uncond_s0"), ("pool_train", "toy32"),
+            ("pool_train", "pool128"), ("sample", "edm_uncond_s0"), ("train_discriminator", "dg_edm_uncond"),
             ("curvature", "aot_uncond_s0")]
-    before = {st: Plan(p, project).digest(stage(st), k) for st, k in jobs}
-    metric.write_text(metric.read_text() + "# edited\n")
-    after = Plan(p, project)
-    changed = {st: before[st] != after.digest(stage(st), k) for st, k in jobs}
-    assert changed == {"fd_reference": True, "fd": True, "tables": True, "pool_fd": True, "train": False,
-                       "sample": False, "train_discriminator": False, "curvature": False}
-    assert list(after.record(stage("train"), "edm_uncond_s0")["plugin_sha256"]) == ["plugins/pairings/toy_sorted.py"]
+
+    def digests():
+        plan = Plan(p, project)
+        return {(st, k): plan.digest(stage(st), k) for st, k in jobs}
+
+    def changed_by(path, text, docstring=False):
+        before, original = digests(), path.read_text()
+        path.write_text(original.replace('"""', '"""Edited. ', 1) if docstring else original + text)
+        try:
+            return {job for job, d in digests().items() if d != before[job]}
+        finally:
+            path.write_text(original)
+
+    # a comment or a docstring is not code
+    assert changed_by(metric, "# edited\n") == set() and changed_by(pairing, "", docstring=True) == set()
+    assert changed_by(metric, "EDITED = 1\n") == {("fd_reference", None), ("fd", "edm_uncond_s0"), ("tables", None),
+                                                  ("pool_fd", "pool128")}
+    assert changed_by(pairing, "EDITED = 1\n") == {("pool_train", "toy32")}  # its only user
+    record = Plan(p, project).record(stage("pool_train"), "toy32")
+    assert list(record["plugins"]) == ["plugins/pairings/toy_sorted.py"]
+    assert "plugins" not in Plan(p, project).record(stage("train"), "edm_uncond_s0")  # EDM runs no plugin

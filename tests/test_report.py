@@ -229,7 +229,7 @@ def test_pool_study_table_gains_ratio_and_figure(fixture_run, monkeypatch):
     p, L0 = fixture_run
     q, L = pool_study_view(p), L0.pool_study
     rng = np.random.default_rng(1)
-    step_ms = {}
+    step_ms, untimed = {}, list(p["pool_study"]["variants"])[-1]
     for k, (name, v) in enumerate(p["pool_study"]["variants"].items()):
         rows, feats = [], {}
         for steps in q["sample"]["steps"]:
@@ -245,31 +245,48 @@ def test_pool_study_table_gains_ratio_and_figure(fixture_run, monkeypatch):
         L.curvature_metrics(name).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(L.curvature_metrics(name), json.dumps(dict(
             curvature_mean=0.01 * (k + 1), truncation=[dict(steps=2, rho=7, nfe=3, error=0.5)])))
-        step_ms[name] = 100.0 + 10 * k  # sec_per_kimg * batch (32) / 1000 * 1000 ms
         L.loss_log(name).parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(dict(step=[2, 4, 6], kimg=[0.1, 0.2, 0.3], loss=[2.0, 1.5, 1.2],
-                          sec_per_kimg=[step_ms[name] / 32] * 3, pair_ms=[5.0, 0.0, 7.0],
                           paired_distance=[8.0 - (v["pairing"] != "none"), np.nan, 8.0 - (v["pairing"] != "none")],
                           random_distance=[8.0, np.nan, 8.0])).to_csv(L.loss_log(name), index=False)
+        if name == untimed:  # no timing log (trained before them, or elsewhere): left out of the cost table
+            continue
+        step_ms[name] = 100.0 + 10 * k  # sec_per_kimg * batch (32) / 1000 * 1000 ms
+        L.timing_log(name).parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(dict(step=[2, 4, 6], sec_per_kimg=[step_ms[name] / 32] * 3,
+                          pair_ms=[5.0, 0.0, 7.0])).to_csv(L.timing_log(name), index=False)
     drawn = {}
     real_save = figures._save
 
     def spy(fig, path):
         drawn["ticks"] = [t.get_text() for t in fig.get_axes()[0].get_xticklabels()]
         drawn["legend"] = " ".join(t.get_text() for t in fig.get_axes()[0].get_legend().get_texts())
+        drawn["titles"] = [a.get_title() for a in fig.get_axes()]
         real_save(fig, path)
 
     monkeypatch.setattr(figures, "_save", spy)
-    df = pool_study.write_pool_study(q, L, log=lambda m: None)
+    lines = []
+    df = pool_study.write_pool_study(q, L, log=lines.append)
     variants = p["pool_study"]["variants"]
     assert list(df["variant"]) == list(variants)
     base = next(n for n, v in variants.items() if v["pairing"] == "none")
     others = df[df["variant"] != base]
     assert (others["gain_nfe3_low"] > 0).all()  # every pairing variant clearly better at NFE 3
     assert ((others["gain_nfe5_low"] < 0) & (others["gain_nfe5_high"] > 0)).all()  # same distribution: noise
-    assert df.set_index("variant")["step_ratio"].to_dict() == pytest.approx(
-        {n: step_ms[n] / step_ms[base] for n in variants})
-    assert (df["pair_ms"] == 6.0).all() and (others["paired_distance"] == 7.0).all()  # windows without a pool skipped
+    assert (others["paired_distance"] == 7.0).all()  # windows without a pool skipped
+    # wall-clock cost: not in the tracked table, md, html, metrics or figure; in the untracked cost table
+    wall = ("pair_ms", "step_ms", "step_ratio")
+    assert not set(wall) & set(df.columns) and not set(wall) & set(pd.read_csv(L.study_table("csv")).columns)
+    assert not any(w in L.study_table(ext).read_text() for w in wall for ext in ("md", "html"))
+    assert drawn["titles"] == ["sample quality", "pairing distance"]  # no cost panel
+    assert L.study_cost == L0.root / "logs" / "smoke" / "pool_size_cost.csv"
+    assert L.timing_log("pool512") == L0.root / "logs" / "smoke" / "pool_size" / "pool512.timing.csv"
+    assert L0.timing_log("aot_uncond_s0") == L0.root / "logs" / "smoke" / "aot_uncond_s0.timing.csv"
+    cost = pd.read_csv(L.study_cost).set_index("variant")
+    assert list(cost.index) == [n for n in variants if n != untimed]
+    assert any("no timing log" in m and untimed in m for m in lines)
+    assert cost["step_ratio"].to_dict() == pytest.approx({n: step_ms[n] / step_ms[base] for n in cost.index})
+    assert (cost["pair_ms"] == 6.0).all()  # the mean over the windows in which a pool started
     pools = sorted(v["pool_size"] for v in variants.values() if v["pairing"] == "assignment")
     assert drawn["ticks"] == [str(s) for s in pools] and L.study_figure.exists()
     assert all(v["pairing"] in drawn["legend"] for v in variants.values())  # every pairing of the study is drawn

@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
                                         "or metric (`dvc exp show --only-changed`, dependency hashes dropped)")
     sp.add_argument("--csv", action="store_true", help="dvc exp show's own CSV (a column per parameter or metric)")
     sp.add_argument("dvc_args", nargs="*", help="passed on to dvc exp show (after --), e.g. -- -A")
+    sp = sub.add_parser("status", help="every job of the current parameters: current, stale (and why: parameter, "
+                                       "code, plugin, input file, upstream, hand edit, environment) or missing")
+    sp.add_argument("--params", default="params.yaml", help="the effective parameter file")
+    sp.add_argument("--all", action="store_true", help="list current jobs too")
+    sp.add_argument("--json", action="store_true", help="one JSON object per job")
     sp = sub.add_parser("rehearsal-inputs", help="write the rehearsal's stand-in inputs (CIFAR-10-format tarball, DG "
                                                  "classifier file, EDM network pickle) where its parameters name them")
     sp.add_argument("--released-pickle", default="data/rehearsal/network.pkl",
@@ -126,6 +131,14 @@ def main(argv=None) -> None:
             print("$ " + shlex.join(exp_show_command(*args.dvc_args)), file=sys.stderr)
             text = exp_show_csv(*args.dvc_args)
             return print(text if args.csv else transposed(text), end="\n" if not args.csv else "")
+        if args.command == "status":
+            import json
+
+            from .params import load_params
+            from .status import format_states, job_states
+
+            states = job_states(dag.Plan(load_params(args.params)))
+            return print("\n".join(json.dumps(s) for s in states) if args.json else format_states(states, args.all))
         if args.command == "rehearsal-inputs":
             from .params import compose
             from .rehearsal import write_inputs

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from .layout import FIGURE_NAMES, TABLE_NAMES, Layout
-from .plugins import KINDS, PLUGIN_DIR, plugin_digests, plugin_path
+from .plugins import PLUGIN_DIR, plugin_path
 from .params import NAME_PATTERN, PARAMS_FILE, ParamError, digest, instance_key, model_instances, select
 
 __all__ = ["Stage", "STAGES", "POOL_STUDY_STAGES", "RELEASED_STAGES", "ALL_STAGES", "Context", "Plan", "stage",
@@ -35,14 +35,29 @@ KEYED = ("model", "disc", "variant")  # what a stage runs once per: --model M, -
 _SAMPLING = ["sample.num_samples", "sample.seeds", "sample.batch_size", "sample.sigma_min", "sample.sigma_max"]
 _NET = ["device", "threads"]  # a stage that runs a network: where, and how many CPU threads (sums change with it)
 # where guidance is evaluated (params.guidance_settings)
-# The researcher's plugins (plugins.py) a stage imports: what pairs noise reads plugins.pairings, what scores
-# samples plugins.metrics. Declared like parameters, and the files are inputs (DVC: the folder; its foreach
-# can't list files from a parameter); the record holds each file's sha256 (Plan.record).
-_PAIRS, _SCORES = "plugins.pairings", "plugins.metrics"
+# The researcher's plugins (plugins.py): what scores samples runs every metric plugin (it declares the list;
+# the files are inputs, DVC: the folder); a training job runs its own model's pairing plugin, if any (its
+# file is an input). The record holds the code of each plugin a job uses (Plan.plugins_used).
+_SCORES = "plugins.metrics"
+AOT_SOURCE = "src/aot_diffusion/aot.py"  # the built-in pairings
 
 
 def _plugin_files(c: "Context", kind: str) -> list:
     return [PLUGIN_DIR / kind] if c.dvc else [plugin_path(kind, name) for name in c.p["plugins"][kind]]
+
+
+def _pairing_code(c: "Context", key) -> list:
+    """The code of the pairing a trained model uses: its plugin file, or the package's aot.py (DVC: the item's
+    ``pairing_code``, so a plugin edit reruns only the models that pair with it)."""
+    if c.template:
+        return ["${item.pairing_code}"]
+    return [c.pairing_code(key)]
+
+
+def _param_files(c: "Context", names) -> list:
+    """Files a stage reads through a parameter (e.g. DG's classifier), when set (Snakemake: inputs; both doors:
+    their sha256 in the record)."""
+    return [] if c.dvc else [c.p_value(n) for n in names if c.p_value(n)]
 
 
 _GUIDED_AT = ["guidance.sample_steps", "guidance.rho", "guidance.paper_setting_uncond", "guidance.paper_setting_cond"]
@@ -61,6 +76,8 @@ class Stage:
     plots: tuple = ()                                   # (x, y) for dvc plots of PLOT outputs
     kind: str = "network"                               # what it asks a cluster for: resources.<kind> (cluster.py)
     keys: Callable[["Context"], list] | None = None     # a subset of its `over` keys (default: all)
+    param_files: tuple = ()                             # parameters naming a file it reads (an input of the job)
+    pairs_noise: bool = False                           # trains with its model's pairing (plugin code it runs)
 
 
 class Context:
@@ -99,6 +116,26 @@ class Context:
             return "${item.weight}"
         cond = self.p["models"][self.p["guidance"]["discriminators"][disc]["model"]]["conditional"]
         return "guidance.weight_cond" if cond else "guidance.weight_uncond"
+
+    def p_value(self, name: str):
+        node = self.p
+        for part in name.split("."):
+            node = node[part]
+        return node
+
+    def pairing_of(self, key, variant: bool = False) -> str | None:
+        """The pairing a trained model (or a study variant) trains with; None: no pairing (EDM)."""
+        if variant:
+            pairing = self.p["pool_study"]["variants"][key]["pairing"]
+            return None if pairing == "none" else pairing
+        spec = self.p["models"][self.instances[key][0]]
+        return (spec.get("pairing") or self.p["train"]["pairing"]) if spec["aot"] else None
+
+    def pairing_code(self, key, variant: bool = False) -> str:
+        pairing = self.pairing_of(key, variant)
+        if pairing in self.p["plugins"]["pairings"]:
+            return str(plugin_path("pairings", pairing))
+        return AOT_SOURCE
 
     def guided_models(self) -> list:
         """The trained models that DG samples fakes of (first training seed of each guided model)."""
@@ -140,10 +177,10 @@ STAGES: list[Stage] = [
           outs=lambda L, c, k: {L.fd_reference: OUT, L.fd_floor: GIT},
           params=lambda c, k: ["seed", *_NET, "data.dataset", "sample.num_samples", "fd", _SCORES], gpus=_one_gpu),
     Stage("train", "train", "model", "train:train",
-          deps=lambda L, c, k: [L.dataset, *_plugin_files(c, "pairings")],
+          deps=lambda L, c, k: [L.dataset, *_pairing_code(c, k)],
           outs=lambda L, c, k: {L.network(k): OUT, L.loss_log(k): PLOT},
-          params=lambda c, k: ["seed", *_NET, *c.train_keys(), f"models.{c.spec_name(k)}", _PAIRS],
-          gpus=_ranks, plots=("kimg", "loss"), kind="train"),
+          params=lambda c, k: ["seed", *_NET, *c.train_keys(), f"models.{c.spec_name(k)}"],
+          gpus=_ranks, plots=("kimg", "loss"), kind="train", pairs_noise=True),
     Stage("sample", "sample", "model", "sample:sample",
           deps=lambda L, c, k: [L.network(k)],
           outs=lambda L, c, k: {L.samples(k): OUT},
@@ -166,19 +203,19 @@ STAGES: list[Stage] = [
                                "guidance.fake_seed_offset"], gpus=_one_gpu,
           keys=lambda c: c.guided_models()),
     Stage("train_encoder", "train-encoder", None, "guidance:train_encoder",
-          deps=lambda L, c, k: [L.dataset],
+          deps=lambda L, c, k: [L.dataset, *_param_files(c, ["guidance.adm_classifier"])],
           outs=lambda L, c, k: {L.encoder: OUT, L.encoder_metrics: GIT},
           params=lambda c, k: ["seed", *_NET, "guidance.encoder", "guidance.encoder_steps",
                                "guidance.encoder_batch_size", "guidance.encoder_lr", "guidance.adm_classifier"],
-          gpus=_one_gpu),
+          gpus=_one_gpu, param_files=("guidance.adm_classifier",)),
     Stage("train_discriminator", "train-discriminator", "disc", "guidance:train_discriminator",
-          deps=lambda L, c, k: [L.fakes(c.model_of(k)), L.dataset, L.encoder, *_plugin_files(c, "pairings")],
+          deps=lambda L, c, k: [L.fakes(c.model_of(k)), L.dataset, L.encoder],  # pairs by the built-in assignment
           outs=lambda L, c, k: {L.discriminator(k): OUT, L.discriminator_metrics(k): GIT,
                                 L.discriminator_curve(k): PLOT},
           params=lambda c, k: ["seed", *_NET, "data.dataset", f"guidance.discriminators.{k}",
                                "guidance.heldout_fraction", "guidance.head_channels", "guidance.head_depth",
                                "guidance.pool_size", "guidance.batch_size", "guidance.max_steps", "guidance.eval_every",
-                               "guidance.patience", "guidance.lr", "guidance.weight_decay", "train.solver", _PAIRS],
+                               "guidance.patience", "guidance.lr", "guidance.weight_decay", "train.solver"],
           gpus=_one_gpu,
           plots=("step", "val_bce")),
     Stage("guided_sample", "guided-sample", "disc", "guidance:guided_sample",
@@ -237,10 +274,12 @@ POOL_STUDY_STAGES: list[Stage] = [
     Stage("pool_train", "train", "variant", "train:train",
           # DVC: after pool_variants, which checks the name before DVC runs a command that holds it (Snakemake
           # checks names before it plans anything)
-          deps=lambda L, c, k: [L.dataset, *([L.pool_study.variant_spec(k)] if c.dvc else []), *_plugin_files(c, "pairings")],
+          # DVC: the plugin folder (its foreach reads the variants from params.yaml, which can't name a file)
+          deps=lambda L, c, k: [L.dataset, *([L.pool_study.variant_spec(k)] if c.dvc else []),
+                                *(_plugin_files(c, "pairings") if c.dvc else [c.pairing_code(k, variant=True)])],
           outs=lambda L, c, k: {L.pool_study.network(k): OUT, L.pool_study.loss_log(k): PLOT},
-          params=lambda c, k: ["seed", *_NET, "train", f"pool_study.variants.{k}", _PAIRS],
-          gpus=_ranks, plots=("kimg", "loss"), kind="train"),
+          params=lambda c, k: ["seed", *_NET, "train", f"pool_study.variants.{k}"],
+          gpus=_ranks, plots=("kimg", "loss"), kind="train", pairs_noise=True),
     Stage("pool_sample", "sample", "variant", "sample:sample",
           deps=lambda L, c, k: [L.pool_study.network(k)],
           outs=lambda L, c, k: {L.pool_study.samples(k): OUT},
@@ -273,7 +312,8 @@ RELEASED_STAGES: list[Stage] = [
     Stage("released_sample", "sample", "released", "sample:sample",
           deps=lambda L, c, k: [c.p["released_pickle"] or "released_pickle-is-not-set.pkl"],
           outs=lambda L, c, k: {L.released_samples: OUT},
-          params=lambda c, k: [*_NET, "released_pickle", "sample.steps", "sample.rho", *_SAMPLING], gpus=_one_gpu),
+          params=lambda c, k: [*_NET, "released_pickle", "sample.steps", "sample.rho", *_SAMPLING], gpus=_one_gpu,
+          param_files=("released_pickle",)),
     Stage("released_fd", "fd", "released", "evaluate:fd",
           deps=lambda L, c, k: [L.released_samples, L.fd_reference, L.feature_network, L.dataset, *_plugin_files(c, "metrics")],
           outs=lambda L, c, k: {L.released_fd: GIT, L.released_features: OUT},
@@ -348,14 +388,39 @@ class Plan:
     def upstream(self, st: Stage, key: str | None) -> list:
         return [self.producer[str(d)] for d in st.deps(self.L, self.ctx, key) if str(d) in self.producer]
 
+    def plugins_used(self, st: Stage, key: str | None) -> list:
+        """The plugin files whose code the job runs: every metric plugin where samples are scored, the pairing
+        plugin of the model a training job trains (none for EDM's, nor for the built-in pairings)."""
+        declared = self.declared(st, key)
+        used = [plugin_path("metrics", n) for n in self.p["plugins"]["metrics"]] if _SCORES in declared else []
+        if st.pairs_noise:
+            pairing = self.ctx.pairing_of(key, variant=st.over == "variant")
+            if pairing in self.p["plugins"]["pairings"]:
+                used.append(plugin_path("pairings", pairing))
+        return used
+
     def record(self, st: Stage, key: str | None) -> dict:
-        """What the stage reads (values) and the digests of the records it reads from."""
+        """What the job computed from: the values it reads, the digests of the records it reads from, its
+        command and code (provenance.code_of), the plugins it uses and the files it reads through a parameter.
+        All of it goes into the digest."""
+        from .provenance import code_of, content_sha256, plugin_digest
+
         ups = {job_id(*up): self.digest(*up) for up in self.upstream(st, key)}
         declared = self.declared(st, key)
-        record = {"stage": job_id(st, key), "params": select(self.p, declared), "upstream": dict(sorted(ups.items()))}
-        kinds = [k for k in KINDS if f"plugins.{k}" in declared]
-        if any(self.p["plugins"][k] for k in kinds):  # the code it imported (none: the record as before plugins)
-            record["plugin_sha256"] = plugin_digests(self.p, kinds, self.root)
+        record = {"stage": job_id(st, key), "params": select(self.p, declared), "upstream": dict(sorted(ups.items())),
+                  "command": command(st, key), "code": code_of(st.run)[1]}
+        plugins = self.plugins_used(st, key)
+        if plugins:
+            record["plugins"] = {str(path): plugin_digest(self.root / path) for path in plugins}
+        inputs = {}
+        for name in st.param_files:
+            value = self.ctx.p_value(name)
+            if value:
+                path = self.root / value
+                inputs[name] = {"path": str(value),
+                                "sha256": content_sha256(path, self.root, str(value)) if path.is_file() else "missing"}
+        if inputs:
+            record["inputs"] = inputs
         return record
 
     def digest(self, st: Stage, key: str | None) -> str:
@@ -367,11 +432,16 @@ class Plan:
     def record_path(self, st: Stage, key: str | None) -> Path:
         return self.L.record(job_id(st, key), self.digest(st, key))
 
-    def write_record(self, st: Stage, key: str | None) -> Path:
-        """Write the stage's record, the only one in its folder (torchrun: rank 0 writes)."""
+    def outputs(self, st: Stage, key: str | None) -> list:
+        return [str(path) for path in st.outs(self.L, self.ctx, key)]
+
+    def write_record(self, st: Stage, key: str | None, environment: dict | None = None) -> Path:
+        """Write the job's record, the only one in its folder (torchrun: rank 0 writes): the digested part,
+        then, outside the digest, the content of every output it wrote, the environment and the commit."""
         import json
         import os
 
+        from .provenance import git_state, output_state
         from .utils import atomic_write_text
 
         path = self.root / self.record_path(st, key)
@@ -380,10 +450,44 @@ class Plan:
             for old in path.parent.iterdir():
                 if old.name != path.name:
                     old.unlink()
-            atomic_write_text(path, json.dumps(dict(self.record(st, key), digest=self.digest(st, key)), indent=2) + "\n")
+            written = {rel: output_state(self.root / rel, self.root, rel) for rel in self.outputs(st, key)}
+            body = dict(self.record(st, key), digest=self.digest(st, key), outputs=written,
+                        environment=environment or {}, git=git_state(self.root))
+            atomic_write_text(path, json.dumps(body, indent=2) + "\n")
         return path
 
+    def read_record(self, st: Stage, key: str | None) -> dict | None:
+        """The job's record of the current digest, if there."""
+        import json
+
+        path = self.root / self.record_path(st, key)
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def hand_edited(self, st: Stage, key: str | None) -> list:
+        """Outputs of a finished job (its record of the current digest there) that are not what it wrote."""
+        from .provenance import changed_outputs
+
+        record = self.read_record(st, key)
+        if record is None or "outputs" not in record:
+            return []
+        return changed_outputs(record["outputs"], self.root)
+
+    def jobs(self):
+        return [(st, key) for st in ALL_STAGES for key in keys_of(st, self.ctx)]
+
+    def hand_edits(self) -> list:
+        """``[(stage, key, [changed outputs])]`` over every job with a record of the current digest."""
+        return [(st, key, changed) for st, key in self.jobs() if (changed := self.hand_edited(st, key))]
+
+    def withdraw_record(self, st: Stage, key: str | None) -> None:
+        """The job's record no longer describes its outputs: remove it, so that both doors rerun the job."""
+        (self.root / self.record_path(st, key)).unlink(missing_ok=True)
+
     def is_current(self, st: Stage, key: str | None) -> bool:
-        """Outputs there and made with the current parameters (its record of the current digest is there)."""
+        """Outputs there, made with the current parameters and code (its record of the current digest is
+        there), and still what the job wrote."""
         paths = [*st.outs(self.L, self.ctx, key), self.record_path(st, key)]
-        return all((self.root / path).exists() for path in paths)
+        return all((self.root / path).exists() for path in paths) and not self.hand_edited(st, key)

@@ -13,6 +13,7 @@ from .dag import (POOL_STUDY_DVC, POOL_STUDY_STAGES, STAGES, GIT, METRIC, OUT, P
                   job_id, keys_of)
 from .layout import FIGURE_NAMES, Layout
 from .params import DISCRIMINATOR, VARIANT
+from .provenance import code_files
 
 __all__ = ["dvc_yaml", "pool_study_dvc_yaml", "write_pool_study_dvc_yaml", "dvc_commit_targets"]
 
@@ -38,7 +39,7 @@ def _dvc_entry(st: Stage, ctx: Context, key, wdir: str | None = None) -> dict:
     outs.append(str(L.records(job_id(st, key))))
     entry = {"wdir": wdir} if wdir else {}
     entry["cmd"] = command(st, key)
-    deps = [str(d) for d in st.deps(L, ctx, key)]
+    deps = [str(d) for d in st.deps(L, ctx, key)] + code_files(st.run)  # the code it runs (provenance.py)
     if deps:
         entry["deps"] = deps
     entry["params"] = [leaf for name in st.params(ctx, key) for leaf in _leaves(ctx.p, name)]
@@ -86,7 +87,8 @@ def dvc_yaml(p: Mapping) -> str:
         if st.over is None:
             stages[st.name] = _dvc_entry(st, ctx, None)
         elif st.over == "model":
-            items = {m: {"model": ctx.spec_name(m), "setting": ctx.setting_key(m)} for m in keys_of(st, ctx)}
+            items = {m: {"model": ctx.spec_name(m), "setting": ctx.setting_key(m), "pairing_code": ctx.pairing_code(m)}
+                     for m in keys_of(st, ctx)}
             stages[st.name] = {"foreach": items, "do": _dvc_entry(st, tmpl, "${key}")}
         else:
             items = {d: {"instance": ctx.model_of(d), "weight": ctx.weight_key(d),

@@ -15,7 +15,7 @@ import yaml
 
 from .params import ParamError
 
-__all__ = ["check_dag_shape", "refuse_if_dvc_running", "refuse_if_snakemake_running", "record_in_dvc",
+__all__ = ["check_dag_shape", "report_environment", "refuse_if_dvc_running", "refuse_if_snakemake_running", "record_in_dvc",
            "acquire_run_lock", "release_run_lock", "check_run_lock"]
 
 
@@ -33,6 +33,39 @@ def check_dag_shape(p, root: Path | str = ".") -> None:
         raise ParamError(f"parameters 'models' x 'train.seeds' / 'guidance.discriminators' ({list(model_instances(p))}, "
                          f"{list(p['guidance']['discriminators'])}) differ from the DAG in dvc.yaml ({models}, {discs}); "
                          "edit conf/config.yaml and regenerate it: aot-diffusion dvc-yaml")
+    from .dag import Context
+
+    ctx = Context(p)
+    for model, item in stages["train"]["foreach"].items():
+        if item.get("pairing_code") != ctx.pairing_code(model):
+            raise ParamError(f"model {model} now trains with the code in {ctx.pairing_code(model)}, while dvc.yaml names "
+                             f"{item.get('pairing_code')} as its dependency: set the pairing in conf/ and regenerate "
+                             "dvc.yaml (aot-diffusion dvc-yaml), so that DVC sees edits of that file")
+
+
+def report_environment(plan, file=sys.stderr) -> list:
+    """Say, before anything runs, when the current results were made with other software or on another device
+    than this run has ("results were made with torch X on cpu; this run has torch Y on cuda"). They rerun only
+    when asked (--forceall, dvc repro -f): the numbers move in the last digits, not the conclusions."""
+    from .provenance import environment_changes, software
+
+    device = plan.p["device"]
+    if device == "auto":  # as params.device_of decides, without importing torch into the planner
+        device = "cuda" if Path("/dev/nvidia0").exists() else "cpu"
+    current, lines = software(device, plan.p["threads"]), {}
+    for st, key in plan.jobs():
+        record = plan.read_record(st, key)
+        if not record or not record.get("environment"):
+            continue
+        recorded = record["environment"]
+        uses_device = "device" in plan.declared(st, key)
+        changes = environment_changes(recorded, dict(current, device=current["device"] if uses_device else "cpu"))
+        if changes:
+            lines.setdefault("; ".join(changes), []).append(record["stage"])
+    for change, jobs in lines.items():
+        print(f"environment: {len(jobs)} current result(s) (e.g. {jobs[0]}) were made with other software or "
+              f"hardware than this run has: {change}", file=file)
+    return list(lines)
 
 
 def _dvc_lock_held(root: Path) -> bool:

@@ -33,6 +33,7 @@ class Layout:
     def __init__(self, profile: str, root: Path | str = ".", study: str | None = None):
         self.profile = profile
         self.root = Path(root)
+        self.study = study
         self.results = self.root / "results" / profile
         self.figures = self.root / "figures" / profile
         # Per-model outputs: a study's models (its variants) live in its own folder; data and the FD
@@ -170,6 +171,19 @@ class Layout:
     # parameter records: what each finished stage read (dag.Plan); one folder per job, one file per digest
     def job_log(self, job: str):  # what a Snakemake job printed (logs/ is not an output of either door's DAG)
         return self.root / "logs" / self.profile / f"{job}.log"
+
+    # wall-clock measurements, kept out of every tracked output (two identical runs give identical bytes):
+    # under logs/, which is git-ignored and in neither door's DAG
+    @property
+    def logs(self):  # logs/<profile>/, and a study's own folder in it (its variants are not the main models)
+        return self.root / "logs" / self.profile / (self.study or "")
+
+    def timing_log(self, model):  # training time per logging window (step, sec_per_kimg, pair_ms)
+        return self.logs / f"{model}.timing.csv"
+
+    @property
+    def study_cost(self):  # the pool-size study's pairing and step times, from its variants' timing logs
+        return self.root / "logs" / self.profile / "pool_size_cost.csv"
 
     def records(self, job: str):
         return self.results / "records" / job

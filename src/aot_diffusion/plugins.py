@@ -3,8 +3,9 @@ and ``plugins/metrics/``, named in params.yaml (``plugins.pairings``, ``plugins.
 
 The schema imports them before it judges anything (so ``train.pairing`` or a study variant may name a pairing
 that a plugin registers), every stage process imports them the same way, and the stages that pair noise or
-score samples declare the list and depend on the files: a plugin's name *and its content* are part of those
-jobs' parameter records (dag.Plan.record), so an edit reruns what it affects, at either front door.
+score samples declare the list; a plugin's name *and its code* are part of the records of the jobs that use
+it (dag.Plan.plugins_used: scoring jobs every metric plugin, a training job its own pairing's), so an edit
+reruns what it affects, at either front door.
 A file under ``pairings`` must register pairings only (aot.register_pairing), one under ``metrics`` metrics only
 (metrics.scores.register_metric): which list names a file decides which jobs rerun when it changes.
 """
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Mapping
 
-__all__ = ["KINDS", "plugin_path", "load_plugins", "plugin_digests"]
+__all__ = ["KINDS", "plugin_path", "load_plugins"]
 
 PLUGIN_DIR = Path("plugins")
 KINDS = ("pairings", "metrics")
@@ -78,14 +79,3 @@ def load_plugins(p: Mapping, root: Path | str = ".") -> None:
                 raise ParamError(f"parameter {where!r}: {rel} registered no {kind[:-1]} (use "
                                  f"{'aot.register_pairing' if kind == 'pairings' else 'metrics.scores.register_metric'})")
             _LOADED[module] = content
-
-
-def plugin_digests(p: Mapping, kinds, root: Path | str = ".") -> dict:
-    """sha256 of each plugin file of ``kinds``: what a parameter record holds of the code a stage imported."""
-    out = {}
-    for kind in kinds:
-        for name in p.get("plugins", {}).get(kind, []):
-            path = Path(root) / plugin_path(kind, name)
-            out[str(plugin_path(kind, name))] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() \
-                else "missing"
-    return out

@@ -170,10 +170,11 @@ def _check_data(images, labels, num_classes, conditional):
 
 def train(cfg: TrainConfig, images: torch.Tensor, labels: Optional[torch.Tensor], *, out_path, checkpoint_dir,
           num_classes: int = 0, augment: Optional[Callable] = None, log: Callable[[str], None] = print,
-          stop_after: Optional[int] = None, deadline: Optional[float] = None) -> dict:
+          stop_after: Optional[int] = None, deadline: Optional[float] = None, resume_key: str = "") -> dict:
     """Train and write the EMA network to ``out_path``; ``images`` float in [-1, 1], [N, C, H, W], ``labels``
     int ids. Resumes from ``checkpoint_dir`` (checkpoint.pt, else checkpoint.prev.pt) when it holds a
-    checkpoint of the same config *and* training data; a stale one (other config or data) is moved aside
+    checkpoint of the same config *and* training data (and ``resume_key``: the pipeline passes the job's record
+    digest, so code and plugin edits count too); a stale one (other config, data or key) is moved aside
     as ``*.stale`` with a log line and training starts afresh; an unreadable checkpoint or a corrupt line
     in loss.jsonl is moved aside as ``*.corrupt`` and training resumes from the previous good state.
     ``stop_after`` ends the process early after that many steps (tests of resume) without writing out_path.
@@ -206,7 +207,11 @@ def train(cfg: TrainConfig, images: torch.Tensor, labels: Optional[torch.Tensor]
 
     if world > 1 and rank != 0:  # rank 0 repairs the checkpoint folder first; the others read what it left
         dist.barrier()
-    state, rows = resume_state(ckpt_path, log_path, fingerprint=cfg.fingerprint(), data_fingerprint=data_fp,
+    # ``resume_key``: the job's record digest (its parameters, code and plugins), so a checkpoint is resumed
+    # only by the job that made it
+    fingerprint = cfg.fingerprint() if not resume_key else \
+        hashlib.sha256(f"{cfg.fingerprint()} {resume_key}".encode()).hexdigest()[:16]
+    state, rows = resume_state(ckpt_path, log_path, fingerprint=fingerprint, data_fingerprint=data_fp,
                                log_every=cfg.log_every, device=device, repair=rank == 0, log=log)
     step = 0
     if state is not None:
@@ -292,6 +297,8 @@ def train(cfg: TrainConfig, images: torch.Tensor, labels: Optional[torch.Tensor]
                 elapsed = time.perf_counter() - t_log
                 if not stats["paired"]:  # a pool outlasted the window: report the pool it trained on
                     stats.update(pair_ms=[pool.pair_ms], paired=[pool.paired_distance], random=[pool.random_distance])
+                # sec_per_kimg and pair_ms are wall-clock: the train stage keeps them out of the tracked loss.csv
+                # (stages.train.TIMING_FIELDS) and writes them to the untracked timing log (Layout.timing_log)
                 row = dict(step=step, kimg=step * cfg.batch_size / 1000, loss=float(stats["loss"]) / max(stats["n"], 1),
                            sec_per_kimg=elapsed / max(stats["n"] * cfg.batch_size / 1000, 1e-9),
                            pair_ms=float(np.mean(stats["pair_ms"])), paired_distance=float(np.mean(stats["paired"])),
@@ -311,7 +318,7 @@ def train(cfg: TrainConfig, images: torch.Tensor, labels: Optional[torch.Tensor]
             if saving or step == cfg.total_steps:
                 if rank == 0:
                     save_checkpoint(dict(net=net.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(),
-                                         step=step, fingerprint=cfg.fingerprint(), data_fingerprint=data_fp),
+                                         step=step, fingerprint=fingerprint, data_fingerprint=data_fp),
                                     ckpt_path)
                 if world > 1:
                     dist.barrier()

@@ -14,6 +14,14 @@ PLAN = dag.Plan(P)
 L, CTX = PLAN.L, PLAN.ctx
 THREADS = P["threads"]
 
+# A finished job whose output was edited since it wrote it (its record holds the sha256 of each output): its
+# record is withdrawn, so the job reruns and the edited bytes never reach dvc.lock (frontdoors.record_in_dvc).
+for _st, _key, _changed in PLAN.hand_edits():
+    print(f"hand edit: {', '.join(_changed)} differ(s) from what job {dag.job_id(_st, _key)} wrote; it reruns",
+          file=sys.stderr)
+    PLAN.withdraw_record(_st, _key)
+frontdoors.report_environment(PLAN)  # results made with other software or on another device: said first
+
 
 def stage_input(st, key):
     """Inputs (data, and the parameter records of the jobs it reads from), as `ancient`: file times don't

@@ -8,6 +8,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+# TrueType (Type 42) fonts in PDF and PS: text a paper's editor can search and edit, and no Type 3 fonts
+matplotlib.rcParams["pdf.fonttype"] = 42
+matplotlib.rcParams["ps.fonttype"] = 42
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -31,8 +34,15 @@ def _save(fig, path):
     path = Path(path)
     for ext, dpi in (("png", 150), ("pdf", None)):
         with AtomicPath(path.with_suffix(f".{ext}"), suffix=f".{ext}") as tmp:
-            fig.savefig(tmp, dpi=dpi, format=ext, bbox_inches="tight")  # a long title widens, never clips
+            fig.savefig(tmp, dpi=dpi, format=ext, bbox_inches="tight",  # a long title widens, never clips
+                        metadata=FIXED_METADATA[ext])
     plt.close(fig)
+
+
+# Metadata without a date, so equal figures are equal bytes (tracked outputs of two identical runs). PDF:
+# matplotlib writes CreationDate (the time of saving, or SOURCE_DATE_EPOCH) unless it is None; ModDate only
+# when given. PNG: matplotlib writes only Software (its version), never a date (no tIME chunk).
+FIXED_METADATA = {"pdf": {"CreationDate": None, "ModDate": None}, "png": None}
 
 
 def _plain(value, _pos=None) -> str:
@@ -308,6 +318,6 @@ def export_grid(params_path, model: str, steps: int, rho: float, seed=None, coun
     paths = [L.sample_grid(model, steps, rho, seed, ext) for ext in ("png", "pdf")]
     for path in paths:
         with AtomicPath(path, suffix=path.suffix) as tmp:
-            fig.savefig(tmp, dpi=150, format=path.suffix[1:])
+            fig.savefig(tmp, dpi=150, format=path.suffix[1:], metadata=FIXED_METADATA[path.suffix[1:]])
     plt.close(fig)
     return paths

@@ -65,8 +65,11 @@ class Run:
         return self.params["guidance"]["discriminators"][disc]
 
     def write_record(self) -> None:
-        """The evidence of what this run computed from: written last, the only record in its folder."""
-        self.plan.write_record(self.stage, self.key)
+        """The evidence of what this run computed from and wrote: written last, the only record in its folder."""
+        from ..provenance import environment
+
+        uses_net = "device" in self.plan.declared(self.stage, self.key)
+        self.plan.write_record(self.stage, self.key, environment(self.device if uses_net else "cpu"))
 
     @staticmethod
     def write_json(path, obj) -> None:

@@ -55,14 +55,26 @@ def train_config(run: Run, model: str, data: dict) -> TrainConfig:
                        **kwargs)
 
 
-def _loss_csv(jsonl, out) -> None:
-    """The loss log as CSV, which `dvc plots` reads (x: kimg, y: loss)."""
-    rows = [json.loads(line) for line in open(jsonl) if line.strip()]
-    cols = list(rows[0]) if rows else ["step", "kimg", "loss"]
+# Wall-clock fields of a loss-log row (training.train): never in the tracked loss.csv, whose bytes must be the
+# same for two identical runs; they go to the untracked timing log (Layout.timing_log) instead.
+TIMING_FIELDS = ("sec_per_kimg", "pair_ms")
+
+
+def _write_csv(rows, cols, out) -> None:
     with AtomicPath(out, suffix=".csv") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+
+
+def _loss_csv(jsonl, out, timing=None) -> None:
+    """The loss log as CSV, which `dvc plots` reads (x: kimg, y: loss): the deterministic fields only. The
+    wall-clock ones (TIMING_FIELDS), with the step, go to ``timing`` when given."""
+    rows = [json.loads(line) for line in open(jsonl) if line.strip()]
+    cols = [c for c in (list(rows[0]) if rows else ["step", "kimg", "loss"]) if c not in TIMING_FIELDS]
+    _write_csv(rows, cols, out)
+    if timing is not None:
+        _write_csv(rows, ["step", *TIMING_FIELDS], timing)
 
 
 def train(run: Run, stop_after: int | None = None) -> None:
@@ -81,7 +93,8 @@ def train(run: Run, stop_after: int | None = None) -> None:
     ckpt = run.layout.checkpoints(model)
     result = train_loop(cfg, torch.as_tensor(d["train_images"]), torch.as_tensor(d["train_labels"]),
                         out_path=run.layout.network(model), checkpoint_dir=ckpt, num_classes=int(d["num_classes"]),
-                        augment=augment, log=run.log, stop_after=stop_after, deadline=job_deadline())
+                        augment=augment, log=run.log, stop_after=stop_after, deadline=job_deadline(),
+                        resume_key=run.plan.digest(run.stage, run.key))
     if result.get("deadline"):  # the job's time is nearly up: the rule's retries resubmit and resume
         run.log(f"stopped at step {result['step']} before the job's time limit; exit {RESUBMIT_EXIT}: run again "
                 f"to resume from the checkpoint")
@@ -90,4 +103,7 @@ def train(run: Run, stop_after: int | None = None) -> None:
         run.log(f"stopped after step {result['step']} (--stop-after); rerun to resume")
         return False
     if int(os.environ.get("RANK", "0")) == 0:
-        _loss_csv(ckpt / "loss.jsonl", run.layout.loss_log(model))
+        _loss_csv(ckpt / "loss.jsonl", run.layout.loss_log(model), timing=run.layout.timing_log(model))
+        # finished: the network is the result, and a later (forced or changed) run of this job starts afresh
+        for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+            (ckpt / name).unlink(missing_ok=True)
