@@ -1,6 +1,7 @@
 """The pipeline: one stage table drives both front doors (Snakemake rules, generated dvc.yaml); the smoke
 profile runs end to end in a temporary copy of the repository, with its outputs and shared state checked."""
 
+import contextlib
 import csv
 import io
 import json
@@ -39,7 +40,12 @@ def copy_repo(dst: Path) -> Path:
 
 
 def run(cmd, cwd, check=True, timeout=1200):
-    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    # a copy of the project runs its own code (its src/ before the installed package), so editing it there
+    # is an edit of what its jobs run
+    env = dict(os.environ)
+    if (Path(cwd) / "src" / "aot_diffusion").is_dir():
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(cwd) / "src"), env.get("PYTHONPATH")]))
+    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and out.returncode != 0:
         raise AssertionError(f"{cmd} failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
     return out
@@ -259,7 +265,7 @@ def test_a_plugin_pairing_and_metric_run_through_the_smoke_run(smoke_tree):
     assert toy["toy_brightness_nfe3_low"] <= toy["toy_brightness_nfe3"] <= toy["toy_brightness_nfe3_high"]
     record = json.loads((proj / Plan(p, proj).record_path(stage("pool_train"), "toy32")).read_text())
     assert record["params"]["pool_study.variants.toy32"]["pairing"] == "toy_sorted"
-    assert list(record["plugin_sha256"]) == ["plugins/pairings/toy_sorted.py"]  # pairing plugins only
+    assert list(record["plugins"]) == ["plugins/pairings/toy_sorted.py"]  # its own pairing only
     # the toy metric: floor row, every model's rows, metrics.json
     t1 = pd.read_csv(L.table("table1_fd_vs_nfe"))
     assert t1["toy_brightness"].notna().all() and ((t1["toy_brightness_low"] <= t1["toy_brightness"])
@@ -272,22 +278,147 @@ def test_a_plugin_pairing_and_metric_run_through_the_smoke_run(smoke_tree):
     assert "edm_uncond.toy_brightness_rho7_nfe5" in metrics
     assert "toy_brightness" in pd.read_csv(L.hybrid_fd).columns and "toy_brightness" in pd.read_csv(L.guided_fd(
         next(iter(p["guidance"]["discriminators"])))).columns  # every caller scores through one registry
-    # an edit reruns what imports the file: a metric plugin rescoring, a pairing plugin retraining
+    # an edit reruns what uses the file: a metric plugin rescoring, a pairing plugin retraining its one user
     for kind, name in TOY_PLUGINS.items():
-        path = proj / "plugins" / kind / f"{name}.py"
-        original = path.read_text()
-        path.write_text(original + "# edited\n")
-        try:
+        with edited(proj, f"plugins/{kind}/{name}.py", "EDITED = 1\n"):
             planned = planned_jobs(snakemake_plan(proj, targets=("all", "pool_study")))
-        finally:
-            path.write_text(original)
+            stale = dvc_changed(proj)
         if kind == "metrics":
             assert {"fd_reference", "fd", "guided_fd", "hybrid", "tables", "pool_fd", "pool_study"} <= set(planned)
             assert not {"train", "pool_train", "sample", "train_discriminator"} & set(planned), planned
-        else:
-            assert planned["train"] == len(Plan(p).ctx.models) and planned["pool_train"] == len(p["pool_study"]["variants"])
-            assert planned["train_discriminator"] == len(p["guidance"]["discriminators"]) and "fd_reference" not in planned
+        else:  # the variant that pairs with it (from step 0: no checkpoint outlives a finished training)
+            assert {k: planned.get(k) for k in ("pool_train", "pool_sample", "pool_fd", "pool_curvature")} == dict.fromkeys(
+                ("pool_train", "pool_sample", "pool_fd", "pool_curvature"), 1) and "train" not in planned, planned
+            assert not list((proj / "results" / "smoke").rglob("checkpoint*.pt"))
+            assert "pool_train@toy32" in stale and not any(j.startswith("train@") for j in stale), stale
     assert "Nothing to be done" in snakemake_plan(proj, targets=("all", "pool_study"))  # the original content again
+
+
+SAMPLING, FIGURES = "src/aot_diffusion/sampling.py", "src/aot_diffusion/report/figures.py"
+NEVER_SAMPLES = {"prepare_data", "feature_network", "fd_reference", "train", "train_encoder", "pool_train"}
+
+
+@pytest.mark.slow
+def test_a_code_edit_reruns_what_runs_that_code_at_both_doors(smoke_tree):
+    """What reruns when (README): a sampler edit reruns sampling and all downstream and no training, a figure
+    edit the figures only, a docstring nothing at the Snakemake door; DVC names the edited file."""
+    proj = smoke_tree[0]
+    with edited(proj, SAMPLING, "\n_EDITED = 1\n"):
+        planned = planned_jobs(snakemake_plan(proj, targets=("all", "pool_study")))
+        stale = dvc_changed(proj)
+        status = run(["aot-diffusion", "status"], proj).stdout
+    assert {"sample", "fake_samples", "train_discriminator", "guided_sample", "curvature", "hybrid", "fd", "tables",
+            "figures", "pool_sample", "pool_study"} <= set(planned) and not NEVER_SAMPLES & set(planned), planned
+    assert any("modified: src/aot_diffusion/sampling.py" in line for line in stale["sample@edm_uncond_s0"]), stale
+    assert not any(j.split("@")[0] in NEVER_SAMPLES for j in stale), stale
+    assert re.search(r"^sample@edm_uncond_s0\s+stale\s+code src/aot_diffusion/sampling.py$", status, re.M), status
+    assert re.search(r"^tables\s+stale\s+upstream ", status, re.M) and not re.search(r"^train@", status, re.M)
+    with edited(proj, FIGURES, "\n_EDITED = 1\n"):
+        assert planned_jobs(snakemake_plan(proj)) == {"figures": 1, "all": 1, "total": 2}
+        assert set(dvc_changed(proj)) == {"figures"}
+    with edited(proj, SAMPLING, docstring=True):  # not code: no digest changes (DVC hashes the file: below)
+        assert "Nothing to be done" in snakemake_plan(proj, targets=("all", "pool_study"))
+
+
+@pytest.mark.slow
+def test_code_edits_rerun_through_either_door_and_the_other_agrees(smoke_tree):
+    """Both orders on the cheapest stage: DVC reruns the figures after an edit (a docstring edit too: DVC hashes
+    files; the figures come out byte-identical, so nothing downstream moves) and Snakemake then has nothing to do;
+    Snakemake reruns them after a code edit and dvc status then agrees."""
+    proj = smoke_tree[0]
+    lock = (proj / "dvc.lock").read_text()
+    figures = {f: f.read_bytes() for f in (proj / "figures" / "smoke").glob("*.*")}
+    with edited(proj, FIGURES, docstring=True):
+        assert _ran(run(["dvc", "repro", *BOTH], proj).stdout) == {"figures"}
+        assert "Nothing to be done" in snakemake_plan(proj)
+        assert {f: f.read_bytes() for f in figures} == figures  # same code: the same bytes
+    with edited(proj, FIGURES, "\n_EDITED = 1\n"):
+        assert _ran(run(["snakemake", "--cores", "2"], proj).stdout) == {"figures"}
+        assert "up to date" in run(["dvc", "status", *BOTH], proj).stdout
+    run(["snakemake", "--cores", "2"], proj)  # the original code again (the figures' bytes don't change)
+    assert "up to date" in run(["dvc", "status", *BOTH], proj).stdout
+    assert {f: f.read_bytes() for f in figures} == figures
+
+
+@pytest.mark.slow
+def test_a_forced_retrain_after_a_loss_edit_is_a_new_network_and_reruns_are_byte_identical(smoke_tree):
+    """The checkpoint of a finished training is gone, and one of other code is never resumed: a forced retrain
+    after a loss.py edit trains afresh into another network; back on the original code a forced retrain (and a
+    forced report) gives the committed bytes again, so dvc.lock does not move."""
+    proj = smoke_tree[0]
+    L, job = Layout("smoke", proj), "train@edm_uncond_s0"
+    network, lock = L.network("edm_uncond_s0").read_bytes(), (proj / "dvc.lock").read_text()
+    force = ["snakemake", "--cores", "2", "--forcerun", job, "--until", job]
+    with edited(proj, "src/aot_diffusion/loss.py", "\n_EDITED = 1\n"):  # a new digest, the same loss
+        first = run(force, proj).stdout
+    with edited(proj, "src/aot_diffusion/loss.py") as path:
+        path.write_text(path.read_text().replace("return loss_weight(", "return 1.5 * loss_weight(", 1))  # other numbers
+        changed = run(force, proj)
+        assert "resumed" not in first + changed.stdout and "step 6/6" in changed.stdout
+        assert L.network("edm_uncond_s0").read_bytes() != network
+    run(["snakemake", "--cores", "2", "--forcerun", job, "figures", "tables"], proj)
+    assert L.network("edm_uncond_s0").read_bytes() == network
+    assert (proj / "dvc.lock").read_text() == lock  # every output of the reruns hashed as before
+    assert "up to date" in run(["dvc", "status", *BOTH], proj).stdout
+
+
+@pytest.mark.slow
+def test_a_hand_edited_output_is_rebuilt_and_never_recorded(smoke_tree):
+    proj = smoke_tree[0]
+    samples = Layout("smoke", proj).samples("edm_uncond_s0")
+    lock, original = (proj / "dvc.lock").read_text(), samples.read_bytes()
+    arrays = dict(np.load(samples))
+    key = next(iter(arrays))
+    arrays[key] = np.zeros_like(arrays[key])
+    np.savez(samples, **arrays)
+    assert re.search(r"^sample@edm_uncond_s0\s+stale\s+hand edit results/smoke/samples/edm_uncond_s0.npz$",
+                     run(["aot-diffusion", "status"], proj).stdout, re.M)
+    out = run(["snakemake", "--cores", "2"], proj)
+    assert "results/smoke/samples/edm_uncond_s0.npz differ(s) from what job sample@edm_uncond_s0 wrote" in out.stderr
+    assert _ran(out.stdout) == {"sample@edm_uncond_s0"} and samples.read_bytes() == original
+    assert (proj / "dvc.lock").read_text() == lock and "up to date" in run(["dvc", "status", *BOTH], proj).stdout
+
+
+@pytest.mark.slow
+def test_a_changed_environment_is_said_first_and_reruns_nothing(smoke_tree):
+    proj = smoke_tree[0]
+    plan = Plan(load_params(proj / "params.yaml"), proj)
+    path = proj / plan.record_path(stage("sample"), "edm_uncond_s0")
+    original = path.read_text()
+    record = json.loads(original)
+    record["environment"]["torch"] = "1.0.0"
+    path.write_text(json.dumps(record))
+    try:
+        out = snakemake_plan(proj)
+        assert "Nothing to be done" in out and re.search(r"environment: 1 current result.*torch 1.0.0 -> ", out), out
+        assert re.search(r"^sample@edm_uncond_s0\s+current\s+environment torch 1.0.0 -> ",
+                         run(["aot-diffusion", "status"], proj).stdout, re.M)
+    finally:
+        path.write_text(original)
+
+
+@contextlib.contextmanager
+def edited(proj, rel, text="", docstring=False):
+    """``rel`` with ``text`` appended (``docstring``: its first docstring reworded) while the block runs."""
+    path = proj / rel
+    original = path.read_text()
+    path.write_text(original.replace('"""', '"""Reworded. ', 1) if docstring else original + text)
+    try:
+        yield path
+    finally:
+        path.write_text(original)
+
+
+def dvc_changed(proj) -> dict:
+    """`dvc status` of both pipeline files: {job: the lines DVC printed under it}."""
+    out, jobs, job = run(["dvc", "status", *BOTH], proj).stdout, {}, None
+    for line in out.splitlines():
+        if re.match(r"^[\w@./:-]+:$", line):
+            job = line[:-1].rpartition(":")[2] if ".yaml:" in line else line[:-1]
+            jobs[job] = []
+        elif job and line.strip():
+            jobs[job].append(line.strip())
+    return jobs
 
 
 def snakemake_plan(proj, *config, targets=("all",)):

@@ -201,3 +201,59 @@ def test_an_undeclared_read_stops_the_stage_through_the_cli(tmp_path, monkeypatc
     err = capsys.readouterr().err
     assert "stage 'prepare_data' read parameter 'train'" in err
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("*.json"))  # no record
+
+
+# ------------------------------------------------------------------------- code, inputs and outputs (provenance.py)
+
+def test_only_code_changes_a_normalized_digest():
+    from aot_diffusion.provenance import normalized_digest
+
+    src = 'def f(x):\n    """Doc."""\n    return x + 1  # one\n'
+    same = ['def f(x):\n    """Other doc."""\n    return x + 1\n', "# a comment\ndef f( x ):\n\n    return (x + 1)\n"]
+    other = ['def f(x):\n    return x + 2\n', 'def f(x):\n    """Doc."""\n    return x + 1\nY = 0\n']
+    assert all(normalized_digest(s) == normalized_digest(src) for s in same)
+    assert all(normalized_digest(s) != normalized_digest(src) for s in other)
+
+
+def test_a_jobs_code_is_its_import_closure_read_from_the_source():
+    from aot_diffusion.provenance import code_files, code_of
+
+    train, sample, figures = (set(code_files(st.run)) for st in map(dag.stage, ("train", "sample", "figures")))
+    assert {"src/aot_diffusion/training.py", "src/aot_diffusion/loss.py", "src/aot_diffusion/aot.py"} <= train
+    assert "src/aot_diffusion/sampling.py" not in train and "src/aot_diffusion/sampling.py" in sample
+    assert "src/aot_diffusion/report/figures.py" in figures and not any("report/" in f for f in train | sample)
+    assert not {"src/aot_diffusion/dag.py", "src/aot_diffusion/cli.py"} & (train | sample | figures)
+    # one stage module, several functions: each job counts only its own function and the helpers it reaches
+    assert code_of("evaluate:fd")[1]["src/aot_diffusion/stages/evaluate.py:fd"] != \
+        code_of("evaluate:curvature")[1]["src/aot_diffusion/stages/evaluate.py:curvature"]
+    assert "src/aot_diffusion/metrics/curvature.py" not in code_files("evaluate:fd")
+
+
+def test_a_file_named_by_a_parameter_is_an_input_of_its_job(tmp_path):
+    p = compose("rehearsal", root=ROOT)
+    classifier = tmp_path / p["guidance"]["adm_classifier"]
+    classifier.parent.mkdir(parents=True)
+    classifier.write_bytes(b"one classifier")
+    st = dag.stage("train_encoder")
+    before = dag.Plan(p, tmp_path)
+    digests = before.digest(st, None), before.digest(dag.stage("prepare_data"), None)
+    assert before.record(st, None)["inputs"]["guidance.adm_classifier"]["path"] == p["guidance"]["adm_classifier"]
+    assert p["guidance"]["adm_classifier"] in map(str, st.deps(before.L, before.ctx, None))
+    classifier.write_bytes(b"another classifier")
+    after = dag.Plan(p, tmp_path)
+    assert digests[0] != after.digest(st, None) and digests[1] == after.digest(dag.stage("prepare_data"), None)
+
+
+def test_a_record_holds_its_outputs_and_a_hand_edit_is_found(tmp_path):
+    p = compose("smoke", root=ROOT)
+    plan, st = dag.Plan(p, tmp_path), dag.stage("prepare_data")
+    for path in st.outs(plan.L, plan.ctx, None):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(b"written by the job")
+    record = json.loads(plan.write_record(st, None, {"torch": "x"}).read_text())
+    assert set(record["outputs"]) == set(map(str, st.outs(plan.L, plan.ctx, None)))
+    assert {"digest", "code", "command", "environment", "git"} <= set(record)
+    assert plan.is_current(st, None) and plan.hand_edits() == []
+    edited = tmp_path / plan.L.dataset
+    edited.write_bytes(b"written by hand!!!")  # same size
+    assert plan.hand_edited(st, None) == [str(plan.L.dataset)] and not plan.is_current(st, None)

@@ -302,3 +302,15 @@ def test_background_pairing_stops_at_the_last_pool_training_uses():
     assert not pre._thread.is_alive() and source.made == [2, 3, 4]
     pre.close()
     assert pre.get() == 5  # asked for anyway (it is not): paired in the foreground, never a hang
+
+
+def test_a_checkpoint_is_resumed_only_by_the_job_that_wrote_it(tmp_path):
+    """The pipeline passes the job's record digest as ``resume_key``: after a code or plugin edit (another
+    digest) the checkpoint of the same config is set aside and training starts afresh."""
+    _run(tmp_path, "r", stop_after=4, resume_key="digest-a")
+    _, log = _run(tmp_path, "r", resume_key="digest-b")
+    assert "resumed from" not in log and "starting afresh" in log
+    assert (tmp_path / "r" / "ck" / "checkpoint.pt.stale").exists()
+    _run(tmp_path, "s", stop_after=4, resume_key="digest-a")
+    _, log = _run(tmp_path, "s", resume_key="digest-a")
+    assert "at step 4" in log

@@ -136,6 +136,11 @@ def _reached_definitions(tree: ast.Module, function: str) -> list:
     return [n for n in tree.body if isinstance(n, imports) and _bound(n) & used] + body
 
 
+def _project_path(path: Path) -> str:
+    """A package file as the project names it (dvc.yaml's dependencies), wherever the package was imported from."""
+    return f"src/{PACKAGE}/{path.relative_to(PACKAGE_DIR).as_posix()}"
+
+
 @lru_cache(maxsize=None)
 def code_of(entry: str) -> tuple:
     """``entry``: a stage's ``module:function`` in aot_diffusion.stages. Returns ``(digest, parts)``: ``parts``
@@ -144,10 +149,9 @@ def code_of(entry: str) -> tuple:
     transitively (orchestration not followed). ``digest`` digests ``parts``."""
     module, function = entry.split(":")
     module = f"{PACKAGE}.stages.{module}"
-    root = PACKAGE_DIR.parent.parent
     path, tree = _parsed(module)
     nodes = _reached_definitions(tree, function)
-    parts = {f"{path.relative_to(root)}:{function}": hashlib.sha256(_dump(nodes).encode()).hexdigest()[:16]}
+    parts = {f"{_project_path(path)}:{function}": hashlib.sha256(_dump(nodes).encode()).hexdigest()[:16]}
     todo, seen = sorted(_imports(nodes, module, False) - ORCHESTRATION), set()
     while todo:
         name = todo.pop()
@@ -155,7 +159,7 @@ def code_of(entry: str) -> tuple:
             continue
         seen.add(name)
         mpath, mtree = _parsed(name)
-        parts[str(mpath.relative_to(root))] = hashlib.sha256(_dump(mtree.body).encode()).hexdigest()[:16]
+        parts[_project_path(mpath)] = hashlib.sha256(_dump(mtree.body).encode()).hexdigest()[:16]
         todo += sorted(_imports(mtree.body, name, mpath.name == "__init__.py") - seen - ORCHESTRATION)
     parts = dict(sorted(parts.items()))
     digest = hashlib.sha256("\n".join(f"{k} {v}" for k, v in parts.items()).encode()).hexdigest()[:16]
