@@ -252,7 +252,7 @@ def test_a_record_holds_its_outputs_and_a_hand_edit_is_found(tmp_path):
         (tmp_path / path).write_bytes(b"written by the job")
     record = json.loads(plan.write_record(st, None, {"torch": "x"}).read_text())
     assert set(record["outputs"]) == set(map(str, st.outs(plan.L, plan.ctx, None)))
-    assert {"digest", "code", "command", "environment", "git"} <= set(record)
+    assert {"digest", "code", "command", "environment", "outputs"} <= set(record)
     assert plan.is_current(st, None) and plan.hand_edits() == []
     edited = tmp_path / plan.L.dataset
     edited.write_bytes(b"written by hand!!!")  # same size

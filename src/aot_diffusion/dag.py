@@ -437,11 +437,12 @@ class Plan:
 
     def write_record(self, st: Stage, key: str | None, environment: dict | None = None) -> Path:
         """Write the job's record, the only one in its folder (torchrun: rank 0 writes): the digested part,
-        then, outside the digest, the content of every output it wrote, the environment and the commit."""
+        then, outside the digest, the content of every output it wrote and the environment. (No commit: a record
+        is a tracked output, and the same code and parameters give the same bytes whatever the commit.)"""
         import json
         import os
 
-        from .provenance import git_state, output_state
+        from .provenance import output_state
         from .utils import atomic_write_text
 
         path = self.root / self.record_path(st, key)
@@ -451,8 +452,7 @@ class Plan:
                 if old.name != path.name:
                     old.unlink()
             written = {rel: output_state(self.root / rel, self.root, rel) for rel in self.outputs(st, key)}
-            body = dict(self.record(st, key), digest=self.digest(st, key), outputs=written,
-                        environment=environment or {}, git=git_state(self.root))
+            body = dict(self.record(st, key), digest=self.digest(st, key), outputs=written, environment=environment or {})
             atomic_write_text(path, json.dumps(body, indent=2) + "\n")
         return path
 
@@ -481,10 +481,6 @@ class Plan:
     def hand_edits(self) -> list:
         """``[(stage, key, [changed outputs])]`` over every job with a record of the current digest."""
         return [(st, key, changed) for st, key in self.jobs() if (changed := self.hand_edited(st, key))]
-
-    def withdraw_record(self, st: Stage, key: str | None) -> None:
-        """The job's record no longer describes its outputs: remove it, so that both doors rerun the job."""
-        (self.root / self.record_path(st, key)).unlink(missing_ok=True)
 
     def is_current(self, st: Stage, key: str | None) -> bool:
         """Outputs there, made with the current parameters and code (its record of the current digest is

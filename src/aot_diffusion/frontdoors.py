@@ -15,7 +15,7 @@ import yaml
 
 from .params import ParamError
 
-__all__ = ["check_dag_shape", "report_environment", "refuse_if_dvc_running", "refuse_if_snakemake_running", "record_in_dvc",
+__all__ = ["check_dag_shape", "report_environment", "refuse_hand_edits", "refuse_if_dvc_running", "refuse_if_snakemake_running", "record_in_dvc",
            "acquire_run_lock", "release_run_lock", "check_run_lock"]
 
 
@@ -41,6 +41,29 @@ def check_dag_shape(p, root: Path | str = ".") -> None:
             raise ParamError(f"model {model} now trains with the code in {ctx.pairing_code(model)}, while dvc.yaml names "
                              f"{item.get('pairing_code')} as its dependency: set the pairing in conf/ and regenerate "
                              "dvc.yaml (aot-diffusion dvc-yaml), so that DVC sees edits of that file")
+
+
+def refuse_hand_edits(plan, argv, file=sys.stderr) -> None:
+    """Stop, naming the files, when an output of a finished job is no longer what the job wrote (a hand edit,
+    another tool); go on when each such job is forced to run again (``--forcerun <job>`` or ``--forceall``),
+    which rebuilds the file. Snakemake can't be told to rerun a job from here, and a job whose outputs are all
+    there would otherwise keep the edited bytes (and dvc commit would record them)."""
+    from .dag import job_id
+
+    forced_all = any(a in ("-F", "--forceall") for a in argv)
+    left = []
+    for st, key, changed in plan.hand_edits():
+        job = job_id(st, key)
+        if forced_all or job in argv:
+            print(f"hand edit: {', '.join(changed)}: not what job {job} wrote; it runs again (forced)", file=file)
+        else:
+            left.append((job, changed))
+    if left:
+        lines = "\n".join(f"  {', '.join(changed)} (job {job})" for job, changed in left)
+        jobs = " ".join(job for job, _ in left)
+        raise SystemExit(f"refusing to run: these outputs are not what their jobs wrote (edited by hand, or by "
+                         f"another tool):\n{lines}\nrebuild them: snakemake --cores all --forcerun {jobs}\n"
+                         f"or restore them: dvc checkout --force {' '.join(f for _, changed in left for f in changed)}")
 
 
 def report_environment(plan, file=sys.stderr) -> list:

@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import os
 import platform
-import subprocess
 from functools import lru_cache
 from pathlib import Path
 
 __all__ = ["PACKAGE_DIR", "ORCHESTRATION", "code_of", "code_files", "normalized_digest", "software", "file_sha256", "output_state",
-           "changed_outputs", "environment", "environment_changes", "git_state"]
+           "changed_outputs", "environment", "environment_changes"]
 
 PACKAGE = "aot_diffusion"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -280,21 +278,3 @@ def environment_changes(recorded: dict, current: dict) -> list:
     """``["torch 2.3.0 -> 2.14.1", ...]``: where the environment of a record differs from ``current``."""
     return [f"{k} {recorded.get(k)} -> {current.get(k)}" for k in ENVIRONMENT_KEYS
             if k in recorded and recorded.get(k) != current.get(k)]
-
-
-def git_state(root: Path | str = ".") -> dict:
-    """The commit of the checkout and whether src/, plugins/ or conf/ had uncommitted changes."""
-    root = Path(root)
-
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30,
-                              env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
-
-    try:
-        head = git("rev-parse", "HEAD")
-        if head.returncode:
-            return {"commit": "none", "dirty": False}
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "src", "plugins", "conf").stdout.strip()
-        return {"commit": head.stdout.strip(), "dirty": bool(dirty)}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": "none", "dirty": False}

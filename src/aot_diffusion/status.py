@@ -37,7 +37,7 @@ def _differences(old: dict, new: dict) -> list:
     upstream = sorted(j for j in set(old.get("upstream", {})) | set(new["upstream"])
                       if old.get("upstream", {}).get(j) != new["upstream"].get(j))
     if upstream:
-        why.append("upstream " + ", ".join(upstream))
+        why.append("upstream " + ", ".join(upstream[:3]) + (f" and {len(upstream) - 3} more" if len(upstream) > 3 else ""))
     if old.get("command") != new["command"] and not why:
         why.append("command")
     return why or ["recorded by an older version of the pipeline"]

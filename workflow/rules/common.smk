@@ -14,13 +14,11 @@ PLAN = dag.Plan(P)
 L, CTX = PLAN.L, PLAN.ctx
 THREADS = P["threads"]
 
-# A finished job whose output was edited since it wrote it (its record holds the sha256 of each output): its
-# record is withdrawn, so the job reruns and the edited bytes never reach dvc.lock (frontdoors.record_in_dvc).
-for _st, _key, _changed in PLAN.hand_edits():
-    print(f"hand edit: {', '.join(_changed)} differ(s) from what job {dag.job_id(_st, _key)} wrote; it reruns",
-          file=sys.stderr)
-    PLAN.withdraw_record(_st, _key)
-frontdoors.report_environment(PLAN)  # results made with other software or on another device: said first
+if workflow.is_main_process:  # not again inside each cluster job
+    # a finished job's output edited since it wrote it (its record holds each output's sha256) stops the run,
+    # naming the file, unless that job is forced to run again; the edited bytes never reach dvc.lock
+    frontdoors.refuse_hand_edits(PLAN, sys.argv)
+    frontdoors.report_environment(PLAN)  # results made with other software or on another device: said first
 
 
 def stage_input(st, key):
