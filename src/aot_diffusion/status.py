@@ -51,6 +51,8 @@ def job_states(plan: Plan) -> list:
     here = software(device, plan.p["threads"])
     out = []
     for st, key in plan.jobs():
+        if st.over == "released" and not plan.p["released_pickle"]:
+            continue  # no released network named: those jobs are not asked for
         job = job_id(st, key)
         record = plan.read_record(st, key)
         missing = [str(p) for p in st.outs(plan.L, plan.ctx, key) if not (plan.root / p).exists()]
