@@ -118,10 +118,8 @@ class Context:
         return "guidance.weight_cond" if cond else "guidance.weight_uncond"
 
     def p_value(self, name: str):
-        node = self.p
-        for part in name.split("."):
-            node = node[part]
-        return node
+        """The value of one dotted parameter."""
+        return select(self.p, [name])[name]
 
     def pairing_of(self, key, variant: bool = False) -> str | None:
         """The pairing a trained model (or a study variant) trains with; None: no pairing (EDM)."""
