@@ -153,7 +153,7 @@ def main(argv=None) -> None:
         import importlib
 
         from .stages import Run
-        from .utils import set_threads
+        from .utils import set_tf32, set_threads
 
         over, key = _chosen(args)
         st = dag.find_stage(args.command, over)
@@ -162,6 +162,7 @@ def main(argv=None) -> None:
         # whose sums it changes (the report stages compute with numpy, which this setting doesn't touch).
         set_threads(run.plan.p["threads"])
         if "device" in run.plan.declared(st, key):
+            set_tf32(run.params["tf32"])  # EDM's numerics on CUDA, before any CUDA work
             run.device  # a stage that runs a network checks its device before any work
         module, func = st.run.split(":")
         extra = {"stop_after": args.stop_after} if getattr(args, "stop_after", None) is not None else {}

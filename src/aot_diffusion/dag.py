@@ -33,7 +33,8 @@ OUT, METRIC, PLOT, GIT = "out", "metric", "plot", "git"
 KEYED = ("model", "disc", "variant")  # what a stage runs once per: --model M, --disc D, --variant V
 
 _SAMPLING = ["sample.num_samples", "sample.seeds", "sample.batch_size", "sample.sigma_min", "sample.sigma_max"]
-_NET = ["device", "threads"]  # a stage that runs a network: where, and how many CPU threads (sums change with it)
+# a stage that runs a network: where, how many CPU threads (sums change with it), TF32 on CUDA (EDM: off)
+_NET = ["device", "threads", "tf32"]
 # where guidance is evaluated (params.guidance_settings)
 # The researcher's plugins (plugins.py): what scores samples runs every metric plugin (it declares the list;
 # the files are inputs, DVC: the folder); a training job runs its own model's pairing plugin, if any (its

@@ -101,6 +101,7 @@ SCHEMA: dict[str, Any] = {
     "plugins": {"pairings": List(Str(), min_len=0), "metrics": List(Str(), min_len=0)},
     "device": Str("auto", "cpu", "cuda"),
     "threads": Int(1, 256),
+    "tf32": Bool(),
     "data": {
         "dataset": Str("digits", "cifar10"),
         "test_fraction": Num(0, 1, gt=True),

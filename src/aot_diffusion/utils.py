@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["AtomicPath", "atomic_save", "atomic_write_text", "remove_stale_temps", "set_threads"]
+__all__ = ["AtomicPath", "atomic_save", "atomic_write_text", "remove_stale_temps", "set_threads", "set_tf32"]
 
 _UMASK_LOCK = threading.Lock()
 
@@ -76,3 +76,10 @@ def set_threads(n: int | None) -> None:
     if n:
         torch.set_num_threads(int(n))
         os.environ.setdefault("OMP_NUM_THREADS", str(int(n)))
+
+
+def set_tf32(enabled: bool) -> None:
+    """TF32 for CUDA matmuls and cuDNN convolutions, both ways (torch leaves cuDNN's on by default; EDM's
+    training loop turns both off). Set before any CUDA work; no effect on a CPU."""
+    torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
+    torch.backends.cudnn.allow_tf32 = bool(enabled)
