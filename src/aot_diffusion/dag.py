@@ -474,6 +474,20 @@ class Plan:
             return []
         return changed_outputs(record["outputs"], self.root)
 
+    def environment_changes(self, st: Stage, key: str | None) -> list:
+        """Where the environment in the job's current record differs from this machine's (device: as
+        params.device_of decides, without importing torch into the planner; "cpu" for a job without a network)."""
+        from .provenance import environment_changes, software
+
+        record = self.read_record(st, key)
+        if not record or not record.get("environment"):
+            return []
+        device = "cpu"
+        if "device" in self.declared(st, key):
+            device = self.p["device"] if self.p["device"] != "auto" else \
+                ("cuda" if Path("/dev/nvidia0").exists() else "cpu")
+        return environment_changes(record["environment"], software(device, self.p["threads"]))
+
     def jobs(self):
         return [(st, key) for st in ALL_STAGES for key in keys_of(st, self.ctx)]
 

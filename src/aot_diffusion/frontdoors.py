@@ -70,21 +70,12 @@ def report_environment(plan, file=sys.stderr) -> list:
     """Say, before anything runs, when the current results were made with other software or on another device
     than this run has ("results were made with torch X on cpu; this run has torch Y on cuda"). They rerun only
     when asked (--forceall, dvc repro -f): the numbers move in the last digits, not the conclusions."""
-    from .provenance import environment_changes, software
+    from .dag import job_id
 
-    device = plan.p["device"]
-    if device == "auto":  # as params.device_of decides, without importing torch into the planner
-        device = "cuda" if Path("/dev/nvidia0").exists() else "cpu"
-    current, lines = software(device, plan.p["threads"]), {}
+    lines = {}
     for st, key in plan.jobs():
-        record = plan.read_record(st, key)
-        if not record or not record.get("environment"):
-            continue
-        recorded = record["environment"]
-        uses_device = "device" in plan.declared(st, key)
-        changes = environment_changes(recorded, dict(current, device=current["device"] if uses_device else "cpu"))
-        if changes:
-            lines.setdefault("; ".join(changes), []).append(record["stage"])
+        if changes := plan.environment_changes(st, key):
+            lines.setdefault("; ".join(changes), []).append(job_id(st, key))
     for change, jobs in lines.items():
         print(f"environment: {len(jobs)} current result(s) (e.g. {jobs[0]}) were made with other software or "
               f"hardware than this run has: {change}", file=file)

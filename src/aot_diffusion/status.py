@@ -4,7 +4,6 @@ from the records both doors write (dag.Plan), so the answer is the same whicheve
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from .dag import Plan, job_id
 
@@ -45,10 +44,6 @@ def _differences(old: dict, new: dict) -> list:
 
 def job_states(plan: Plan) -> list:
     """One dict per job: ``job``, ``state`` (current / stale / missing) and ``why`` (a list of reasons)."""
-    from .provenance import environment_changes, software
-
-    device = plan.p["device"] if plan.p["device"] != "auto" else ("cuda" if Path("/dev/nvidia0").exists() else "cpu")
-    here = software(device, plan.p["threads"])
     out = []
     for st, key in plan.jobs():
         if st.over == "released" and not plan.p["released_pickle"]:
@@ -63,12 +58,8 @@ def job_states(plan: Plan) -> list:
             elif edited:
                 state, why = STALE, ["hand edit " + ", ".join(edited)]
             else:
-                state, why = CURRENT, []
-                env = record.get("environment") or {}
-                uses_device = "device" in plan.declared(st, key)
-                changes = environment_changes(env, dict(here, device=here["device"] if uses_device else "cpu"))
-                if changes:
-                    why = ["environment " + "; ".join(changes)]
+                changes = plan.environment_changes(st, key)
+                state, why = CURRENT, ["environment " + "; ".join(changes)] if changes else []
             out.append(dict(job=job, state=state, why=why))
             continue
         folder = plan.root / plan.L.records(job)
