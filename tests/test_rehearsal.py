@@ -18,7 +18,8 @@ from test_pipeline import ROOT, copy_repo, run
 
 # What the overlay may change: the profile's name, the two stand-in inputs (data and the FD's features) with the
 # paths of the files that stand in for downloads, and sizes and counts.
-STAND_INS = {"profile", "data.cifar10_tarball", "data.cifar10_md5", "fd.features", "guidance.adm_classifier"}
+STAND_INS = {"profile", "data.cifar10_tarball", "data.cifar10_md5", "fd.features", "guidance.adm_classifier",
+             *[f"calibration.networks.{n}.pickle" for n in ("edm_uncond", "edm_cond", "aot_uncond", "aot_cond")]}
 SIZES = {"threads", "train.network.model_channels", "train.network.channel_mult", "train.network.channel_mult_emb",
          "train.network.num_blocks", "train.batch_size", "train.pool_size", "train.pool_size_cond", "train.total_steps",
          "train.lr_rampup_kimg", "train.ema_halflife_kimg", "train.log_every", "train.checkpoint_every",
@@ -29,7 +30,7 @@ SIZES = {"threads", "train.network.model_channels", "train.network.channel_mult"
          "guidance.encoder.num_res_blocks", "guidance.encoder.attention_resolutions",
          "guidance.encoder.num_head_channels", "guidance.head_channels", "guidance.head_depth", "guidance.pool_size",
          "guidance.batch_size", "guidance.max_steps", "guidance.eval_every", "guidance.patience", "guidance.sample_steps",
-         "guidance.rho", "guidance.paper_setting_uncond.steps", "guidance.paper_setting_cond.steps", "hybrid.switch_sigmas",
+         "guidance.rho", "guidance.epochs_uncond", "guidance.epochs_cond", "hybrid.switch_sigmas",
          "hybrid.steps"}
 
 
@@ -52,7 +53,9 @@ def test_overlay_changes_only_sizes_counts_and_the_stand_ins():
     # unconditional models, class-wise pairing, several ranks, three sampling seeds, DG's classifier file
     for key in ("train.network.embedding_type", "train.network.encoder_type", "train.augment_p", "models",
                 "guidance.discriminators", "train.pairing", "sample.seeds", "sample.rho", "data.dataset",
-                "guidance.paper_setting_uncond.rho", "guidance.paper_setting_cond.rho"):
+                "guidance.paper_setting_uncond.steps", "guidance.paper_setting_uncond.rho",
+                "guidance.paper_setting_cond.steps", "guidance.paper_setting_cond.rho", "guidance.protocol",
+                "guidance.boosting_cond", "fd.headline"):
         assert rehearsal[key] == cifar[key], key
     assert rehearsal["train.nproc_per_node"] == 2 and rehearsal["train.augment_p"] > 0
     assert len(rehearsal["sample.seeds"]) == 3
@@ -107,11 +110,11 @@ def test_rehearsal_inputs_are_real_formats_read_by_the_real_readers(tmp_path):
 
 @pytest.fixture(scope="module")
 def rehearsal_tree(tmp_path_factory):
-    """One rehearsal run: the inputs, then the default target and `released`, through Snakemake."""
+    """One rehearsal run: the inputs, then the default target, `released` and `calibrate`, through Snakemake."""
     proj = copy_repo(tmp_path_factory.mktemp("rehearsal"))
     run(["aot-diffusion", "rehearsal-inputs"], proj)
     out = run(["snakemake", "--cores", "2", "--config", "profile=rehearsal",
-               "released_pickle=data/rehearsal/network.pkl", "--", "all", "released"], proj, timeout=1500)
+               "released_pickle=data/rehearsal/network.pkl", "--", "all", "released", "calibrate"], proj, timeout=1500)
     return proj, out.stdout + out.stderr
 
 
@@ -187,8 +190,35 @@ def test_rehearsal_runs_the_cifar10_dag_end_to_end(rehearsal_tree):
     for name in FIGURE_NAMES:
         assert L.figure(name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
+    # The paper's protocol (cifar10's, kept by the rehearsal): the headline is FD against the training statistics,
+    # named in every FD table's title; each cell the minimum over three sampling seeds beside the mean; Table 2
+    # holds the unconditional AOT + AOT-DG row at NFE 29; conditional DG boosts; DG's discriminator training.
+    head = "fd: against the training set's statistics"
+    assert f"## Headline: {head}; mean over 2 training seeds of each: min over 3 sampling seeds" in \
+        L.table("table1_fd_vs_nfe", "md").read_text()
+    for name in ("table1_fd_vs_nfe", "table2_guidance", "aot_vs_edm"):
+        assert head in L.table(name, "md").read_text().split("\n")[0], name
+    assert {"fd_min", "fd_heldout_min"} <= set(per_seed.columns) and per_seed["fd_min"].notna().all()
+    assert (per_seed["fd_min"] <= per_seed["fd"] + 1e-12).all()
+    aot_dg = t2[(t2["method"] == "AOT + AOT-DG") & (t2["nfe"] == 29)]
+    assert set(aot_dg["conditional"]) == {True, False} and aot_dg["paper_cifar10_fid"].notna().all()
+    assert (t2["boosting"] == t2["conditional"]).all() and {"fd_guided_min", "fd_unguided_min"} <= set(t2.columns)
+    assert log.count("DG's boosting") == sum(p["models"][d["model"]]["conditional"]
+                                             for d in p["guidance"]["discriminators"].values())
+    assert "DG's protocol: 1 epochs of 200 real + 40 fake images = 30 steps" in log
+    assert any(k.startswith("aot_vs_edm.") and ".fd_rho" in k for k in metrics)
+    comparison = pd.read_csv(L.table("paper_comparison"))
+    assert len(comparison) >= 10 and comparison["protocol_differs"].str.contains("features: a classifier's").all()
+    # calibration: the stand-in pickles at their papers' settings, beside the published numbers
+    calib = pd.read_csv(L.table("calibration"))
+    assert list(calib["network"]) == list(p["calibration"]["networks"])
+    assert list(zip(calib["steps"], calib["rho"])) == [(18, 7.0), (18, 7.0), (14, 90.0), (15, 72.0)]
+    assert list(calib["paper_fid"]) == [1.97, 1.79, 1.88, 1.73] and (calib["seeds"] == 3).all()
+    assert (calib["fid_min"] <= calib["fid_mean"]).all() and not calib["within_tolerance"].any()
+    assert "NOT the papers' protocol" in L.table("calibration", "md").read_text().split("\n")[0]
+
     # Nothing left to plan at either door.
-    again = run(["snakemake", "-n", "all", "released"], proj)
+    again = run(["snakemake", "-n", "all", "released", "calibrate"], proj)
     assert "Nothing to be done" in again.stdout + again.stderr
     dry = run(["dvc", "repro", "--dry"], proj).stdout
     assert not re.findall(r"^> aot-diffusion", dry, re.M) and "Running stage" not in dry

@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--params", default="params.yaml", help="the effective parameter file")
     sp.add_argument("--all", action="store_true", help="list current jobs too")
     sp.add_argument("--json", action="store_true", help="one JSON object per job")
+    sp = sub.add_parser("plan", help="what the default target costs before you submit it: jobs and GPU-hours per "
+                                     "kind of stage, from the parameters and a per-GPU rate (stated, or yours)")
+    sp.add_argument("--profile", default=None, help="compose this profile (default: the effective params.yaml)")
+    sp.add_argument("--params", default="params.yaml", help="the effective parameter file (without --profile)")
+    sp.add_argument("--train-img-per-s", type=float, default=None, help="training images per second per GPU")
+    sp.add_argument("--evals-per-s", type=float, default=None, help="network evaluations per second per GPU")
     sp = sub.add_parser("rehearsal-inputs", help="write the rehearsal's stand-in inputs (CIFAR-10-format tarball, DG "
                                                  "classifier file, EDM network pickle) where its parameters name them")
     sp.add_argument("--released-pickle", default="data/rehearsal/network.pkl",
@@ -139,6 +145,16 @@ def main(argv=None) -> None:
 
             states = job_states(dag.Plan(load_params(args.params)))
             return print("\n".join(json.dumps(s) for s in states) if args.json else format_states(states, args.all))
+        if args.command == "plan":
+            from .cost import STATED_RATES, estimate, format_estimate
+            from .params import compose, load_params
+
+            p = compose(args.profile) if args.profile else load_params(args.params)
+            rates = dict(STATED_RATES)
+            if args.train_img_per_s or args.evals_per_s:
+                rates.update(device="your rates", train_img_per_s=args.train_img_per_s or rates["train_img_per_s"],
+                             evals_per_s=args.evals_per_s or rates["evals_per_s"])
+            return print(format_estimate(p, estimate(p, rates["train_img_per_s"], rates["evals_per_s"]), rates))
         if args.command == "rehearsal-inputs":
             from .params import compose
             from .rehearsal import write_inputs

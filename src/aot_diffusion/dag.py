@@ -30,7 +30,8 @@ __all__ = ["Stage", "STAGES", "POOL_STUDY_STAGES", "RELEASED_STAGES", "ALL_STAGE
 
 # What an output is to DVC: cached data, a metrics file, a plot, or a small file kept in git (cache: false).
 OUT, METRIC, PLOT, GIT = "out", "metric", "plot", "git"
-KEYED = ("model", "disc", "variant")  # what a stage runs once per: --model M, --disc D, --variant V
+KEYED = ("model", "disc", "variant", "network")  # what a stage runs once per: --model M, --disc D, --variant V,
+# --network N (a released network of calibration.networks)
 
 _SAMPLING = ["sample.num_samples", "sample.seeds", "sample.batch_size", "sample.sigma_min", "sample.sigma_max"]
 # a stage that runs a network: where, how many CPU threads (sums change with it), TF32 on CUDA (EDM: off)
@@ -40,6 +41,8 @@ _NET = ["device", "threads", "tf32"]
 # the files are inputs, DVC: the folder); a training job runs its own model's pairing plugin, if any (its
 # file is an input). The record holds the code of each plugin a job uses (Plan.plugins_used).
 _SCORES = "plugins.metrics"
+# fd.* as scoring reads it: not fd.headline, which only decides what the tables lead with
+_FD = ["fd.bootstrap", "fd.ci_level", "fd.kid_subsets", "fd.feature_batch", "fd.allow_download", "fd.features"]
 AOT_SOURCE = "src/aot_diffusion/aot.py"  # the built-in pairings
 
 
@@ -55,9 +58,10 @@ def _pairing_code(c: "Context", key) -> list:
     return [c.pairing_code(key)]
 
 
-def _param_files(c: "Context", names) -> list:
+def _param_files(c: "Context", names, key=None) -> list:
     """Files a stage reads through a parameter (e.g. DG's classifier), when set (Snakemake: inputs; both doors:
-    their sha256 in the record)."""
+    their sha256 in the record). A name may hold ``{key}``: the job's key."""
+    names = [n.format(key=key) for n in names]
     return [] if c.dvc else [c.p_value(n) for n in names if c.p_value(n)]
 
 
@@ -112,11 +116,20 @@ class Context:
         cond = self.p["models"][self.instances[key][0]]["conditional"]
         return "guidance.paper_setting_" + ("cond" if cond else "uncond")
 
-    def weight_key(self, disc):
+    def by_conditioning(self, disc, name):
+        """guidance.<name>_cond or guidance.<name>_uncond: the one a discriminator's model reads (its weight,
+        epochs, boosting); DVC: the item's field <name>."""
         if self.template:
-            return "${item.weight}"
+            return f"${{item.{name}}}"
         cond = self.p["models"][self.p["guidance"]["discriminators"][disc]["model"]]["conditional"]
-        return "guidance.weight_cond" if cond else "guidance.weight_uncond"
+        return f"guidance.{name}_{'cond' if cond else 'uncond'}"
+
+    def weight_key(self, disc):
+        return self.by_conditioning(disc, "weight")
+
+    def calibration_keys(self) -> list:
+        """The released networks of `calibration.networks` that have a pickle named (target `calibrate`)."""
+        return [k for k, n in self.p["calibration"]["networks"].items() if n["pickle"]]
 
     def p_value(self, name: str):
         """The value of one dotted parameter."""
@@ -174,7 +187,7 @@ STAGES: list[Stage] = [
     Stage("fd_reference", "fd-reference", None, "data:fd_reference",
           deps=lambda L, c, k: [L.dataset, L.feature_network, *_plugin_files(c, "metrics")],
           outs=lambda L, c, k: {L.fd_reference: OUT, L.fd_floor: GIT},
-          params=lambda c, k: ["seed", *_NET, "data.dataset", "sample.num_samples", "fd", _SCORES], gpus=_one_gpu),
+          params=lambda c, k: ["seed", *_NET, "data.dataset", "sample.num_samples", *_FD, _SCORES], gpus=_one_gpu),
     Stage("train", "train", "model", "train:train",
           deps=lambda L, c, k: [L.dataset, *_pairing_code(c, k)],
           outs=lambda L, c, k: {L.network(k): OUT, L.loss_log(k): PLOT},
@@ -188,7 +201,7 @@ STAGES: list[Stage] = [
     Stage("fd", "fd", "model", "evaluate:fd",
           deps=lambda L, c, k: [L.samples(k), L.fd_reference, L.feature_network, L.dataset, *_plugin_files(c, "metrics")],
           outs=lambda L, c, k: {L.fd(k): GIT, L.features(k): OUT},
-          params=lambda c, k: ["seed", *_NET, "fd", _SCORES], gpus=_one_gpu),
+          params=lambda c, k: ["seed", *_NET, *_FD, _SCORES], gpus=_one_gpu),
     Stage("curvature", "curvature", "model", "evaluate:curvature",
           deps=lambda L, c, k: [L.network(k)],
           outs=lambda L, c, k: {L.curvature(k): OUT, L.curvature_metrics(k): GIT},
@@ -199,7 +212,8 @@ STAGES: list[Stage] = [
           outs=lambda L, c, k: {L.fakes(k): OUT},
           params=lambda c, k: ["seed", *_NET, "sample.batch_size", "sample.sigma_min", "sample.sigma_max",
                                "guidance.num_fake", "guidance.fake_steps", "guidance.fake_rho",
-                               "guidance.fake_seed_offset"], gpus=_one_gpu,
+                               "guidance.fake_seed_offset", "guidance.protocol", "guidance.heldout_fraction"],
+          gpus=_one_gpu,
           keys=lambda c: c.guided_models()),
     Stage("train_encoder", "train-encoder", None, "guidance:train_encoder",
           deps=lambda L, c, k: [L.dataset, *_param_files(c, ["guidance.adm_classifier"])],
@@ -214,25 +228,27 @@ STAGES: list[Stage] = [
           params=lambda c, k: ["seed", *_NET, "data.dataset", f"guidance.discriminators.{k}",
                                "guidance.heldout_fraction", "guidance.head_channels", "guidance.head_depth",
                                "guidance.pool_size", "guidance.batch_size", "guidance.max_steps", "guidance.eval_every",
-                               "guidance.patience", "guidance.lr", "guidance.weight_decay", "train.solver"],
+                               "guidance.patience", "guidance.lr", "guidance.weight_decay", "train.solver",
+                               "guidance.protocol", "guidance.num_fake", c.by_conditioning(k, "epochs")],
           gpus=_one_gpu,
           plots=("step", "val_bce")),
     Stage("guided_sample", "guided-sample", "disc", "guidance:guided_sample",
           deps=lambda L, c, k: [L.network(c.model_of(k)), L.discriminator(k), L.encoder],
           outs=lambda L, c, k: {L.guided_samples(k): OUT},
-          params=lambda c, k: [*_NET, f"guidance.discriminators.{k}", c.weight_key(k), "guidance.sigma_window",
+          params=lambda c, k: [*_NET, f"guidance.discriminators.{k}", c.weight_key(k),
+                               c.by_conditioning(k, "boosting"), "guidance.sigma_window",
                                "guidance.sample_steps", "guidance.rho", c.setting_key(c.model_of(k)), *_SAMPLING],
           gpus=_one_gpu),
     Stage("guided_fd", "guided-fd", "disc", "evaluate:guided_fd",
           deps=lambda L, c, k: [L.guided_samples(k), L.fd_reference, L.feature_network, L.dataset,
                                 *_plugin_files(c, "metrics")],
           outs=lambda L, c, k: {L.guided_fd(k): GIT, L.guided_features(k): OUT},
-          params=lambda c, k: ["seed", *_NET, "fd", _SCORES], gpus=_one_gpu),
+          params=lambda c, k: ["seed", *_NET, *_FD, _SCORES], gpus=_one_gpu),
     Stage("hybrid", "hybrid", None, "evaluate:hybrid",
           deps=lambda L, c, k: [*[L.network(c.first(m)) for m in c.model_names], L.fd_reference, L.feature_network,
                                 L.dataset, *_plugin_files(c, "metrics")],
           outs=lambda L, c, k: {L.hybrid_samples: OUT, L.hybrid_fd: GIT},
-          params=lambda c, k: ["seed", *_NET, "models", "hybrid", "fd", *_SAMPLING, _SCORES], gpus=_one_gpu),
+          params=lambda c, k: ["seed", *_NET, "models", "hybrid", *_FD, *_SAMPLING, _SCORES], gpus=_one_gpu),
     Stage("tables", "tables", None, "report:tables",
           deps=lambda L, c, k: [L.effective_params, L.fd_floor, *[L.fd(m) for m in c.models],
                                 *[L.features(m) for m in c.models], *[L.curvature_metrics(m) for m in c.models],
@@ -240,9 +256,9 @@ STAGES: list[Stage] = [
                                 L.feature_network_metrics, L.hybrid_fd, *_plugin_files(c, "metrics")],
           outs=lambda L, c, k: {**{L.table(t, e): GIT for t in TABLE_NAMES for e in ("csv", "md", "html")},
                              L.fd_curves: GIT, L.metrics: METRIC},  # fd_curves: a top-level plot in dvc.yaml
-          params=lambda c, k: ["seed", "data.dataset", "fd", "models", "train.seeds", "sample.steps", "sample.rho",
-                               "sample.seeds",
-                               "guidance.discriminators", *_GUIDED_AT, "hybrid", _SCORES],
+          # the paper comparison (paper.differences) reads the training and guidance protocol too
+          params=lambda c, k: ["seed", "data.dataset", "fd", "models", "train", "sample.steps", "sample.rho",
+                               "sample.seeds", "sample.num_samples", "guidance", "hybrid", _SCORES],
           kind="light"),
     Stage("figures", "figures", None, "report:figures",
           deps=lambda L, c, k: [*[L.fd(m) for m in c.models], *[L.curvature(m) for m in c.models],
@@ -286,7 +302,7 @@ POOL_STUDY_STAGES: list[Stage] = [
     Stage("pool_fd", "fd", "variant", "evaluate:fd",
           deps=lambda L, c, k: [L.pool_study.samples(k), L.fd_reference, L.feature_network, L.dataset, *_plugin_files(c, "metrics")],
           outs=lambda L, c, k: {L.pool_study.fd(k): GIT, L.pool_study.features(k): OUT},
-          params=lambda c, k: ["seed", *_NET, "fd", _SCORES], gpus=_one_gpu),
+          params=lambda c, k: ["seed", *_NET, *_FD, _SCORES], gpus=_one_gpu),
     Stage("pool_curvature", "curvature", "variant", "evaluate:curvature",
           deps=lambda L, c, k: [L.pool_study.network(k)],
           outs=lambda L, c, k: {L.pool_study.curvature(k): OUT, L.pool_study.curvature_metrics(k): GIT},
@@ -316,9 +332,29 @@ RELEASED_STAGES: list[Stage] = [
     Stage("released_fd", "fd", "released", "evaluate:fd",
           deps=lambda L, c, k: [L.released_samples, L.fd_reference, L.feature_network, L.dataset, *_plugin_files(c, "metrics")],
           outs=lambda L, c, k: {L.released_fd: GIT, L.released_features: OUT},
-          params=lambda c, k: ["seed", *_NET, "fd", _SCORES], gpus=_one_gpu),
+          params=lambda c, k: ["seed", *_NET, *_FD, _SCORES], gpus=_one_gpu),
 ]
-ALL_STAGES = STAGES + POOL_STUDY_STAGES + RELEASED_STAGES
+# Calibration before training: each released network of calibration.networks (a pickle named) sampled at its
+# paper's headline setting (paper.CALIBRATION) and scored; the table puts it beside the published FID (Snakemake
+# target `calibrate`, outside the default DAG).
+CALIBRATION_STAGES: list[Stage] = [
+    Stage("calibrate_sample", "sample", "network", "sample:calibrate_sample",
+          deps=lambda L, c, k: _param_files(c, ["calibration.networks.{key}.pickle"], k),
+          outs=lambda L, c, k: {L.calibration_samples(k): OUT},
+          params=lambda c, k: ["seed", *_NET, f"calibration.networks.{k}", *_SAMPLING], gpus=_one_gpu,
+          keys=lambda c: c.calibration_keys(), param_files=("calibration.networks.{key}.pickle",)),
+    Stage("calibrate_fd", "fd", "network", "evaluate:fd",
+          deps=lambda L, c, k: [L.calibration_samples(k), L.fd_reference, L.feature_network, L.dataset,
+                                *_plugin_files(c, "metrics")],
+          outs=lambda L, c, k: {L.calibration_fd(k): GIT, L.calibration_features(k): OUT},
+          params=lambda c, k: ["seed", *_NET, *_FD, _SCORES], gpus=_one_gpu, keys=lambda c: c.calibration_keys()),
+    Stage("calibration", "calibration", None, "report:calibration",
+          deps=lambda L, c, k: [L.fd_floor, *[L.calibration_fd(n) for n in c.calibration_keys()]],
+          outs=lambda L, c, k: {L.calibration_table(e): GIT for e in ("csv", "md", "html")},
+          params=lambda c, k: ["data.dataset", "fd", "calibration", "sample.num_samples", "sample.seeds"],
+          kind="light"),
+]
+ALL_STAGES = STAGES + POOL_STUDY_STAGES + RELEASED_STAGES + CALIBRATION_STAGES
 POOL_STUDY_DVC = Path("workflow/pool_size/dvc.yaml")
 
 
@@ -340,7 +376,8 @@ def find_stage(cli: str, over: str | None) -> Stage:
 def keys_of(st: Stage, ctx: Context) -> list:
     if st.keys is not None:
         return st.keys(ctx)
-    return {"model": ctx.models, "disc": ctx.discs, "variant": ctx.variants}.get(st.over, [None])
+    return {"model": ctx.models, "disc": ctx.discs, "variant": ctx.variants,
+            "network": ctx.calibration_keys()}.get(st.over, [None])
 
 
 def job_id(st: Stage, key: str | None) -> str:
@@ -413,6 +450,7 @@ class Plan:
             record["plugins"] = {str(path): plugin_digest(self.root / path) for path in plugins}
         inputs = {}
         for name in st.param_files:
+            name = name.format(key=key)
             value = self.ctx.p_value(name)
             if value:
                 path = self.root / value

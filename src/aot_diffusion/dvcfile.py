@@ -53,6 +53,7 @@ def _dvc_entry(st: Stage, ctx: Context, key, wdir: str | None = None) -> dict:
 # and `pool_size` are optional (DVC refuses a parameter that params.yaml lacks); other records have fixed keys.
 _WHOLE = ("train.network", "pool_study.variants")
 _WHOLE_RECORDS = ("models.",)
+_BY_CONDITIONING = ("weight", "epochs", "boosting")  # guidance.<field>_cond / _uncond: Context.by_conditioning
 _RECORDS = {"guidance.discriminators.": tuple(DISCRIMINATOR), "pool_study.variants.": tuple(VARIANT)}
 
 
@@ -91,7 +92,7 @@ def dvc_yaml(p: Mapping) -> str:
                      for m in keys_of(st, ctx)}
             stages[st.name] = {"foreach": items, "do": _dvc_entry(st, tmpl, "${key}")}
         else:
-            items = {d: {"instance": ctx.model_of(d), "weight": ctx.weight_key(d),
+            items = {d: {"instance": ctx.model_of(d), **{f: ctx.by_conditioning(d, f) for f in _BY_CONDITIONING},
                          "setting": ctx.setting_key(ctx.model_of(d))} for d in ctx.discs}
             stages[st.name] = {"foreach": items, "do": _dvc_entry(st, tmpl, "${key}")}
     L = Layout("${profile}")

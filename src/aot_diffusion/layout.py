@@ -12,7 +12,8 @@ __all__ = ["Layout", "FIGURE_NAMES", "TABLE_NAMES", "sample_key", "parse_sample_
 
 FIGURE_NAMES = ("fd_vs_nfe", "rho_steps_heatmap", "curvature_vs_sigma", "truncation_vs_nfe", "guidance_fd_vs_nfe",
                 "dg_learning_curves", "hybrid_switch", "samples_low_nfe", "samples_high_nfe", "loss_curves", "teaser_denoiser_strip")
-TABLE_NAMES = ("table1_fd_vs_nfe", "table2_guidance", "table3_curvature", "aot_vs_edm", "hybrid_switch")
+TABLE_NAMES = ("table1_fd_vs_nfe", "table2_guidance", "table3_curvature", "aot_vs_edm", "hybrid_switch", "paper_comparison")
+CALIBRATION_TABLE = "calibration"  # target `calibrate`, outside the default DAG
 
 
 def sample_key(steps: int, rho: float, seed: int) -> str:
@@ -211,3 +212,16 @@ class Layout:
     @property
     def released_features(self):
         return self.results / "released" / "fd.features.npz"
+
+    # calibration: released networks at their papers' settings (Snakemake target `calibrate`)
+    def calibration_samples(self, network):
+        return self.results / "calibration" / f"{network}.samples.npz"
+
+    def calibration_fd(self, network):
+        return self.results / "calibration" / f"{network}.fd.csv"
+
+    def calibration_features(self, network):
+        return self.results / "calibration" / f"{network}.fd.features.npz"
+
+    def calibration_table(self, ext):
+        return self.table(CALIBRATION_TABLE, ext)

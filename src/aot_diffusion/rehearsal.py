@@ -10,7 +10,8 @@ stand in for what can't be had offline, each in the format the real one has, rea
 - ``32x32_classifier.pt``: DG's classifier file, a state dict by guided-diffusion's names, at the shape the
   profile's ``guidance.encoder`` gives (random weights).
 - ``network.pkl``: an NVlabs/edm network pickle (``ema`` an EDMPrecond saved by EDM's ``persistence``
-  reconstruction call, with its constructor arguments), for the ``released`` target (random weights).
+  reconstruction call, with its constructor arguments), for the ``released`` target (random weights), and the
+  ``calibrate`` target's stand-ins (``calibration.networks``: this one and a class-conditional one).
 
 ``aot-diffusion rehearsal-inputs`` writes all three where the profile looks for them.
 """
@@ -174,4 +175,9 @@ def write_inputs(p: Mapping, released_pickle=None) -> dict:
     if released_pickle:
         write_edm_pickle(released_pickle, released_config(p["train"]["network"]))
         written["released_pickle"] = Path(released_pickle)
+    for name, net in p["calibration"]["networks"].items():  # the stand-ins of the released networks
+        path = net["pickle"]
+        if path and Path(path) not in written.values():
+            write_edm_pickle(path, released_config(p["train"]["network"], conditional=net["conditional"]))
+            written[f"calibration {name}"] = Path(path)
     return written

@@ -140,12 +140,14 @@ def class_labels(label_dim: int, n: int, device="cpu") -> Optional[torch.Tensor]
 
 
 def sample_batched(denoise: Denoiser, z: torch.Tensor, labels: Optional[torch.Tensor], batch_size: int,
-                   progress: Optional[Callable[[int], None]] = None, **sampler_kwargs) -> torch.Tensor:
-    """:func:`edm_sampler` over ``z`` in batches of ``batch_size``; float32 samples on the latents' device."""
+                   progress: Optional[Callable[[int], None]] = None, sampler: Callable = edm_sampler,
+                   **sampler_kwargs) -> torch.Tensor:
+    """``sampler`` (default :func:`edm_sampler`) over ``z`` in batches of ``batch_size``; float32 samples on the
+    latents' device."""
     chunks = []
     for i in range(0, len(z), batch_size):
         lab = labels[i:i + batch_size] if labels is not None else None
-        chunks.append(edm_sampler(denoise, z[i:i + batch_size], class_labels=lab, **sampler_kwargs).float())
+        chunks.append(sampler(denoise, z[i:i + batch_size], class_labels=lab, **sampler_kwargs).float())
         if progress is not None:
             progress(min(i + batch_size, len(z)))
     return torch.cat(chunks)

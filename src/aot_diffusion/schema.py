@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 from .aot import PAIRINGS, ASSIGNMENT_SOLVERS
 
 __all__ = ["ParamError", "PROFILES", "NAME_PATTERN", "INSTANCE", "SCHEMA", "MODEL", "DISCRIMINATOR", "VARIANT",
-           "NETWORK", "ENCODER", "RESOLUTION", "MAX_POOL", "MAX_SAMPLES", "Spec", "validate", "check_models"]
+           "NETWORK", "ENCODER", "fake_split", "RESOLUTION", "MAX_POOL", "MAX_SAMPLES", "Spec", "validate", "check_models"]
 
 PROFILES = ("digits", "smoke", "cifar10", "rehearsal")  # rehearsal: cifar10 at toy size (conf/profile/rehearsal.yaml)
 
@@ -134,15 +134,18 @@ SCHEMA: dict[str, Any] = {
         "bootstrap": Int(20, 100000), "ci_level": Num(0.5, 0.999), "kid_subsets": Int(1, 1000), "feature_batch": Int(1),
         "allow_download": Bool(),
         "features": Str("classifier", "inception"),
+        "headline": Str("heldout", "train"),
     },
     "curvature": {
         "fine_steps": Int(8, 100000), "num_latents": Int(1), "sigma_grid": Int(2), "rho": Num(1, 1000),
         "coarse_steps": List(Int(2, 1000)), "seed_offset": Int(0),
     },
     "released_pickle": Str(nullable=True),
+    "calibration": {"tolerance": Num(0, 100, gt=True), "networks": Spec("map", item=Spec("released_network"))},
     "guidance": {
         "num_fake": Int(2, MAX_SAMPLES), "fake_steps": Int(2, 1000), "fake_rho": Num(1, 1000), "fake_seed_offset": Int(0),
         "heldout_fraction": Num(0, 0.9, gt=True),
+        "protocol": Str("early_stop", "dg"), "epochs_uncond": Int(1, 100000), "epochs_cond": Int(1, 100000),
         "encoder": ENCODER,
         "encoder_steps": Int(1), "encoder_batch_size": Int(1), "encoder_lr": Num(0, 10, gt=True),
         "adm_classifier": Str(nullable=True),
@@ -150,6 +153,7 @@ SCHEMA: dict[str, Any] = {
         "pool_size": Int(1, MAX_POOL), "batch_size": Int(2), "max_steps": Int(1), "eval_every": Int(1), "patience": Int(1, 1000),
         "lr": Num(0, 10, gt=True),
         "weight_decay": Num(0, 1), "weight_uncond": Num(0, 100), "weight_cond": Num(0, 100),
+        "boosting_uncond": Bool(), "boosting_cond": Bool(),
         "sigma_window": List(Num(0, 1e4, gt=True), min_len=2, nullable=True),
         "sample_steps": List(Int(2, 1000)), "rho": List(Num(1, 1000)),
         "paper_setting_uncond": SETTING, "paper_setting_cond": SETTING,
@@ -160,7 +164,8 @@ SCHEMA: dict[str, Any] = {
     "hybrid": {"switch_sigmas": List(Num(0, 1e4, gt=True)), "steps": List(Int(2, 1000)), "rho": Num(1, 1000)},
 }
 
-_RECORDS = {"model": MODEL, "discriminator": DISCRIMINATOR, "variant": VARIANT}
+RELEASED_NETWORK = {"pickle": Str(nullable=True), "aot": Bool(), "conditional": Bool()}  # calibration.networks
+_RECORDS = {"model": MODEL, "discriminator": DISCRIMINATOR, "variant": VARIANT, "released_network": RELEASED_NETWORK}
 
 
 def _fail(path: str, msg: str):
@@ -227,6 +232,14 @@ def _check_section(path: str, node, schema: Mapping, required: bool = True):
             _check_value(sub, node[key], spec)
 
 
+def fake_split(g: Mapping) -> tuple[int, int]:
+    """(training fakes, held-out fakes) of a guided model. early_stop: the held-out fraction comes out of
+    guidance.num_fake; dg: DG trains on all num_fake, and the held-out fakes (for the reported accuracy) are
+    sampled on top."""
+    held = max(int(g["num_fake"] * g["heldout_fraction"]), 2)
+    return (g["num_fake"] - held, held) if g["protocol"] == "early_stop" else (g["num_fake"], held)
+
+
 def check_models(models: Mapping, where: str = "models") -> None:
     """The model spec, one for every caller (the trained models and the study's variants as models): an EDM
     model pairs nothing, so a pairing of its own would be ignored, and is refused."""
@@ -282,12 +295,15 @@ def validate(p: Mapping, root: Path | str = ".") -> dict:
                            ("hybrid.rho", [p["hybrid"]["rho"]], s["rho"])):
         if not set(sub) <= set(full):
             _fail(key, f"{sub} must be a subset of {full} (the sweep it is compared with)")
-    if g["batch_size"] % 2:
-        _fail("guidance.batch_size", f"must be even (half real, half fake), got {g['batch_size']}")
-    half = g["batch_size"] // 2
-    if g["pool_size"] < half or g["pool_size"] % half:
-        _fail("guidance.pool_size", f"({g['pool_size']}) must be a multiple of half the batch ({half})")
-    train_fakes = g["num_fake"] - max(int(g["num_fake"] * g["heldout_fraction"]), 1)
+    if g["protocol"] == "early_stop":  # half real, half fake per batch
+        if g["batch_size"] % 2:
+            _fail("guidance.batch_size", f"must be even (half real, half fake), got {g['batch_size']}")
+        unit, what = g["batch_size"] // 2, "half the batch"
+    else:  # DG's: mixed batches drawn from one pool of real and fake images
+        unit, what = g["batch_size"], "the batch"
+    if g["pool_size"] < unit or g["pool_size"] % unit:
+        _fail("guidance.pool_size", f"({g['pool_size']}) must be a multiple of {what} ({unit})")
+    train_fakes = fake_split(g)[0]
     if train_fakes < g["pool_size"]:
         _fail("guidance.num_fake", f"{g['num_fake']} fakes leave {train_fakes} for training after the held-out "
                                    f"fraction, fewer than one pool (guidance.pool_size {g['pool_size']})")

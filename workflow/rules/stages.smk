@@ -46,3 +46,11 @@ for st in dag.ALL_STAGES:
 rule released:
     input:
         rules.released_fd.output,
+
+
+# Calibrate the FID path before any training: the released networks of calibration.networks (a pickle named) at
+# their papers' settings, and tables/calibration beside the published FIDs (not part of `all`):
+#   snakemake --cores all --config profile=cifar10 -- calibrate
+rule calibrate:
+    input:
+        rules.calibration.output,

@@ -150,8 +150,10 @@ def evaluate_classifier(model: ADMEncoderUNet, images: torch.Tensor, labels, *, 
 def discriminator_batches(real_images: torch.Tensor, fake_images: torch.Tensor, *, real_labels=None,
                           fake_labels=None, aot: bool = False, pool_size: int = 512, batch_size: int = 128,
                           steps: Optional[int] = None, seed: int = 0, device=None, sigma_distribution: str = "dg",
-                          P_mean: float = -1.2, P_std: float = 1.2, solver: str = "auto") -> Iterator[dict]:
-    """Yield discriminator training batches on ``device`` (default: the real images'), half real, half fake.
+                          P_mean: float = -1.2, P_std: float = 1.2, solver: str = "auto",
+                          mixed: bool = False) -> Iterator[dict]:
+    """Yield discriminator training batches on ``device`` (default: the real images'), half real, half fake;
+    ``mixed``: as DG's train.py, batches of the shuffled union of real and fake images (see below).
 
     Pools of ``pool_size`` real and ``pool_size`` fake images are drawn (epoch-wise shuffling) with one
     unit Gaussian noise each; with ``aot`` each pool's noise is reordered by the assignment pairing (per class
@@ -160,7 +162,16 @@ def discriminator_batches(real_images: torch.Tensor, fake_images: torch.Tensor, 
     VP-time draw by default, see :func:`draw_sigma`). Each batch is a dict with ``x`` (noisy input
     ``images + sigma * noise``), ``target`` (float 1/0), ``sigma`` [B], ``class_labels`` (int ids or
     None), ``images``, ``noise`` and ``is_real`` (bool). ``steps=None`` yields forever.
+
+    ``mixed``: one stream over the union of real and fake images, reshuffled each epoch; a pool is ``pool_size``
+    of them (real and fake together, AOT pairing over the whole pool, per class when labelled), consumed in
+    consecutive batches of ``batch_size``: how many of a batch are real varies, as in DG's shuffled dataset.
     """
+    if mixed:
+        yield from _mixed_batches(real_images, fake_images, real_labels=real_labels, fake_labels=fake_labels,
+                                  aot=aot, pool_size=pool_size, batch_size=batch_size, steps=steps, seed=seed,
+                                  device=device, sigma_distribution=sigma_distribution, solver=solver)
+        return
     real_ids = check_set(real_images, real_labels, "real")
     fake_ids = check_set(fake_images, fake_labels, "fake")
     if real_images.shape[1:] != fake_images.shape[1:]:
@@ -212,12 +223,54 @@ def discriminator_batches(real_images: torch.Tensor, fake_images: torch.Tensor, 
             step += 1
 
 
+def _mixed_batches(real_images, fake_images, *, real_labels, fake_labels, aot, pool_size, batch_size, steps, seed,
+                   device, sigma_distribution, solver) -> Iterator[dict]:
+    """discriminator_batches(mixed=True): DG's shuffled union of reals (target 1) and fakes (target 0)."""
+    real_ids = check_set(real_images, real_labels, "real")
+    fake_ids = check_set(fake_images, fake_labels, "fake")
+    if real_images.shape[1:] != fake_images.shape[1:]:
+        raise ValueError(f"real images {list(real_images.shape[1:])} and fake images "
+                         f"{list(fake_images.shape[1:])} must have the same per-image shape")
+    if (real_ids is None) != (fake_ids is None):
+        raise ValueError("give class labels for both real and fake images, or for neither")
+    n = real_images.shape[0] + fake_images.shape[0]
+    if batch_size < 1 or pool_size < batch_size or pool_size % batch_size or pool_size > n:
+        raise ValueError(f"pool_size ({pool_size}) must be a multiple of batch_size ({batch_size}) and at most the "
+                         f"{n} real and fake images")
+    if sigma_distribution not in SIGMA_DISTRIBUTIONS:
+        raise ValueError(f"sigma distribution must be one of {SIGMA_DISTRIBUTIONS}, got {sigma_distribution!r}")
+    device = real_images.device if device is None else torch.device(device)
+    images = torch.cat([real_images.to(device, torch.float32), fake_images.to(device, torch.float32)])
+    target = torch.cat([torch.ones(real_images.shape[0]), torch.zeros(fake_images.shape[0])]).to(device)
+    ids = torch.cat([real_ids, fake_ids]).to(device) if real_ids is not None else None
+    gen = make_generator(seed, device)
+    stream = _IndexStream(n, gen, device)
+    step = 0
+    while steps is None or step < steps:
+        idx = stream.take(pool_size)
+        pool_images, pool_ids = images[idx], (ids[idx] if ids is not None else None)
+        noise = torch.randn(pool_images.shape, generator=gen, device=device)
+        if aot:
+            noise = pair("assignment", pool_images, noise, pool_ids, generator=gen, solver=solver)  # aot.PAIRINGS
+        for j in range(pool_size // batch_size):
+            if steps is not None and step >= steps:
+                return
+            chunk = slice(j * batch_size, (j + 1) * batch_size)
+            sigma = draw_sigma(batch_size, distribution=sigma_distribution, generator=gen, device=device)
+            t = target[idx[chunk]]
+            yield dict(x=pool_images[chunk] + sigma.reshape(-1, 1, 1, 1) * noise[chunk], target=t, sigma=sigma,
+                       class_labels=pool_ids[chunk] if pool_ids is not None else None, images=pool_images[chunk],
+                       noise=noise[chunk], is_real=t > 0.5)
+            step += 1
+
+
 def train_discriminator(disc: nn.Module, real_images: torch.Tensor, fake_images: torch.Tensor, *,
                         real_labels=None, fake_labels=None, aot: bool = False, pool_size: int = 512,
                         batch_size: int = 128, steps: int = 1000, lr: float = 3e-4, weight_decay: float = 1e-7,
                         seed: int = 0, device=None, sigma_distribution: str = "dg", log_every: int = 50,
                         solver: str = "auto", validate: Optional[Callable[[nn.Module], dict]] = None,
-                        patience: int = 5, log: Optional[Callable[[str], None]] = None) -> list[dict]:
+                        patience: Optional[int] = 5, log: Optional[Callable[[str], None]] = None,
+                        mixed: bool = False) -> list[dict]:
     """Train ``disc`` with BCE-with-logits on real (1) vs fake (0) perturbed images; returns its history.
 
     Adam with DG's defaults over the trainable parameters only (a frozen encoder stays bitwise
@@ -230,9 +283,11 @@ def train_discriminator(disc: nn.Module, real_images: torch.Tensor, fake_images:
     it is called every ``log_every`` steps and its values join the history (``val_bce``,
     ``val_accuracy``); training stops once ``patience`` validations in a row have not lowered the best
     held-out BCE, and the trainable weights of the best validation are restored. ``steps`` is then
-    the maximum.
+    the maximum. ``patience=None``: no early stopping (DG's fixed budget): ``validate`` only draws the
+    learning curve, and the last weights are kept. ``mixed``: DG's shuffled mixed batches
+    (:func:`discriminator_batches`).
     """
-    if steps < 1 or log_every < 1 or patience < 1:
+    if steps < 1 or log_every < 1 or (patience is not None and patience < 1):
         raise ValueError("steps, log_every and patience must be >= 1")
     device = _resolve_device(device, disc)
     disc.to(device)
@@ -250,7 +305,8 @@ def train_discriminator(disc: nn.Module, real_images: torch.Tensor, fake_images:
     history, window, best, since = [], [], None, 0
     batches = discriminator_batches(real_images, fake_images, real_labels=real_labels, fake_labels=fake_labels,
                                     aot=aot, pool_size=pool_size, batch_size=batch_size, steps=steps, seed=seed,
-                                    device=device, sigma_distribution=sigma_distribution, solver=solver)
+                                    device=device, sigma_distribution=sigma_distribution, solver=solver,
+                                    mixed=mixed)
     for step, batch in enumerate(batches, start=1):
         logits = disc(batch["x"], batch["sigma"], batch["class_labels"])
         loss = F.binary_cross_entropy_with_logits(logits, batch["target"])
@@ -260,7 +316,11 @@ def train_discriminator(disc: nn.Module, real_images: torch.Tensor, fake_images:
         with torch.no_grad():
             real = batch["is_real"]
             acc = ((logits > 0).float() == batch["target"]).float().mean()
-            dist = (batch["images"][real] - batch["noise"][real]).flatten(1).norm(dim=1).mean()
+            if mixed:  # a batch may hold no real image; no host sync to ask
+                norms = (batch["images"] - batch["noise"]).flatten(1).norm(dim=1)
+                dist = (norms * real).sum() / real.sum().clamp(min=1)
+            else:
+                dist = (batch["images"][real] - batch["noise"][real]).flatten(1).norm(dim=1).mean()
             window.append(torch.stack([loss.detach(), acc, dist]))  # on the device: no host sync per step
         if step % log_every == 0 or step == steps:
             mean_loss, mean_acc, mean_dist = torch.stack(window).mean(dim=0).tolist()
@@ -271,7 +331,9 @@ def train_discriminator(disc: nn.Module, real_images: torch.Tensor, fake_images:
                 val = validate(disc)
                 disc.train()
                 entry.update(val_bce=float(val["bce"]), val_accuracy=float(val["accuracy"]))
-                if best is None or entry["val_bce"] < best[0]:
+                if patience is None:
+                    pass  # the learning curve only
+                elif best is None or entry["val_bce"] < best[0]:
                     best, since = (entry["val_bce"], step, {n: p.detach().clone() for n, p in trainable}), 0
                 else:
                     since += 1
@@ -279,7 +341,7 @@ def train_discriminator(disc: nn.Module, real_images: torch.Tensor, fake_images:
             history.append(entry)
             if log is not None:
                 log(f"[discriminator] step {step}/{steps} loss {mean_loss:.4f} acc {mean_acc:.3f}{note}")
-            if validate is not None and since >= patience:
+            if validate is not None and patience is not None and since >= patience:
                 if log is not None:
                     log(f"[discriminator] early stop: no held-out improvement in {patience} checks; "
                         f"best at step {best[1]}")
@@ -290,6 +352,9 @@ def train_discriminator(disc: nn.Module, real_images: torch.Tensor, fake_images:
                 p.copy_(best[2][n])
         for entry in history:
             entry["best"] = entry["step"] == best[1]
+    elif validate is not None:  # a fixed budget: the last weights are the ones kept
+        for entry in history:
+            entry["best"] = entry is history[-1]
     disc.eval()
     return history
 
@@ -299,8 +364,8 @@ def fit_discriminator(encoder: ADMEncoderUNet, real_images: torch.Tensor, fake_i
                       pool_size: int = 512, batch_size: int = 128, steps: int = 1000, lr: float = 3e-4,
                       weight_decay: float = 1e-7, seed: int = 0, device="cpu", head_config: Optional[dict] = None,
                       head_num_classes: Optional[int] = None, log_every: int = 50,
-                      validate: Optional[Callable[[nn.Module], dict]] = None, patience: int = 5,
-                      log: Optional[Callable[[str], None]] = None, solver: str = "auto"):
+                      validate: Optional[Callable[[nn.Module], dict]] = None, patience: Optional[int] = 5,
+                      log: Optional[Callable[[str], None]] = None, solver: str = "auto", mixed: bool = False):
     """Build DG's discriminator on the frozen ``encoder`` (head seeded by ``seed``) and train it.
 
     ``label_dim > 0`` makes it class-conditional (labels required). ``validate``/``patience``: early
@@ -311,7 +376,7 @@ def fit_discriminator(encoder: ADMEncoderUNet, real_images: torch.Tensor, fake_i
     history = train_discriminator(disc, real_images, fake_images, real_labels=real_labels, fake_labels=fake_labels,
                                   aot=aot, pool_size=pool_size, batch_size=batch_size, steps=steps, lr=lr,
                                   weight_decay=weight_decay, seed=seed, device=device, log_every=log_every,
-                                  validate=validate, patience=patience, log=log, solver=solver)
+                                  validate=validate, patience=patience, log=log, solver=solver, mixed=mixed)
     return disc, history
 
 

@@ -14,21 +14,9 @@ from ..layout import sample_key
 from ..metrics import fd as fdm
 from ..metrics.scores import METRICS, Estimate, columns, interval_metrics
 from ..params import edm_aot_pairs, guidance_settings, instance_key, model_instances
+from .. import paper
 from ..sampling import num_function_evals
 from ..utils import AtomicPath, atomic_write_text
-
-# The AOT paper's CIFAR-10 FIDs (50k samples, EDM protocol); EDM rows from the EDM paper.
-PAPER_FID = {
-    ("edm", False, 7.0, 18): 1.97, ("edm", True, 7.0, 18): 1.79,
-    ("aot", False, 7.0, 18): 1.95, ("aot", False, 90.0, 14): 1.88,
-    ("aot", True, 7.0, 18): 1.79, ("aot", True, 72.0, 15): 1.73,
-}
-# DG paper (EDM + DG) and AOT paper (AOT + AOT-DG) CIFAR-10 FIDs; (method, conditional) -> (rho, steps, fid).
-PAPER_DG_FID = {
-    ("EDM + DG", False): (7.0, 18, 1.77), ("EDM + DG", True): (7.0, 18, 1.64),
-    ("AOT + AOT-DG", False): (None, 15, 1.68), ("AOT + AOT-DG", True): (None, 15, 1.58),
-}
-
 
 def metric_name(p) -> str:
     """FID with Inception's features only (cifar10); otherwise FD in the trained classifier's features."""
@@ -46,6 +34,23 @@ def metric_label(p) -> str:
     if p["data"]["dataset"] == "cifar10":  # the rehearsal
         return "FD (STAND-IN classifier features, not Inception: not FID)"
     return "FD (digits-classifier features)"
+
+
+def headline_stat(p) -> str:
+    """The metric of the headline (fd.headline): FD against the held-out images' statistics, or against the
+    training set's (the papers' FID)."""
+    return "fd_heldout" if p["fd"]["headline"] == "heldout" else "fd"
+
+
+def headline_label(p) -> str:
+    """The headline statistic as every table title names it."""
+    return (f"{metric_key(p, headline_stat(p))}: against the "
+            + ("held-out images' statistics" if p["fd"]["headline"] == "heldout" else "training set's statistics"))
+
+
+def reference_stats(p, ref) -> tuple:
+    """(mu, sigma) of the headline statistic from stage fd_reference's file."""
+    return (ref["mu_heldout"], ref["sigma_heldout"]) if p["fd"]["headline"] == "heldout" else (ref["mu"], ref["sigma"])
 
 
 def metric_key(p, metric: str) -> str:
@@ -66,14 +71,15 @@ def _kind(p, model):
     return "aot" if p["models"][model]["aot"] else "edm"
 
 
-BOOLEAN_COLUMNS = ("conditional", "aot", "outside_noise")
+BOOLEAN_COLUMNS = ("conditional", "aot", "outside_noise", "boosting", "within_tolerance")
 
 
 def _tidy(df: pd.DataFrame) -> pd.DataFrame:
-    """Booleans as True / False in every table (not 0 / 1 where a row without one made the column numeric)."""
+    """Booleans as True / False in every table (not 0 / 1 where a row without one made the column numeric); a
+    column of that name holding names (aot_vs_edm's `aot`: the AOT model) stays as it is."""
     df = df.copy()
     for col in BOOLEAN_COLUMNS:
-        if col in df:
+        if col in df and all(v in (True, False, 0, 1, "") or pd.isna(v) for v in df[col]):
             df[col] = [bool(v) if pd.notna(v) and v != "" else None for v in df[col]]
     return df
 
@@ -110,28 +116,46 @@ def headline_rows(p, t1: pd.DataFrame) -> pd.DataFrame:
 
 
 def fd_curves(p, t1: pd.DataFrame) -> pd.DataFrame:
-    """The headline FD against held-out statistics at the first rho: x = nfe, one column per model (dvc.yaml's
-    `plots` draws each column as its own line, so models don't join into one)."""
+    """The headline FD (fd.headline) at the first rho: x = nfe, one column per model (dvc.yaml's `plots` draws
+    each column as its own line, so models don't join into one)."""
     rows = headline_rows(p, t1)
     rows = rows[rows["rho"] == float(p["sample"]["rho"][0])]
-    wide = rows.pivot_table(index="nfe", columns="model", values="fd_heldout").reset_index()
+    wide = rows.pivot_table(index="nfe", columns="model", values=headline_stat(p)).reset_index()
     return wide[["nfe", *[m for m in p["models"] if m in wide]]]
 
 
+def cell_text(p, r, m: str, digits: int = 1) -> str:
+    """One Table-1 cell: "value [low, high]"; with several sampling seeds EDM's protocol first, the minimum over
+    them, then the mean and its interval: "min / mean [low, high]"."""
+    text = f"{r[m]:.{digits}f} [{r[f'{m}_low']:.{digits}f}, {r[f'{m}_high']:.{digits}f}]"
+    if len(p["sample"]["seeds"]) > 1 and pd.notna(r.get(f"{m}_min")):
+        return f"{r[f'{m}_min']:.{digits}f} / {text}"
+    return text
+
+
+def _digits(p) -> int:
+    """Decimals of the headline: FID's two (the papers' differences are hundredths), FD's one."""
+    return 2 if p["fd"]["features"] == "inception" else 1
+
+
 def headline_pivot(p, t1: pd.DataFrame) -> str:
-    """Table 1 as the README shows it: per model, the headline (fd_heldout, the mean over training seeds when
-    there are several) as "FD [low, high]" per rho and NFE, the floor in its own row."""
-    several, rows = len(p["train"]["seeds"]) > 1, headline_rows(p, t1)
-    fmt = lambda r: f"{r['fd_heldout']:.1f} [{r['fd_heldout_low']:.1f}, {r['fd_heldout_high']:.1f}]"  # noqa: E731
+    """Table 1 as the README shows it: per model, the headline statistic (fd.headline; the mean over training
+    seeds when there are several) per rho and NFE (cell_text), the floor in its own row."""
+    several, rows, m = len(p["train"]["seeds"]) > 1, headline_rows(p, t1), headline_stat(p)
+    digits = _digits(p)
     cols = [(float(rho), int(nfe)) for rho, nfe in sorted({(r.rho, r.nfe) for r in rows.itertuples()})]
-    table = [{"model": m, **{f"rho {rho:g}, NFE {nfe}": fmt(g[(g["rho"] == rho) & (g["nfe"] == nfe)].iloc[0])
-                             for rho, nfe in cols}} for m, g in rows.groupby("model", sort=False)]
+    table = [{"model": mod, **{f"rho {rho:g}, NFE {nfe}": cell_text(p, g[(g["rho"] == rho) & (g["nfe"] == nfe)].iloc[0], m, digits)
+                               for rho, nfe in cols}} for mod, g in rows.groupby("model", sort=False)]
     floor = t1[t1["model"].str.startswith("real")]
-    if len(floor) and pd.notna(floor["fd_heldout"].iloc[0]):
-        table.append({"model": "real (floor)", **{f"rho {rho:g}, NFE {nfe}": fmt(floor.iloc[0]) for rho, nfe in cols}})
-    how = (f"mean over {len(p['train']['seeds'])} training seeds [{ci_label(p)} t-interval over them]" if several
-           else f"[{ci_label(p)} interval]")
-    return (f"## Headline: {metric_name(p)}_heldout, {how}\n\n" + pd.DataFrame(table).to_markdown(index=False)
+    if len(floor) and pd.notna(floor[m].iloc[0]):
+        f = floor.iloc[0]
+        text = f"{f[m]:.{digits}f} [{f[f'{m}_low']:.{digits}f}, {f[f'{m}_high']:.{digits}f}] (N {int(f['n'])})"
+        table.append({"model": "real (floor)", **{f"rho {rho:g}, NFE {nfe}": text for rho, nfe in cols}})
+    seeds = len(p["sample"]["seeds"])
+    cell = (f"min over {seeds} sampling seeds (EDM's protocol) / mean [{ci_label(p)} t-interval over them]"
+            if seeds > 1 else f"value [{ci_label(p)} interval]")
+    how = (f"mean over {len(p['train']['seeds'])} training seeds of each: " + cell) if several else cell
+    return (f"## Headline: {headline_label(p)}; {how}\n\n" + pd.DataFrame(table).to_markdown(index=False)
             + "\n\n## Every row\n\n")
 
 
@@ -145,7 +169,8 @@ def grid_only(p, df: pd.DataFrame) -> pd.DataFrame:
 def _summary(df: pd.DataFrame, level: float) -> pd.DataFrame:
     """Per (rho, steps), every metric of the records (metrics.scores): one sampling seed: its value and interval;
     several: the mean over seeds with a Student-t interval over the seeds' values (never a mean beside one
-    seed's interval); a metric without an interval: the mean."""
+    seed's interval) and, as EDM reports FID, the minimum over seeds (``{m}_min``); a metric without an
+    interval: the mean."""
     rows, intervals = [], interval_metrics(df)
     for (rho, steps), g in df.sort_values("seed").groupby(["rho", "steps"]):
         row = dict(rho=rho, steps=steps, nfe=g["nfe"].iloc[0], seeds=len(g), n=g["n"].iloc[0],
@@ -157,6 +182,7 @@ def _summary(df: pd.DataFrame, level: float) -> pd.DataFrame:
                 row.update({m: g[m].iloc[0], f"{m}_low": g[f"{m}_low"].iloc[0], f"{m}_high": g[f"{m}_high"].iloc[0]})
             else:
                 row[m], row[f"{m}_low"], row[f"{m}_high"] = _t_interval(g[m], level)
+                row[f"{m}_min"] = g[m].min()  # EDM's protocol: the minimum over sampling seeds
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -204,24 +230,26 @@ def table1(p, L, floor) -> pd.DataFrame:
     for key, (model, train_seed) in model_instances(p).items():
         spec = p["models"][model]
         for _, r in _summary(grid_only(p, pd.read_csv(L.fd(key))), level).iterrows():
-            paper = PAPER_FID.get((_kind(p, model), spec["conditional"], float(r["rho"]), int(r["steps"])), np.nan)
+            published = paper.paper_fid(_kind(p, model), spec["conditional"], float(r["rho"]), int(r["steps"]))
             per_seed.append(dict(model=model, train_seed=train_seed, conditional=spec["conditional"], aot=spec["aot"],
-                                 **r.drop("disc_grad_evals"), paper_cifar10_fid=paper))
+                                 **r.drop("disc_grad_evals"), paper_cifar10_fid=np.nan if published is None else published))
     per_seed = pd.DataFrame(per_seed).assign(train_seeds=1)
     parts = [pd.DataFrame(rows), per_seed]
     if len(p["train"]["seeds"]) > 1:
         intervals = interval_metrics(per_seed)
+        mins = [f"{m}_min" for m in intervals if f"{m}_min" in per_seed]  # the mean of each seed's minimum
         parts.append(_across_seeds(per_seed, ["model", "conditional", "aot", "rho", "steps", "nfe"], intervals, level,
-                                   means=[m for m in METRICS if m in per_seed and m not in intervals]))
+                                   means=[m for m in METRICS if m in per_seed and m not in intervals] + mins
+                                   + ["paper_cifar10_fid"]))
     return pd.concat(parts, ignore_index=True)
 
 
 def paired_differences(p, L) -> pd.DataFrame:
-    """EDM minus AOT FD (against held-out statistics) at every setting, per training seed from the same latents
-    (first sampling seed) with a paired bootstrap; with several training seeds also the mean over seeds with
-    its t-interval over the seeds (train_seed 'mean')."""
+    """EDM minus AOT of the headline statistic (fd.headline) at every setting, per training seed from the same
+    latents (first sampling seed) with a paired bootstrap; with several training seeds also the mean over seeds
+    with its t-interval over the seeds (train_seed 'mean')."""
     ref = safe_np_load(L.fd_reference)
-    stats, f, rows = (ref["mu_heldout"], ref["sigma_heldout"]), p["fd"], []
+    stats, f, rows = reference_stats(p, ref), p["fd"], []
     seed = p["sample"]["seeds"][0]
     for pair, (edm, aot) in edm_aot_pairs(p).items():
         for train_seed in p["train"]["seeds"]:
@@ -245,11 +273,12 @@ def paired_differences(p, L) -> pd.DataFrame:
 
 def table2(p, L) -> pd.DataFrame:
     """Table 2 as the paper's: per discriminator (EDM + DG, AOT + AOT-DG, AOT + plain DG) and setting, the
-    unguided and guided FD against held-out statistics and the gain (unguided minus guided) on the same
-    latents (first sampling seed) with its paired interval; the discriminator's held-out (test) accuracy."""
-    g, level = p["guidance"], p["fd"]["ci_level"]
+    unguided and guided headline statistic (fd.headline; with several sampling seeds the mean and, as EDM
+    reports, the minimum) and the gain (unguided minus guided) on the same latents (first sampling seed) with its
+    paired interval; the discriminator's held-out (test) accuracy; the published FID where the paper has one."""
+    g, level, stat = p["guidance"], p["fd"]["ci_level"], headline_stat(p)
     ref = safe_np_load(L.fd_reference)
-    stats, seed = (ref["mu_heldout"], ref["sigma_heldout"]), p["sample"]["seeds"][0]
+    stats, seed = reference_stats(p, ref), p["sample"]["seeds"][0]
     rows = []
     for disc, dspec in g["discriminators"].items():
         kind, cond = _kind(p, dspec["model"]).upper(), p["models"][dspec["model"]]["conditional"]
@@ -265,16 +294,18 @@ def table2(p, L) -> pd.DataFrame:
             key = sample_key(steps, rho, seed)
             diff, low, high = fdm.paired_diff_ci(fp[key], fg[key], stats, n_boot=p["fd"]["bootstrap"], seed=p["seed"],
                                                  level=level)
-            paper = PAPER_DG_FID.get((method, cond))
-            match = paper is not None and paper[1] == int(steps) and paper[0] in (None, float(rho))
+            published = paper.paper_dg_fid(method, cond, rho, steps)
+            mins = ({"fd_unguided_min": u[f"{stat}_min"], "fd_guided_min": r[f"{stat}_min"]}
+                    if f"{stat}_min" in r else {})
             rows.append(dict(method=method, conditional=cond, discriminator=disc, model=model, rho=rho, steps=int(steps),
                              nfe=int(r["nfe"]), disc_grad_evals=int(r["disc_grad_evals"]),
-                             fd_unguided=u["fd_heldout"], fd_guided=r["fd_heldout"], gain=diff, gain_low=low,
+                             boosting=g["boosting_cond" if cond else "boosting_uncond"], **mins,
+                             fd_unguided=u[stat], fd_guided=r[stat], gain=diff, gain_low=low,
                              gain_high=high, outside_noise=bool(low > 0 or high < 0),
                              disc_steps=m.get("steps_run"), disc_best_step=m.get("best_step"),
                              disc_test_accuracy=held["accuracy"],
                              **{f"acc_sigma_{b}": v["accuracy"] for b, v in held["bands"].items()},
-                             paper_cifar10_fid=paper[2] if match else np.nan))
+                             paper_cifar10_fid=np.nan if published is None else published))
     return pd.DataFrame(rows)
 
 
@@ -316,12 +347,12 @@ def table3(p, L) -> pd.DataFrame:
 
 def headline_metrics(p, L, floor, t1, diffs, t2, t3) -> dict:
     """metrics.json: the headline numbers only, what `dvc exp show` / `dvc metrics diff` compare (the detail is in
-    the tables): every metric's floor; EDM minus AOT against held-out statistics at every rho and NFE; the
+    the tables): every metric's floor; EDM minus AOT of the headline statistic at every rho and NFE; the
     headline metrics of metrics.scores per model at the first rho and the sweep's largest NFE (memorisation:
     nn_train_dist); each model's mean curvature; each discriminator's DG gain at the paper's setting for its
     conditioning (Table 2 has every setting). A value with an interval is {diff | gain | value, interval}
     (see _headline); the key `intervals` says which interval."""
-    name, level = metric_name(p), ci_label(p)
+    name, level, stat = metric_name(p), ci_label(p), metric_key(p, headline_stat(p))
     several = len(p["train"]["seeds"]) > 1
     metrics = {"intervals": (f"{level}; models and EDM minus AOT: " + (
         f"t-interval over {len(p['train']['seeds'])} training seeds" if several else "bootstrap") +
@@ -333,7 +364,7 @@ def headline_metrics(p, L, floor, t1, diffs, t2, t3) -> dict:
     pick = (lambda df: df[df["train_seed"] == "mean"]) if several else \
         (lambda df: df[df["train_seed"] == p["train"]["seeds"][0]])
     for _, r in pick(diffs).iterrows():
-        metrics.update(_headline(f"aot_vs_edm.{r['pair']}.{name}_heldout_rho{r['rho']:g}_nfe{int(r['nfe'])}",
+        metrics.update(_headline(f"aot_vs_edm.{r['pair']}.{stat}_rho{r['rho']:g}_nfe{int(r['nfe'])}",
                                  r["diff"], r["low"], r["high"], name="diff"))
     headline = [m for m in METRICS if METRICS[m].headline]
     at = (t1["rho"] == p["sample"]["rho"][0]) & (t1["steps"] == max(p["sample"]["steps"]))
@@ -346,41 +377,131 @@ def headline_metrics(p, L, floor, t1, diffs, t2, t3) -> dict:
     for _, r in t2.iterrows():
         paper = p["guidance"]["paper_setting_cond" if r["conditional"] else "paper_setting_uncond"]
         if (int(r["steps"]), float(r["rho"])) == (int(paper["steps"]), float(paper["rho"])):
-            metrics.update(_headline(f"{r['discriminator']}.gain_{name}_heldout_rho{r['rho']:g}_nfe{int(r['nfe'])}",
+            metrics.update(_headline(f"{r['discriminator']}.gain_{stat}_rho{r['rho']:g}_nfe{int(r['nfe'])}",
                                      r["gain"], r["gain_low"], r["gain_high"], name="gain"))
     return metrics
 
 
+def paper_comparison(p, t1: pd.DataFrame, t2: pd.DataFrame) -> pd.DataFrame:
+    """Every published CIFAR-10 cell (paper.TABLE1_CELLS, paper.DG_CELLS) beside ours at its setting: EDM's
+    protocol (the minimum over sampling seeds) and the mean with its interval, from the headline rows (the mean
+    over training seeds where there are several); `protocol_differs`: what our protocol does differently
+    (paper.differences), empty where it matches as far as the paper's protocol is public."""
+    stat, rows = headline_stat(p), []
+    heads = headline_rows(p, t1)
+    for cell in paper.TABLE1_CELLS + paper.DG_CELLS:
+        guided = bool(cell.method)
+        if guided:
+            method = cell.method
+            hits = t2[(t2["method"] == method) & (t2["conditional"] == cell.conditional) & (t2["steps"] == cell.steps)]
+            if cell.rho is not None:
+                hits = hits[hits["rho"] == cell.rho]
+            ours = [dict(rho=h["rho"], model=h["model"], ours_min=h.get("fd_guided_min", np.nan),
+                         ours_mean=h["fd_guided"], ours_low=np.nan, ours_high=np.nan) for _, h in hits.iterrows()]
+        else:
+            method = f"{cell.kind.upper()} ({'cond' if cell.conditional else 'uncond'})"
+            model = next((m for m, s in p["models"].items() if s["aot"] == (cell.kind == "aot")
+                          and s["conditional"] == cell.conditional), None)
+            hits = heads[(heads["model"] == model) & (heads["rho"] == cell.rho) & (heads["steps"] == cell.steps)]
+            ours = [dict(rho=h["rho"], model=model, ours_min=h.get(f"{stat}_min", np.nan), ours_mean=h[stat],
+                         ours_low=h[f"{stat}_low"], ours_high=h[f"{stat}_high"]) for _, h in hits.iterrows()]
+        differs = paper.differences(p, cell, guided=guided)
+        base = dict(source=cell.source, method=method, conditional=cell.conditional, steps=cell.steps,
+                    nfe=num_function_evals(cell.steps), paper_fid=cell.fid)
+        if not ours:
+            rows.append(dict(base, rho=cell.rho, model="", ours_min=np.nan, ours_mean=np.nan, ours_low=np.nan,
+                             ours_high=np.nan, protocol_differs="; ".join(["setting not sampled"] + differs),
+                             note=cell.note))
+        for o in ours:
+            rows.append(dict(base, **o, protocol_differs="; ".join(differs), note=cell.note))
+    cols = ["source", "method", "conditional", "model", "rho", "steps", "nfe", "paper_fid", "ours_min", "ours_mean",
+            "ours_low", "ours_high", "protocol_differs", "note"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def calibration_table(p, L, networks) -> pd.DataFrame:
+    """Each released network (calibration.networks with a pickle) at its paper's setting: the minimum over
+    sampling seeds (EDM's protocol) and the mean with its t-interval, beside the published FID, and whether the
+    minimum lands within calibration.tolerance of it."""
+    c, level, rows = p["calibration"], p["fd"]["ci_level"], []
+    for name in networks:
+        spec = c["networks"][name]
+        cell = paper.calibration_setting(spec["aot"], spec["conditional"])
+        df = pd.read_csv(L.calibration_fd(name))
+        r = _summary(df, level).iloc[0]
+        low, high = r.get("fd_low"), r.get("fd_high")
+        best = r.get("fd_min", r["fd"])
+        rows.append(dict(network=name, pickle=spec["pickle"], aot=spec["aot"], conditional=spec["conditional"],
+                         source=cell.source, steps=cell.steps, rho=cell.rho, nfe=num_function_evals(cell.steps),
+                         n=int(r["n"]), seeds=int(r["seeds"]), fid_min=best, fid_mean=r["fd"], fid_low=low,
+                         fid_high=high, paper_fid=cell.fid, min_minus_paper=best - cell.fid,
+                         within_tolerance=bool(abs(best - cell.fid) <= c["tolerance"])))
+    return pd.DataFrame(rows)
+
+
+def write_calibration(p, L, networks=None, log=print):
+    """tables/calibration.{csv,md,html} (target `calibrate`)."""
+    networks = [k for k, n in p["calibration"]["networks"].items() if n["pickle"]] if networks is None else networks
+    df = calibration_table(p, L, networks)
+    floor = read_floor(L)
+    protocol = [f"{p['sample']['num_samples']} samples per sampling seed, {len(p['sample']['seeds'])} seed(s)",
+                f"{metric_label(p)} against the training set's statistics",
+                f"floor at N = {int(floor['n'])}: {floor['metrics']['fd'].value:.4g}"]
+    differs = [d for d in paper.differences(p, paper.TABLE1_CELLS[2]) if not d.startswith(("training", "batch", "AOT"))]
+    _write(df, L, "calibration", f"Calibration: released networks at their papers' settings ({p['profile']} profile; "
+           f"{'; '.join(protocol)}; fid_min: the minimum over sampling seeds (EDM's protocol), fid_mean with its "
+           f"{ci_label(p)} t-interval over them; within_tolerance: |fid_min - paper_fid| <= {p['calibration']['tolerance']:g}."
+           + (f" NOT the papers' protocol: {'; '.join(differs)}" if differs else " The papers' protocol.")
+           + " Outside the tolerance the FID path is wrong: trust nothing else)")
+    for _, r in df.iterrows():
+        log(f"{r['network']}: {r['fid_min']:.4g} (min of {r['seeds']}), paper {r['paper_fid']}: "
+            f"{'within' if r['within_tolerance'] else 'OUTSIDE'} {p['calibration']['tolerance']:g}")
+    return df
+
+
 def write_tables(p, L, log=print):
     floor = read_floor(L)
-    name, label = metric_name(p), metric_label(p)
+    name, label, head = metric_name(p), metric_label(p), headline_label(p)
     t1, diffs, t2, t3 = table1(p, L, floor), paired_differences(p, L), table2(p, L), table3(p, L)
     n = int(floor["n"])
+    floor_note = (f"; the floor at N = {n}, not {p['sample']['num_samples']}: only {n} held-out images (an FD's bias "
+                  f"falls as 1/N, so the floor at the samples' N is lower)" if n < p["sample"]["num_samples"] else "")
+    seeds = len(p["sample"]["seeds"])
     _write(t1, L, "table1_fd_vs_nfe", extra=headline_pivot(p, t1),
-           title=f"Table 1: {label} vs NFE ({p['profile']} profile, {n} samples per setting; "
+           title=f"Table 1: {label} vs NFE ({p['profile']} profile, {p['sample']['num_samples']} samples per setting; "
+           f"headline {head}{floor_note}; "
            f"{name}: against the training statistics, first row: N held-out real images (the floor); "
            f"{name}_heldout: against the held-out images' statistics (a model can't win it by memorising), first row: "
            f"N real training images; nn_train_dist: mean pixel distance to the nearest training image (first row: "
            f"held-out real images'); one row per trained model (train_seed) and setting, its intervals {ci_label(p)} "
            f"bootstrap (one sampling seed) or, with several (column seeds), the mean over sampling seeds with its "
-           f"{ci_label(p)} t-interval; train_seed 'mean': the mean over the training seeds (column train_seeds) with "
-           f"the {ci_label(p)} t-interval over them; paper column: CIFAR-10 FIDs of the AOT paper)")
-    _write(t2, L, "table2_guidance", f"Table 2: Discriminator Guidance, {label} ({p['profile']} profile; {name} "
-           f"against the held-out statistics; gain = unguided minus guided {name} on the same latents (the first sampling "
-           f"seed's) with its {ci_label(p)} paired interval; outside_noise: the interval excludes 0; disc_grad_evals: "
-           f"discriminator gradients per sampler run on top of the NFE; disc_*: steps run, the early-stopping step "
-           f"kept, accuracy on held-out real and fake images not used for stopping, overall and per sigma band)")
+           f"{ci_label(p)} t-interval and the minimum over them (columns *_min, EDM's protocol); train_seed 'mean': "
+           f"the mean over the training seeds (column train_seeds) with the {ci_label(p)} t-interval over them; paper "
+           f"column: published CIFAR-10 FIDs)")
+    _write(t2, L, "table2_guidance", f"Table 2: Discriminator Guidance, {label} ({p['profile']} profile; headline "
+           f"{head}; fd_unguided, fd_guided: the mean over {seeds} sampling seed(s)" +
+           (", *_min: the minimum over them (EDM's protocol)" if seeds > 1 else "") +
+           f"; gain = unguided minus guided on the same latents (the first sampling seed's) with its {ci_label(p)} "
+           f"paired interval; outside_noise: the interval excludes 0; boosting: DG's; disc_grad_evals: "
+           f"discriminator gradients per sampler run on top of the NFE; disc_*: steps run, the step kept (guidance."
+           f"protocol {p['guidance']['protocol']}), accuracy on held-out real and fake images, overall and per sigma "
+           f"band)")
     _write(t3, L, "table3_curvature", f"Table 3: ODE curvature and truncation error ({p['profile']} profile)")
     hyb = hybrid_table(p, L)
     _write(hyb, L, "hybrid_switch", f"Hybrid samplers ({p['profile']} profile, rho {p['hybrid']['rho']:g}, {n} samples, "
            f"first sampling seed's latents): the 'above' model's denoiser where sigma > switch_sigma, the 'below' "
            f"model's at and below it; 'pure': one model throughout. {label} against held-out statistics with "
            f"{ci_label(p)} bootstrap intervals, and against the training statistics")
+    _write(paper_comparison(p, t1, t2), L, "paper_comparison",
+           f"The papers' CIFAR-10 cells beside ours ({p['profile']} profile; ours: headline {head}, ours_min the "
+           f"minimum over {seeds} sampling seed(s) as EDM reports, ours_mean with its {ci_label(p)} interval; "
+           f"the mean over training seeds where there are several; protocol_differs: what our protocol does "
+           f"differently from the paper's, empty where it matches as far as it is public)")
     with AtomicPath(L.fd_curves, suffix=".csv") as tmp:  # for `dvc plots diff`: one column (line) per model
         fd_curves(p, t1).to_csv(tmp, index=False)
     metrics = headline_metrics(p, L, floor, t1, diffs, t2, t3)
     atomic_write_text(L.metrics, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    _write(diffs, L, "aot_vs_edm", f"EDM minus AOT {label} against held-out statistics ({p['profile']} profile, "
+    _write(diffs, L, "aot_vs_edm", f"EDM minus AOT {label} ({p['profile']} profile, headline {head}, "
            f"{n} samples): per training seed, EDM and AOT trained with that seed on the same latents (the first "
            f"sampling seed's) with a {ci_label(p)} paired bootstrap interval; train_seed 'mean': the mean over the "
            f"training seeds with the {ci_label(p)} t-interval over them; outside_noise: the interval excludes 0")

@@ -29,7 +29,8 @@ class Run:
         self.stage, self.key = stage, key
         self.plan = dag.Plan(full)
         if stage.over in dag.KEYED and key not in dag.keys_of(stage, self.plan.ctx):
-            where = {"model": "models", "disc": "guidance.discriminators", "variant": "pool_study.variants"}[stage.over]
+            where = {"model": "models", "disc": "guidance.discriminators", "variant": "pool_study.variants",
+                     "network": "calibration.networks (with a pickle)"}[stage.over]
             raise ParamError(f"unknown {stage.over} {key!r}; params.yaml '{where}' has "
                              f"{sorted(dag.keys_of(stage, self.plan.ctx))}")
         declared = self.plan.declared(stage, key)

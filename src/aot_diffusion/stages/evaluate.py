@@ -57,8 +57,12 @@ def _score(run: Run, samples_path, csv_path, features_path, name: str) -> None:
 
 
 def fd(run: Run) -> None:
+    L = run.layout
     if run.stage.over == "released":
-        _score(run, run.layout.released_samples, run.layout.released_fd, run.layout.released_features, "released")
+        _score(run, L.released_samples, L.released_fd, L.released_features, "released")
+        return
+    if run.stage.over == "network":  # a released network of calibration.networks
+        _score(run, L.calibration_samples(run.key), L.calibration_fd(run.key), L.calibration_features(run.key), run.key)
         return
     _score(run, run.layout.samples(run.key), run.layout.fd(run.key), run.layout.features(run.key), run.key)
 

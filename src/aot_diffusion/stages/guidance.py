@@ -65,18 +65,28 @@ def _as_stored(images) -> torch.Tensor:
 
 
 def train_discriminator(run: Run) -> None:
-    """DG's discriminator on uint8 reals vs uint8 fakes, early-stopped on a held-out split.
+    """DG's discriminator on uint8 reals vs uint8 fakes.
 
-    The held-out fakes (``guidance.heldout_fraction``) and as many held-out real images are split in two:
-    the first half decides early stopping (validation), the second gives the reported accuracy (test).
+    guidance.protocol early_stop: real and fake halves per batch, early-stopped on a held-out split; the held-out
+    fakes (``guidance.heldout_fraction`` of num_fake) and as many held-out real images are split in two: the first
+    half decides early stopping (validation), the second gives the reported accuracy (test). dg: DG's train.py,
+    all num_fake fakes and every training image in shuffled mixed batches for a fixed number of epochs; the
+    held-out fakes (sampled on top) only draw the learning curve (first half) and give the accuracy (second).
     """
+    import math
+
     import pandas as pd
+
+    from ..schema import fake_split
 
     g, spec = run.params["guidance"], run.disc_spec(run.key)
     d = load_dataset(run.layout.dataset)
     with safe_np_load(run.layout.fakes(run.trained(spec["model"]))) as f:
         fakes, fake_ids, conditional = _as_stored(f["images"]), torch.as_tensor(f["labels"]), bool(f["conditional"])
-    n_hold = max(int(len(fakes) * g["heldout_fraction"]), 2)
+    n_train, n_hold = fake_split(g)
+    if len(fakes) != n_train + n_hold:
+        raise ValueError(f"{run.key}: the fakes file holds {len(fakes)} images, guidance.* asks for {n_train} "
+                         f"training + {n_hold} held-out fakes: rerun fake_samples")
     real, real_ids = _as_stored(d["train_images"]), torch.as_tensor(d["train_labels"])
     test_real, test_ids = _as_stored(d["test_images"]), torch.as_tensor(d["test_labels"])
     m = min(len(test_real), n_hold) // 2  # per class of image and per split
@@ -93,15 +103,22 @@ def train_discriminator(run: Run) -> None:
         return dg.evaluate_discriminator(disc, test_real[r], fakes[f_], real_labels=lab(test_ids[r]),
                                          fake_labels=lab(fake_ids[f_]), seed=seed, repeats=repeats)
 
-    run.log(f"model {spec['model']}, aot={spec['aot']}, conditional={conditional}, {len(fakes) - n_hold} "
-            f"training fakes, {m} + {m} held-out (validation, test) per class")
+    dg_protocol = g["protocol"] == "dg"
+    if dg_protocol:
+        epochs = g["epochs_cond"] if conditional else g["epochs_uncond"]
+        steps = epochs * math.ceil((len(real) + n_train) / g["batch_size"])
+        budget = f"DG's protocol: {epochs} epochs of {len(real)} real + {n_train} fake images = {steps} steps"
+    else:
+        steps, budget = g["max_steps"], f"early stopping, at most {g['max_steps']} steps"
+    run.log(f"model {spec['model']}, aot={spec['aot']}, conditional={conditional}, {n_train} training fakes, "
+            f"{m} + {m} held-out (validation, test) per class; {budget}")
     disc, history = dg.fit_discriminator(
         _load_encoder(run), real, fakes[n_hold:], real_labels=lab(real_ids), fake_labels=lab(fake_ids[n_hold:]),
         label_dim=k if conditional else 0, aot=spec["aot"], pool_size=g["pool_size"], batch_size=g["batch_size"],
-        steps=g["max_steps"], lr=g["lr"], weight_decay=g["weight_decay"], seed=run.params["seed"], device=run.device,
-        head_config=_head_config(run), log_every=g["eval_every"], patience=g["patience"],
+        steps=steps, lr=g["lr"], weight_decay=g["weight_decay"], seed=run.params["seed"], device=run.device,
+        head_config=_head_config(run), log_every=g["eval_every"], patience=None if dg_protocol else g["patience"],
         validate=lambda disc: evaluate(disc, val, run.params["seed"] + 2, 2), log=run.log,
-        solver=run.params["train"]["solver"])
+        solver=run.params["train"]["solver"], mixed=dg_protocol)
     held = evaluate(disc, test, run.params["seed"] + 1, 4)
     if not (np.isfinite(held["bce"]) and all(torch.isfinite(p).all() for p in disc.parameters())):
         raise FloatingPointError(f"discriminator {run.key}: non-finite weights or held-out loss; lower "
@@ -127,6 +144,10 @@ def guided_sample(run: Run) -> None:
     weight = g["weight_cond"] if net.label_dim else g["weight_uncond"]
     window = tuple(g["sigma_window"]) if g["sigma_window"] else dg.DG_SIGMA_WINDOW
     guided = dg.GuidedDenoiser(denoise, disc, weight, sigma_window=window)
+    boosting = g["boosting_cond"] if net.label_dim else g["boosting_uncond"]
+    if boosting:
+        run.log("DG's boosting: churn and doubled guidance where the discriminator says fake")
     settings = [(st, r, seed) for st, r in guidance_settings(run.params, bool(net.label_dim))
                 for seed in run.params["sample"]["seeds"]]
-    sweep(run, net, denoise, settings, run.layout.guided_samples(run.key), denoise_euler=guided, counter=guided)
+    sweep(run, net, denoise, settings, run.layout.guided_samples(run.key), denoise_euler=guided, counter=guided,
+          sampler=dg.boosted_sampler if boosting else None)

@@ -11,6 +11,12 @@ def tables(run: Run) -> None:
     write_tables(run.params, run.layout, log=run.log)
 
 
+def calibration(run: Run) -> None:
+    from ..report.tables import write_calibration
+
+    write_calibration(run.params, run.layout, run.plan.ctx.calibration_keys(), log=run.log)
+
+
 def figures(run: Run) -> None:
     from ..report.figures import write_figures
 

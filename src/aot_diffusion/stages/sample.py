@@ -33,17 +33,19 @@ def image_shape(net):
     return (net.img_channels, net.img_resolution, net.img_resolution)
 
 
-def sweep(run: Run, net, denoise, settings, out_path, denoise_euler=None, counter=None) -> None:
-    """Sample every (steps, rho, seed) setting from the seed's latents (shared by all models) into one file."""
+def sweep(run: Run, net, denoise, settings, out_path, denoise_euler=None, counter=None, sampler=None) -> None:
+    """Sample every (steps, rho, seed) setting from the seed's latents (shared by all models) into one file.
+    ``sampler``: one with churn noise (DG's boosting), drawn from a CPU generator seeded by the sampling seed."""
     s = run.params["sample"]
     images, grads = {}, {}
     for k, (steps, rho, seed) in enumerate(settings):
         if counter is not None:
             counter.reset()
         z = latents(seed, s["num_samples"], image_shape(net), run.device)
+        extra = {} if sampler is None else dict(sampler=sampler, generator=torch.Generator().manual_seed(int(seed)))
         x = sample_batched(denoise, z, class_labels(net.label_dim, s["num_samples"], run.device), s["batch_size"],
                            num_steps=steps, rho=rho, sigma_min=s["sigma_min"], sigma_max=s["sigma_max"],
-                           denoise_euler=denoise_euler)
+                           denoise_euler=denoise_euler, **extra)
         if not torch.isfinite(x).all():
             raise FloatingPointError(f"non-finite samples at steps {steps}, rho {rho:g}, seed {seed}: the network "
                                      f"{run.key} or the sampler settings (sample.sigma_max = {s['sigma_max']}) are broken")
@@ -70,20 +72,39 @@ def sample(run: Run) -> None:
     sweep(run, net, denoise, settings, run.layout.released_samples if released else run.layout.samples(run.key))
 
 
+def calibrate_sample(run: Run) -> None:
+    """A released network (calibration.networks) at its paper's headline setting, every sampling seed."""
+    from ..paper import calibration_setting
+
+    spec = run.params["calibration"]["networks"][run.key]
+    net, denoise = load_denoiser(spec["pickle"], run.device)
+    if bool(net.label_dim) != spec["conditional"]:
+        raise ValueError(f"calibration.networks.{run.key}: conditional is {str(spec['conditional']).lower()}, but "
+                         f"{spec['pickle']} holds a{' class-conditional' if net.label_dim else 'n unconditional'} "
+                         f"network (label_dim {net.label_dim})")
+    cell = calibration_setting(spec["aot"], spec["conditional"])
+    run.log(f"{spec['pickle']}: {cell.source}'s setting, {cell.steps} steps rho {cell.rho:g} (published FID {cell.fid})")
+    settings = [(cell.steps, cell.rho, seed) for seed in run.params["sample"]["seeds"]]
+    sweep(run, net, denoise, settings, run.layout.calibration_samples(run.key))
+
+
 def fake_samples(run: Run) -> None:
-    """Samples of a trained model: the 'fake' class of its discriminators."""
+    """Samples of a trained model: the 'fake' class of its discriminators (protocol dg: the held-out fakes are
+    drawn on top of guidance.num_fake; schema.fake_split)."""
+    from ..schema import fake_split
     from ..utils import AtomicPath
 
     g, s = run.params["guidance"], run.params["sample"]
+    n = sum(fake_split(g))  # training + held-out fakes
     net, denoise = load_denoiser(run.layout.network(run.key), run.device)
-    labels = class_labels(net.label_dim, g["num_fake"], run.device)
-    z = latents(run.params["seed"] + g["fake_seed_offset"], g["num_fake"], image_shape(net), run.device)
+    labels = class_labels(net.label_dim, n, run.device)
+    z = latents(run.params["seed"] + g["fake_seed_offset"], n, image_shape(net), run.device)
     x = sample_batched(denoise, z, labels, s["batch_size"], num_steps=g["fake_steps"], rho=g["fake_rho"],
                        sigma_min=s["sigma_min"], sigma_max=s["sigma_max"],
-                       progress=lambda k: run.log(f"{k}/{g['num_fake']} samples"))
+                       progress=lambda k: run.log(f"{k}/{n} samples"))
     if not torch.isfinite(x).all():
         raise FloatingPointError(f"non-finite fake samples of {run.key}: the network or the sampler settings "
                                  f"(sample.sigma_min = {s['sigma_min']}, sigma_max = {s['sigma_max']}) are broken")
-    ids = labels.argmax(1).cpu().numpy() if labels is not None else np.zeros(g["num_fake"], dtype=np.int64)
+    ids = labels.argmax(1).cpu().numpy() if labels is not None else np.zeros(n, dtype=np.int64)
     with AtomicPath(run.layout.fakes(run.key), suffix=".npz") as tmp:  # uint8, as the samples scored and as DG stores them
         np.savez(tmp, images=to_uint8(x.cpu().numpy()), labels=ids, conditional=labels is not None)
