@@ -25,7 +25,7 @@ bench: setup
 # It makes params.yaml the rehearsal's; `aot-diffusion params` composes the default again.
 rehearsal: setup
 	aot-diffusion rehearsal-inputs
-	snakemake --cores $(CORES) --config profile=rehearsal released_pickle=data/rehearsal/network.pkl -- all released
+	snakemake --cores $(CORES) --config profile=rehearsal released_pickle=data/rehearsal/network.pkl -- all released calibrate
 
 # On a GPU machine: the rehearsal with device=cuda, then NCSN++ training / pairing / sampling throughput.
 gpu-check: setup

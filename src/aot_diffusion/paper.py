@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Mapping
 
 __all__ = ["Cell", "TABLE1_CELLS", "DG_CELLS", "CALIBRATION", "PAPER_N", "PAPER_SEEDS", "PAPER_MIMG",
-           "paper_fid", "paper_dg_fid", "calibration_setting", "differences", "training_mimg"]
+           "paper_fid", "paper_dg_fid", "calibration_setting", "differences", "measurement_differences",
+           "training_mimg"]
 
 PAPER_N = 50_000        # samples per FID
 PAPER_SEEDS = 3         # EDM's protocol: the minimum FID of three 50k sets
@@ -88,20 +89,26 @@ def training_mimg(p: Mapping) -> float:
     return p["train"]["total_steps"] * p["train"]["batch_size"] / 1e6
 
 
-def differences(p: Mapping, cell: Cell, *, guided: bool = False) -> list[str]:
-    """Where the parameters ``p`` measure ``cell`` differently from its paper (empty: the same protocol, as far as
-    it is public). ``guided``: the cell is a Discriminator Guidance row."""
+def measurement_differences(p: Mapping) -> list[str]:
+    """Where the parameters ``p`` score differently from the papers' FID (dataset, features, N, seeds)."""
     out = []
     if p["data"]["dataset"] != "cifar10":
         out.append(f"dataset {p['data']['dataset']}, not CIFAR-10")
     if p["fd"]["features"] != "inception":
         out.append("features: a classifier's, not Inception (FD, not FID)")
-    if p["fd"]["headline"] != "train":
-        out.append("statistics: held-out images', not the training set's")
     if p["sample"]["num_samples"] != PAPER_N:
         out.append(f"N {p['sample']['num_samples']}, not {PAPER_N}")
     if len(p["sample"]["seeds"]) != PAPER_SEEDS:
         out.append(f"min over {len(p['sample']['seeds'])} sampling seed(s), not {PAPER_SEEDS}")
+    return out
+
+
+def differences(p: Mapping, cell: Cell, *, guided: bool = False) -> list[str]:
+    """Where the parameters ``p`` measure ``cell`` differently from its paper (empty: the same protocol, as far as
+    it is public). ``guided``: the cell is a Discriminator Guidance row."""
+    out = measurement_differences(p)
+    if p["fd"]["headline"] != "train":
+        out.insert(2, "statistics: held-out images', not the training set's")
     if training_mimg(p) != PAPER_MIMG:
         out.append(f"training {training_mimg(p):g} Mimg, not {PAPER_MIMG}")
     if cell.batch is not None and p["train"]["batch_size"] != cell.batch:

@@ -92,24 +92,26 @@ class GuidedDenoiser:
         s = float(torch.as_tensor(sigma).min())
         return self.weight != 0 and self.sigma_window[0] <= s <= self.sigma_window[1]
 
-    def correction(self, x, sigma, class_labels=None):
-        """(w sigma^2 grad_x log(d / (1 - d)), log ratio per sample); outside the window (0, INACTIVE_LOG_RATIO)."""
+    def correction(self, x, sigma, class_labels=None, dtype=None):
+        """(w sigma^2 grad_x log(d / (1 - d)) in ``dtype`` (default x's), log ratio per sample); outside the
+        window (0, INACTIVE_LOG_RATIO)."""
+        dtype = dtype or x.dtype
         if not self.active(sigma):
-            return torch.zeros_like(x), torch.full((x.shape[0],), INACTIVE_LOG_RATIO, device=x.device)
+            return torch.zeros_like(x, dtype=dtype), torch.full((x.shape[0],), INACTIVE_LOG_RATIO, device=x.device)
         labels = class_labels if self.conditional else None
         grad, log_ratio = log_ratio_grad(self.disc, x, sigma, labels, prob_clip=self.prob_clip,
                                          compute_dtype=self.compute_dtype, with_log_ratio=True)
         self.num_grad_evals += 1
-        s2 = sigma_vector(sigma, x.shape[0], x.device).to(x.dtype) ** 2
-        return self.weight * s2.reshape(-1, *[1] * (x.ndim - 1)) * grad, log_ratio
+        s2 = sigma_vector(sigma, x.shape[0], x.device).to(dtype) ** 2
+        return self.weight * s2.reshape(-1, *[1] * (x.ndim - 1)) * grad.to(dtype), log_ratio
 
     def __call__(self, x, sigma, class_labels=None):
         self.num_calls += 1
         denoised = self.denoise(x, sigma, class_labels)
         if not self.active(sigma):
             return denoised
-        term, _ = self.correction(x, sigma, class_labels)
-        return denoised + term.to(denoised.dtype)
+        term, _ = self.correction(x, sigma, class_labels, dtype=denoised.dtype)  # in the denoiser's precision
+        return denoised + term
 
 
 def boosted_sampler(denoise: Callable, latents: torch.Tensor, *, num_steps: int, rho: float = 7.0,

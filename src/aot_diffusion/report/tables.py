@@ -300,7 +300,8 @@ def table2(p, L) -> pd.DataFrame:
             rows.append(dict(method=method, conditional=cond, discriminator=disc, model=model, rho=rho, steps=int(steps),
                              nfe=int(r["nfe"]), disc_grad_evals=int(r["disc_grad_evals"]),
                              boosting=g["boosting_cond" if cond else "boosting_uncond"], **mins,
-                             fd_unguided=u[stat], fd_guided=r[stat], gain=diff, gain_low=low,
+                             fd_unguided=u[stat], fd_guided=r[stat], fd_guided_low=r[f"{stat}_low"],
+                             fd_guided_high=r[f"{stat}_high"], gain=diff, gain_low=low,
                              gain_high=high, outside_noise=bool(low > 0 or high < 0),
                              disc_steps=m.get("steps_run"), disc_best_step=m.get("best_step"),
                              disc_test_accuracy=held["accuracy"],
@@ -397,7 +398,8 @@ def paper_comparison(p, t1: pd.DataFrame, t2: pd.DataFrame) -> pd.DataFrame:
             if cell.rho is not None:
                 hits = hits[hits["rho"] == cell.rho]
             ours = [dict(rho=h["rho"], model=h["model"], ours_min=h.get("fd_guided_min", np.nan),
-                         ours_mean=h["fd_guided"], ours_low=np.nan, ours_high=np.nan) for _, h in hits.iterrows()]
+                         ours_mean=h["fd_guided"], ours_low=h["fd_guided_low"], ours_high=h["fd_guided_high"])
+                    for _, h in hits.iterrows()]
         else:
             method = f"{cell.kind.upper()} ({'cond' if cell.conditional else 'uncond'})"
             model = next((m for m, s in p["models"].items() if s["aot"] == (cell.kind == "aot")
@@ -447,11 +449,11 @@ def write_calibration(p, L, networks=None, log=print):
     protocol = [f"{p['sample']['num_samples']} samples per sampling seed, {len(p['sample']['seeds'])} seed(s)",
                 f"{metric_label(p)} against the training set's statistics",
                 f"floor at N = {int(floor['n'])}: {floor['metrics']['fd'].value:.4g}"]
-    differs = [d for d in paper.differences(p, paper.TABLE1_CELLS[2]) if not d.startswith(("training", "batch", "AOT"))]
+    differs = paper.measurement_differences(p)
     _write(df, L, "calibration", f"Calibration: released networks at their papers' settings ({p['profile']} profile; "
            f"{'; '.join(protocol)}; fid_min: the minimum over sampling seeds (EDM's protocol), fid_mean with its "
            f"{ci_label(p)} t-interval over them; within_tolerance: |fid_min - paper_fid| <= {p['calibration']['tolerance']:g}."
-           + (f" NOT the papers' protocol: {'; '.join(differs)}" if differs else " The papers' protocol.")
+           + (f" NOT the papers' protocol: {'; '.join(differs)}." if differs else " The papers' protocol.")
            + " Outside the tolerance the FID path is wrong: trust nothing else)")
     for _, r in df.iterrows():
         log(f"{r['network']}: {r['fid_min']:.4g} (min of {r['seeds']}), paper {r['paper_fid']}: "
@@ -479,7 +481,8 @@ def write_tables(p, L, log=print):
            f"the mean over the training seeds (column train_seeds) with the {ci_label(p)} t-interval over them; paper "
            f"column: published CIFAR-10 FIDs)")
     _write(t2, L, "table2_guidance", f"Table 2: Discriminator Guidance, {label} ({p['profile']} profile; headline "
-           f"{head}; fd_unguided, fd_guided: the mean over {seeds} sampling seed(s)" +
+           f"{head}; fd_unguided, fd_guided: the mean over {seeds} sampling seed(s) (fd_guided_low, _high: its "
+           f"{ci_label(p)} interval)" +
            (", *_min: the minimum over them (EDM's protocol)" if seeds > 1 else "") +
            f"; gain = unguided minus guided on the same latents (the first sampling seed's) with its {ci_label(p)} "
            f"paired interval; outside_noise: the interval excludes 0; boosting: DG's; disc_grad_evals: "
