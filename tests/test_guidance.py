@@ -712,7 +712,8 @@ class _ToyDisc(torch.nn.Module):
 
 
 def test_boosting_matches_dgs_formula_on_a_toy_discriminator():
-    from aot_diffusion.guidance import GuidedDenoiser, boosted_sampler
+    from aot_diffusion.guidance import GuidedDenoiser
+    from aot_diffusion.sampling import boosted_sampler, edm_sampler
 
     def net(x, sigma, labels):  # the ideal denoiser of N(0, 0.25 I) data, per-sample sigma
         s = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1, 1, 1)
@@ -737,8 +738,8 @@ def test_boosting_matches_dgs_formula_on_a_toy_discriminator():
 
 def test_boosting_outside_the_window_is_dgs_unguided_sampler():
     """Outside DG's window the log ratio is 1e7 ("real"): no churn, no guidance; the result is EDM's Heun."""
-    from aot_diffusion.guidance import GuidedDenoiser, boosted_sampler
-    from aot_diffusion.sampling import edm_sampler
+    from aot_diffusion.guidance import GuidedDenoiser
+    from aot_diffusion.sampling import boosted_sampler, edm_sampler
 
     def net(x, sigma, labels):
         s = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1, 1, 1)

@@ -14,6 +14,7 @@ import torch
 from aot_diffusion.dag import STAGES, Context, command, job_id, keys_of
 from aot_diffusion.layout import FIGURE_NAMES, TABLE_NAMES, Layout, sample_key
 from aot_diffusion.params import compose, flatten, guidance_settings
+from aot_diffusion.schema import fake_split
 from test_pipeline import ROOT, copy_repo, run
 
 # What the overlay may change: the profile's name, the two stand-in inputs (data and the FD's features) with the
@@ -159,7 +160,8 @@ def test_rehearsal_runs_the_cifar10_dag_end_to_end(rehearsal_tree):
         assert len(fd) == len(samples) and np.isfinite(fd[["fd", "fd_low", "fd_high", "fd_heldout"]]).all().all()
     for model in ctx.guided_models():
         fakes = _arrays(L.fakes(model))
-        assert fakes["images"].shape == (p["guidance"]["num_fake"], 3, 32, 32) and fakes["images"].dtype == np.uint8
+        n_fakes = sum(fake_split(p["guidance"]))  # DG's protocol: the held-out fakes on top of num_fake
+        assert fakes["images"].shape == (n_fakes, 3, 32, 32) and fakes["images"].dtype == np.uint8
     for disc in ctx.discs:
         cond = p["models"][p["guidance"]["discriminators"][disc]["model"]]["conditional"]
         guided = {k: a for k, a in _arrays(L.guided_samples(disc)).items() if not k.startswith("grad_evals/")}

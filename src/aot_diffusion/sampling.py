@@ -4,6 +4,7 @@ The PF-ODE dx/dsigma = (x - D(x; sigma)) / sigma is integrated over the EDM time
 t_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho, i < N, and t_N = 0.
 Heun takes a second-order correction on every step but the last (NFE = 2N - 1); Euler
 takes none (NFE = N). EDM's stochastic churn (S_churn, ...) is supported and off by default.
+:func:`boosted_sampler` is DG's guided sampler with its boosting (``--boosting=1``).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from typing import Callable, Optional
 
 import torch
 
-__all__ = ["sigma_steps", "num_function_evals", "edm_sampler", "Denoiser", "latents", "class_labels", "sample_batched",
-           "switch_denoiser"]
+__all__ = ["sigma_steps", "num_function_evals", "edm_sampler", "boosted_sampler", "Denoiser", "latents", "class_labels",
+           "sample_batched", "switch_denoiser"]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 ODE_SOLVERS = ("heun", "euler")
@@ -110,6 +111,55 @@ def edm_sampler(denoise: Denoiser, latents: torch.Tensor, *, num_steps: int, rho
         "denoised": torch.stack(trajectory["denoised"]),
         "t_steps": t_steps,
     }
+
+
+# DG's boosting (generate.py): every BOOST_PERIOD steps, samples the discriminator last called fake (log ratio < 0)
+# get EDM's churn at S_churn 4; every BOOST_WEIGHT_PERIOD steps their guidance is doubled.
+BOOST_PERIOD, BOOST_WEIGHT_PERIOD, BOOST_S_CHURN, BOOST_S_NOISE = 5, 2, 4.0, 1.0
+
+
+def boosted_sampler(denoise: Callable, latents: torch.Tensor, *, num_steps: int, rho: float = 7.0,
+                    sigma_min: float = 0.002, sigma_max: float = 80.0, class_labels=None,
+                    denoise_euler, generator: Optional[torch.Generator] = None,
+                    period: int = BOOST_PERIOD, weight_period: int = BOOST_WEIGHT_PERIOD,
+                    S_churn: float = BOOST_S_CHURN, S_noise: float = BOOST_S_NOISE) -> torch.Tensor:
+    """DG's guided Heun sampler with boosting, over the plain ``denoise`` and the guidance of ``denoise_euler`` (a
+    guidance.GuidedDenoiser: its ``correction(x, sigma, labels)`` gives the term and the log ratio per sample).
+
+    The sampler keeps each sample's last log ratio (+inf at the start). At step i with i % ``period`` == 0 the
+    samples whose log ratio < 0 get EDM's churn, gamma = min(S_churn / num_steps, sqrt(2) - 1): sigma_hat =
+    (1 + gamma) t_i and x_hat = x + sqrt(sigma_hat^2 - t_i^2) S_noise n (per sample; the others gamma 0); the
+    Euler slope is (x_hat - D(x_hat; sigma_hat) - c) / sigma_hat with the guidance term c = w sigma_hat^2 grad
+    log(d / (1 - d)), doubled at i % ``weight_period`` == 0 where the new log ratio < 0; the Heun correction is
+    unguided (DG's dg_weight_2nd_order 0). Churn noise comes from ``generator`` (CPU), drawn at every step as
+    DG draws it. Computation in float64; returns the latents' dtype.
+    """
+    guided = denoise_euler
+    if not hasattr(guided, "correction"):
+        raise ValueError("boosted_sampler needs the guidance as a GuidedDenoiser (denoise_euler)")
+    t_steps = sigma_steps(num_steps, rho, sigma_min, sigma_max, dtype=torch.float64, device=latents.device)
+    n, view = latents.shape[0], (-1, *[1] * (latents.ndim - 1))
+    boost_gamma = min(S_churn / num_steps, math.sqrt(2) - 1)
+    log_ratio = torch.full((n,), math.inf, dtype=torch.float64, device=latents.device)
+    x_next = latents.to(torch.float64) * t_steps[0]
+    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
+        x_cur = x_next
+        boost = (log_ratio < 0) if i % period == 0 else torch.zeros(n, dtype=torch.bool, device=latents.device)
+        t_hat = t_cur * (1 + boost.to(torch.float64) * boost_gamma)  # [n]
+        noise = torch.randn(x_cur.shape, generator=generator, dtype=torch.float64).to(x_cur.device)
+        x_hat = x_cur + ((t_hat ** 2 - t_cur ** 2).sqrt() * S_noise).reshape(view) * noise
+        denoised = guided.denoise(x_hat, t_hat, class_labels).to(torch.float64)
+        guided.num_calls += 1
+        term, new_ratio = guided.correction(x_hat, t_hat, class_labels)
+        log_ratio = new_ratio.to(torch.float64)
+        if i % weight_period == 0:
+            term = torch.where((log_ratio < 0).reshape(view), 2 * term, term)
+        d_cur = (x_hat - denoised - term.to(torch.float64)) / t_hat.reshape(view)
+        x_next = x_hat + (t_next - t_hat).reshape(view) * d_cur
+        if i < num_steps - 1:
+            d_prime = (x_next - denoise(x_next, t_next, class_labels).to(torch.float64)) / t_next
+            x_next = x_hat + (t_next - t_hat).reshape(view) * (0.5 * d_cur + 0.5 * d_prime)
+    return x_next.to(latents.dtype)
 
 
 def switch_denoiser(high: Denoiser, low: Denoiser, sigma_switch: float) -> Denoiser:

@@ -12,6 +12,7 @@ from ..params import guidance_settings
 from .. import guidance as dg
 from ..guidance.adm import encoder_config, norm_groups
 from . import Run
+from ..sampling import boosted_sampler
 from .sample import load_denoiser, sweep
 
 
@@ -150,4 +151,4 @@ def guided_sample(run: Run) -> None:
     settings = [(st, r, seed) for st, r in guidance_settings(run.params, bool(net.label_dim))
                 for seed in run.params["sample"]["seeds"]]
     sweep(run, net, denoise, settings, run.layout.guided_samples(run.key), denoise_euler=guided, counter=guided,
-          sampler=dg.boosted_sampler if boosting else None)
+          sampler=boosted_sampler if boosting else None)
