@@ -496,7 +496,7 @@ def write_tables(p, L, log=print):
            f"model's at and below it; 'pure': one model throughout. {label} against held-out statistics with "
            f"{ci_label(p)} bootstrap intervals, and against the training statistics")
     _write(paper_comparison(p, t1, t2), L, "paper_comparison",
-           f"The papers' CIFAR-10 cells beside ours ({p['profile']} profile; ours: headline {head}, ours_min the "
+           f"The papers' CIFAR-10 cells beside ours, {label} ({p['profile']} profile; ours: headline {head}, ours_min the "
            f"minimum over {seeds} sampling seed(s) as EDM reports, ours_mean with its {ci_label(p)} interval; "
            f"the mean over training seeds where there are several; protocol_differs: what our protocol does "
            f"differently from the paper's, empty where it matches as far as it is public)")
