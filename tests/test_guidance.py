@@ -769,3 +769,84 @@ def test_dg_protocol_batches_mix_real_and_fake_and_cover_both_every_epoch():
     assert len(shares) > 1  # not half and half
     with pytest.raises(ValueError, match="multiple of batch_size"):
         next(discriminator_batches(real, fake, pool_size=6, batch_size=4, steps=1, mixed=True))
+
+
+# ---------------------------------------------------------------------------------------------- DG's window rule
+
+def _bands(*accuracies, n=400):
+    from aot_diffusion.guidance import SIGMA_BANDS
+
+    return {name: dict(accuracy=a, n=n) for name, a in zip(SIGMA_BANDS, accuracies)}
+
+
+def test_window_rule_stops_below_the_first_band_at_chance():
+    from aot_diffusion.guidance import DG_SIGMA_WINDOW, window_from_validation
+
+    assert window_from_validation(_bands(0.8, 0.6, 0.52, 0.5))["window"] == pytest.approx([DG_SIGMA_WINDOW[0], 1.0])
+    assert window_from_validation(_bands(0.8, 0.6, 0.6, 0.6))["window"] == pytest.approx(list(DG_SIGMA_WINDOW))
+    assert window_from_validation(_bands(0.52, 0.9, 0.9, 0.9))["window"] is None  # 0.52 of 400: not above chance
+    assert window_from_validation(_bands(0.8, 0.5, 0.9, 0.9))["window"] == pytest.approx([DG_SIGMA_WINDOW[0], 0.1])
+    low = window_from_validation(_bands(0.6, 0.5, 0.5, 0.5, n=20))  # 12 of 20: chance by its own interval
+    assert low["window"] is None and low["bands"]["<0.1"]["lower"] < 0.5
+
+
+def test_the_window_is_chosen_on_the_validation_split_before_the_test_split_is_read(monkeypatch):
+    """train_discriminator with guidance.sigma_window 'validation': the rule sees the evaluation of the
+    validation halves of the held-out images only, and the test halves are read after it has chosen."""
+    import types
+
+    import numpy as np
+
+    from aot_diffusion import guidance as dg
+    from aot_diffusion.stages import guidance as stage
+
+    calls, m = [], 5
+    test_real = torch.arange(2 * m, dtype=torch.float32).reshape(-1, 1, 1, 1).expand(-1, 1, 8, 8)
+    data = dict(train_images=np.zeros((40, 1, 8, 8), np.float32), train_labels=np.zeros(40, np.int64),
+                test_images=test_real.numpy(), test_labels=np.zeros(2 * m, np.int64), num_classes=10)
+    fakes = dict(images=np.zeros((50, 1, 8, 8), np.float32), labels=np.zeros(50, np.int64), conditional=False)
+
+    class Fakes(dict):
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+    def evaluate(disc, real, fake, **kw):
+        which = "validation" if float(real[:, 0, 0, 0].max()) < m else "test"  # validation rows are 0..m-1
+        calls.append(which)
+        acc = 0.9 if which == "validation" else 0.5
+        return dict(accuracy=acc, bce=0.5, bands=_bands(acc, acc, 0.5, 0.5))
+
+    choose = dg.window_from_validation
+
+    def rule(bands):
+        calls.append("rule")
+        return choose(bands)
+
+    monkeypatch.setattr(stage, "load_dataset", lambda path: data)
+    monkeypatch.setattr(stage, "safe_np_load", lambda path: Fakes(fakes))
+    monkeypatch.setattr(stage, "_load_encoder", lambda run: None)
+    monkeypatch.setattr(stage, "_head_config", lambda run: {})
+    monkeypatch.setattr(dg, "evaluate_discriminator", evaluate)
+    monkeypatch.setattr(dg, "window_from_validation", rule)
+    disc = torch.nn.Linear(1, 1)
+    monkeypatch.setattr(dg, "fit_discriminator", lambda *a, **kw: (disc, [dict(step=1, loss=0.5, val_bce=0.5,
+                                                                               best=True)]))
+    monkeypatch.setattr(dg, "save_discriminator", lambda path, d: None)
+    monkeypatch.setattr(stage, "_as_stored", lambda images: torch.as_tensor(np.asarray(images)))
+    written = {}
+    g = dict(num_fake=50, heldout_fraction=0.2, protocol="early_stop", pool_size=8, batch_size=8, max_steps=2,
+             lr=1e-3, weight_decay=0.0, eval_every=1, patience=1, sigma_window="validation")
+    run = types.SimpleNamespace(
+        params={"guidance": g, "seed": 0, "train": {"solver": "auto"}}, key="dg_x", device="cpu",
+        disc_spec=lambda k: dict(model="edm_uncond", aot=False), trained=lambda mdl: mdl, log=lambda msg: None,
+        layout=types.SimpleNamespace(dataset="d", fakes=lambda k: "f", discriminator=lambda k: "x",
+                                     discriminator_curve=lambda k: __import__("pathlib").Path("/dev/null"),
+                                     discriminator_metrics=lambda k: "m"),
+        write_json=lambda path, obj: written.update(obj))
+    monkeypatch.setattr("aot_diffusion.utils.AtomicPath", lambda path, suffix="": __import__("contextlib").nullcontext("/dev/null"))
+    stage.train_discriminator(run)
+    assert calls.index("rule") < calls.index("test") and calls[:calls.index("rule")] == ["validation"]
+    assert written["sigma_window"]["window"] == pytest.approx([dg.DG_SIGMA_WINDOW[0], 1.0])

@@ -27,7 +27,8 @@ def fixture_run(tmp_path_factory):
     ref = rng.normal(size=(200, 4))
     mu, sigma = ref.mean(0), np.cov(ref, rowvar=False)
     L.fd_reference.parent.mkdir(parents=True)
-    np.savez(L.fd_reference, mu=mu, sigma=sigma, mu_heldout=mu, sigma_heldout=sigma, ref_features=ref)
+    np.savez(L.fd_reference, mu=mu, sigma=sigma, mu_heldout=mu, sigma_heldout=sigma, ref_features=ref,
+             train_features=ref, heldout_features=ref)
     atomic_write_text(L.fd_floor, json.dumps(dict(n=64, features="test", metrics=dict(
         fd=dict(value=0.1, low=0.05, high=0.2), kid=dict(value=0.0, low=-0.01, high=0.01)))))
     atomic_write_text(L.feature_network_metrics, json.dumps({"classifier_test_accuracy": 0.9}))
@@ -194,8 +195,9 @@ def test_figures_have_their_content(fixture_run, monkeypatch):
 
 def test_across_training_seeds_a_mean_comes_with_the_interval_over_training_seeds(fixture_run):
     """Two training seeds: Table 1's and the difference table's 'mean' rows are the mean over the training seeds
-    with the t-interval over the per-seed values, never one trained model's interval; metrics.json's headline
-    difference is that mean, saying so."""
+    with a hierarchical interval over every level (training seeds, sampling seeds, images, reference), the
+    t-interval over the per-seed values beside it, never one trained model's interval; metrics.json's headline
+    difference is that mean, saying which interval it carries."""
     import scipy.stats
 
     p, L = fixture_run
@@ -206,19 +208,25 @@ def test_across_training_seeds_a_mean_comes_with_the_interval_over_training_seed
     assert len(per_seed) == 2 and mean["train_seeds"] == 2
     half = scipy.stats.t.ppf(0.975, 1) * per_seed["fd_heldout"].std(ddof=1) / 2 ** 0.5
     assert mean["fd_heldout"] == pytest.approx(per_seed["fd_heldout"].mean())
-    assert (mean["fd_heldout_low"], mean["fd_heldout_high"]) == pytest.approx((mean["fd_heldout"] - half,
-                                                                              mean["fd_heldout"] + half))
+    assert (mean["fd_heldout_t_low"], mean["fd_heldout_t_high"]) == pytest.approx((mean["fd_heldout"] - half,
+                                                                                  mean["fd_heldout"] + half))
+    assert mean["fd_heldout_low"] <= mean["fd_heldout"] <= mean["fd_heldout_high"]
     for _, r in per_seed.iterrows():  # not a trained model's own interval
         assert (mean["fd_heldout_low"], mean["fd_heldout_high"]) != (r["fd_heldout_low"], r["fd_heldout_high"])
     diffs = pd.read_csv(L.table("aot_vs_edm"))
     d = diffs[(diffs["pair"] == "uncond") & (diffs["rho"] == 7) & (diffs["steps"] == 2)]
     seeds, m = d[d["train_seed"] != "mean"], d[d["train_seed"] == "mean"].iloc[0]
     half = scipy.stats.t.ppf(0.975, 1) * seeds["diff"].std(ddof=1) / 2 ** 0.5
-    assert (m["low"], m["high"]) == pytest.approx((m["diff"] - half, m["diff"] + half))
+    assert (m["t_low"], m["t_high"]) == pytest.approx((m["diff"] - half, m["diff"] + half))
+    assert m["low"] <= m["diff"] <= m["high"] and (m["low"], m["high"]) != (m["t_low"], m["t_high"])
     metrics = json.loads(L.metrics.read_text())
     head = metrics["aot_vs_edm.uncond.fd_heldout_rho7_nfe3"]
-    assert head["diff"] == pytest.approx(m["diff"]) and "t-interval over 2 training seeds" in metrics["intervals"]
+    assert head["diff"] == pytest.approx(m["diff"])
+    assert "hierarchical bootstrap over 2 training seeds" in metrics["intervals"]
+    assert "two-sample" in metrics["intervals"]
     assert json.loads(head["interval"]) == pytest.approx([m["low"], m["high"]], rel=1e-3)
+    title = L.table("aot_vs_edm", "md").read_text().split("\n")[0]
+    assert "reference images resampled" in title and "hierarchical bootstrap" in title
 
 
 def test_pool_study_table_gains_ratio_and_figure(fixture_run, monkeypatch):

@@ -42,7 +42,8 @@ _NET = ["device", "threads", "tf32"]
 # file is an input). The record holds the code of each plugin a job uses (Plan.plugins_used).
 _SCORES = "plugins.metrics"
 # fd.* as scoring reads it: not fd.headline, which only decides what the tables lead with
-_FD = ["fd.bootstrap", "fd.ci_level", "fd.kid_subsets", "fd.feature_batch", "fd.allow_download", "fd.features"]
+_FD = ["fd.bootstrap", "fd.ci_level", "fd.kid_subsets", "fd.feature_batch", "fd.allow_download", "fd.features",
+       "fd.interval"]
 AOT_SOURCE = "src/aot_diffusion/aot.py"  # the built-in pairings
 
 
@@ -229,11 +230,13 @@ STAGES: list[Stage] = [
                                "guidance.heldout_fraction", "guidance.head_channels", "guidance.head_depth",
                                "guidance.pool_size", "guidance.batch_size", "guidance.max_steps", "guidance.eval_every",
                                "guidance.patience", "guidance.lr", "guidance.weight_decay", "train.solver",
-                               "guidance.protocol", "guidance.num_fake", c.by_conditioning(k, "epochs")],
+                               "guidance.protocol", "guidance.num_fake", c.by_conditioning(k, "epochs"),
+                               "guidance.sigma_window"],
           gpus=_one_gpu,
           plots=("step", "val_bce")),
     Stage("guided_sample", "guided-sample", "disc", "guidance:guided_sample",
-          deps=lambda L, c, k: [L.network(c.model_of(k)), L.discriminator(k), L.encoder],
+          # the discriminator's metrics: the window it chose on validation data (guidance.sigma_window)
+          deps=lambda L, c, k: [L.network(c.model_of(k)), L.discriminator(k), L.discriminator_metrics(k), L.encoder],
           outs=lambda L, c, k: {L.guided_samples(k): OUT},
           params=lambda c, k: [*_NET, f"guidance.discriminators.{k}", c.weight_key(k),
                                c.by_conditioning(k, "boosting"), "guidance.sigma_window",

@@ -135,7 +135,7 @@ def differences(p: Mapping, cell: Cell, *, guided: bool = False) -> list[str]:
         if (g["fake_steps"], float(g["fake_rho"])) != (18, 7.0):
             out.append(f"fakes at {g['fake_steps']} steps rho {g['fake_rho']:g}, not DG's 18 / 7")
         if g["sigma_window"] is not None:
-            out.append(f"guidance window sigma {g['sigma_window']}, not DG's VP time [0.01, 1]")
+            out.append(f"guidance window {g['sigma_window']}, not DG's VP time [0.01, 1]")
         weight = g["weight_cond"] if cell.conditional else g["weight_uncond"]
         if weight != (1.0 if cell.conditional else 2.0):
             out.append(f"weight {weight:g}, not DG's {1 if cell.conditional else 2}")

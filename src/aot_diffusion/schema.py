@@ -134,7 +134,7 @@ SCHEMA: dict[str, Any] = {
         "bootstrap": Int(20, 100000), "ci_level": Num(0.5, 0.999), "kid_subsets": Int(1, 1000), "feature_batch": Int(1),
         "allow_download": Bool(),
         "features": Str("classifier", "inception"),
-        "headline": Str("heldout", "train"),
+        "headline": Str("heldout", "train"), "interval": Str("two_sample", "one_sample"),
     },
     "curvature": {
         "fine_steps": Int(8, 100000), "num_latents": Int(1), "sigma_grid": Int(2), "rho": Num(1, 1000),
@@ -154,7 +154,7 @@ SCHEMA: dict[str, Any] = {
         "lr": Num(0, 10, gt=True),
         "weight_decay": Num(0, 1), "weight_uncond": Num(0, 100), "weight_cond": Num(0, 100),
         "boosting_uncond": Bool(), "boosting_cond": Bool(),
-        "sigma_window": List(Num(0, 1e4, gt=True), min_len=2, nullable=True),
+        "sigma_window": Spec("any", nullable=True),  # null | [low, high] | "validation" (checked below)
         "sample_steps": List(Int(2, 1000)), "rho": List(Num(1, 1000)),
         "paper_setting_uncond": SETTING, "paper_setting_cond": SETTING,
         "discriminators": Spec("map", item=Spec("discriminator")),
@@ -307,10 +307,12 @@ def validate(p: Mapping, root: Path | str = ".") -> dict:
     if train_fakes < g["pool_size"]:
         _fail("guidance.num_fake", f"{g['num_fake']} fakes leave {train_fakes} for training after the held-out "
                                    f"fraction, fewer than one pool (guidance.pool_size {g['pool_size']})")
-    if g["sigma_window"] is not None:
-        lo, hi = g["sigma_window"][:2]
-        if len(g["sigma_window"]) != 2 or lo >= hi:
-            _fail("guidance.sigma_window", f"must be [low, high] with low < high, got {g['sigma_window']}")
+    window = g["sigma_window"]
+    if window is not None and window != "validation":
+        _check_value("guidance.sigma_window", window, List(Num(0, 1e4, gt=True), min_len=2))
+        if len(window) != 2 or window[0] >= window[1]:
+            _fail("guidance.sigma_window", f"must be null (DG's), [low, high] with low < high, or 'validation' (the "
+                                           f"rule on the validation split), got {window}")
     if len(set(t["seeds"])) != len(t["seeds"]):
         _fail("train.seeds", f"repeats a seed: {t['seeds']}")
     check_models(p["models"])

@@ -24,7 +24,7 @@ from .guide import DG_PROB_CLIP, GuidedDenoiser, log_ratio_grad
 from .training import (discriminator_batches, evaluate_classifier, evaluate_discriminator, fit_discriminator,
                        train_discriminator, train_noise_aware_classifier)
 from .vp import (DG_SIGMA_WINDOW, SIGMA_BANDS, SIGMA_DISTRIBUTIONS, draw_sigma, sigma_to_vp_time, vp_input,
-                 vp_time_to_sigma)
+                 vp_time_to_sigma, window_from_validation)
 
 __all__ = [
     "ADM_CLASSIFIER_32", "DG_HEAD_CONFIG", "DG_HEAD_NUM_CLASSES", "ADMDiscriminator", "ADMEncoderUNet",
@@ -33,5 +33,5 @@ __all__ = [
     "load_discriminator", "save_discriminator", "DG_PROB_CLIP", "GuidedDenoiser", "log_ratio_grad",
     "discriminator_batches", "evaluate_classifier", "evaluate_discriminator", "fit_discriminator",
     "train_discriminator", "train_noise_aware_classifier", "DG_SIGMA_WINDOW", "SIGMA_BANDS",
-    "SIGMA_DISTRIBUTIONS", "draw_sigma", "sigma_to_vp_time", "vp_input", "vp_time_to_sigma",
+    "SIGMA_DISTRIBUTIONS", "draw_sigma", "sigma_to_vp_time", "vp_input", "vp_time_to_sigma", "window_from_validation",
 ]

@@ -54,6 +54,35 @@ DG_SIGMA_WINDOW = (vp_time_to_sigma(0.01), vp_time_to_sigma(1.0))
 # Bands in which held-out discriminator accuracy is reported.
 SIGMA_BANDS = {"<0.1": (0.0, 0.1), "0.1-1": (0.1, 1.0), "1-10": (1.0, 10.0), ">10": (10.0, math.inf)}
 
+
+def wilson_lower(accuracy: float, n: int, z: float = 1.96) -> float:
+    """Lower end of the Wilson score interval of a binomial proportion (95 % at z = 1.96)."""
+    if n <= 0:
+        return 0.0
+    centre = accuracy + z * z / (2 * n)
+    spread = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n))
+    return (centre - spread) / (1 + z * z / n)
+
+
+def window_from_validation(bands: dict) -> dict:
+    """The guidance window by a rule fixed before any result was seen: from DG's lower end (VP time 0.01) up to
+    the top of the highest sigma band, counted from the lowest, in which the discriminator's accuracy on the
+    *validation* split is above chance by its own 95 % Wilson interval (the bands of :data:`SIGMA_BANDS`; an
+    unbounded top band ends at DG's upper end). Above it the discriminator can't tell real from fake, so its
+    gradient is noise. No band above chance: no window (no guidance). Returns ``window`` ([low, high] or None)
+    and each band's accuracy, n and lower bound."""
+    lows = {name: wilson_lower(b["accuracy"], b["n"]) if b["n"] else 0.0 for name, b in bands.items()}
+    top = None
+    for name, (lo, hi) in SIGMA_BANDS.items():
+        if name not in bands or not lows[name] > 0.5:
+            break
+        top = min(hi, DG_SIGMA_WINDOW[1])
+    window = None if top is None or top <= DG_SIGMA_WINDOW[0] else [float(DG_SIGMA_WINDOW[0]), float(top)]
+    return dict(window=window, rule="top: highest band from the lowest with validation accuracy above 0.5 by its "
+                                    "95% Wilson interval",
+                bands={name: dict(accuracy=bands[name]["accuracy"], n=bands[name]["n"], lower=lows[name])
+                       for name in bands})
+
 SIGMA_DISTRIBUTIONS = ("dg", "vp_uniform", "lognormal")
 
 

@@ -22,7 +22,8 @@ import warnings
 import numpy as np
 
 __all__ = ["feature_statistics", "frechet_distance", "kid", "fd_ci", "paired_diff_ci", "kid_ci", "bootstrap_fd",
-           "interval_coverage", "nearest_distance"]
+           "interval_coverage", "nearest_distance", "fd_draws", "hierarchical_interval", "resample_weights",
+           "reference_weights"]
 
 
 def _check_features(features, what="features", min_rows=2) -> np.ndarray:
@@ -108,6 +109,41 @@ def _resample_weights(n, n_boot, seed):
     return np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
 
 
+def _reference_weights(m, n_boot, seed):
+    """The reference set's resamples: a stream of their own (not the samples'), so adding the reference's noise
+    leaves the samples' draws as they were."""
+    return _resample_weights(m, n_boot, [int(seed), 1])
+
+
+def _weighted_moments(features, weights):
+    """(mean [B, D], covariance [B, D, D]) of each reweighted set (weights [B, N], row sums = N)."""
+    n, dim = features.shape
+    center = features.mean(axis=0)
+    x = features - center
+    total = weights.sum(axis=1)
+    mean = (weights @ x) / total[:, None]
+    if n * dim * dim <= 2 ** 25:
+        second = (weights @ (x[:, :, None] * x[:, None, :]).reshape(n, dim * dim)).reshape(-1, dim, dim)
+    else:
+        second = np.stack([(x.T * w) @ x for w in weights])
+    cov = (second - total[:, None, None] * mean[:, :, None] * mean[:, None, :]) / (total - 1)[:, None, None]
+    return mean + center, cov
+
+
+def _two_sample_fd(features, weights, ref_features, ref_weights, chunk=50):
+    """FD of each reweighted sample against the same draw's reweighted reference: both sets' noise."""
+    out = np.empty(weights.shape[0])
+    for s in range(0, weights.shape[0], chunk):
+        mean_a, cov_a = _weighted_moments(features, weights[s:s + chunk])
+        mean_r, cov_r = _weighted_moments(ref_features, ref_weights[s:s + chunk])
+        w, v = np.linalg.eigh(cov_r)
+        root = (v * np.sqrt(np.clip(w, 0, None))[:, None, :]) @ np.swapaxes(v, 1, 2)
+        eig = np.linalg.eigvalsh(root @ cov_a @ root)
+        out[s:s + chunk] = (((mean_a - mean_r) ** 2).sum(1) + np.trace(cov_a, axis1=1, axis2=2)
+                            + np.trace(cov_r, axis1=1, axis2=2) - 2 * np.sqrt(np.clip(eig, 0, None)).sum(1))
+    return out
+
+
 def bootstrap_fd(features, ref_stats, *, n_boot=500, seed=0) -> np.ndarray:
     """FD of n_boot resamples (with replacement) of the features against ref_stats."""
     f = _check_features(features)
@@ -121,18 +157,37 @@ def _centred_interval(estimate, boot, level):
     return float(estimate + lo - med), float(estimate + hi - med)
 
 
-def fd_ci(features, ref_stats, *, n_boot=500, seed=0, level=0.95):
-    """(low, high): confidence interval for the FD of N samples against ref_stats (N = len(features))."""
+def _check_reference(ref_features, dim):
+    if ref_features is None:
+        return None
+    r = _check_features(ref_features, "ref_features")
+    if r.shape[1] != dim:
+        raise ValueError(f"ref_features are {r.shape[1]}-dim but the features are {dim}-dim")
+    return r
+
+
+def fd_ci(features, ref_stats, *, n_boot=500, seed=0, level=0.95, ref_features=None):
+    """(low, high): confidence interval for the FD of N samples against ref_stats (N = len(features)).
+
+    ``ref_features`` (the reference set that ref_stats summarise): a two-sample interval, the reference
+    resampled too, so its own finite-sample noise is inside; None: the reference held fixed (one-sample).
+    """
     _check_ci_args(n_boot, level)
     f = _check_features(features)
     estimate = frechet_distance(feature_statistics(f), ref_stats)
-    return _centred_interval(estimate, bootstrap_fd(f, ref_stats, n_boot=n_boot, seed=seed), level)
+    r = _check_reference(ref_features, f.shape[1])
+    if r is None:
+        boot = bootstrap_fd(f, ref_stats, n_boot=n_boot, seed=seed)
+    else:
+        boot = _two_sample_fd(f, _resample_weights(len(f), n_boot, seed), r, _reference_weights(len(r), n_boot, seed))
+    return _centred_interval(estimate, boot, level)
 
 
-def paired_diff_ci(feats_a, feats_b, ref_stats, *, n_boot=500, seed=0, level=0.95):
+def paired_diff_ci(feats_a, feats_b, ref_stats, *, n_boot=500, seed=0, level=0.95, ref_features=None):
     """(diff, low, high) for FD(a) - FD(b), where row i of a and of b come from the same latent.
 
-    Both sets are resampled with the same indices, so what the latents share cancels.
+    Both sets are resampled with the same indices, so what the latents share cancels; with ``ref_features``
+    the reference is resampled too, the same draw for both (what the shared reference adds cancels as well).
     """
     _check_ci_args(n_boot, level)
     a, b = _check_features(feats_a, "feats_a"), _check_features(feats_b, "feats_b")
@@ -141,8 +196,53 @@ def paired_diff_ci(feats_a, feats_b, ref_stats, *, n_boot=500, seed=0, level=0.9
     stats = _check_stats(ref_stats, a.shape[1])
     diff = frechet_distance(feature_statistics(a), stats) - frechet_distance(feature_statistics(b), stats)
     weights = _resample_weights(len(a), n_boot, seed)
-    boot = _weighted_fd(a, weights, stats) - _weighted_fd(b, weights, stats)
+    r = _check_reference(ref_features, a.shape[1])
+    if r is None:
+        boot = _weighted_fd(a, weights, stats) - _weighted_fd(b, weights, stats)
+    else:
+        ref_weights = _reference_weights(len(r), n_boot, seed)
+        boot = _two_sample_fd(a, weights, r, ref_weights) - _two_sample_fd(b, weights, r, ref_weights)
     return (float(diff), *_centred_interval(diff, boot, level))
+
+
+def resample_weights(n: int, n_boot: int, seed) -> np.ndarray:
+    """[n_boot, n] multiplicities of n rows drawn with replacement (the generated images' draws)."""
+    return _resample_weights(n, n_boot, seed)
+
+
+def reference_weights(m: int, n_boot: int, seed) -> np.ndarray:
+    """[n_boot, m] multiplicities of the reference set's draws (a stream apart from the samples')."""
+    return _reference_weights(m, n_boot, seed)
+
+
+def fd_draws(features, ref_stats, weights, ref_features=None, ref_weights=None) -> np.ndarray:
+    """FD of each reweighted sample (weights [B, N]) against ref_stats, or, with ``ref_features`` and
+    ``ref_weights`` [B, M], against the same draw's reweighted reference (two-sample)."""
+    f = _check_features(features)
+    if ref_features is None:
+        return _weighted_fd(f, weights, _check_stats(ref_stats, f.shape[1]))
+    return _two_sample_fd(f, weights, _check_reference(ref_features, f.shape[1]), ref_weights)
+
+
+def hierarchical_interval(estimate: float, draws, *, seed=0, level=0.95) -> tuple[float, float]:
+    """Interval of a mean over training seeds that holds every level of noise: ``draws[t][j]`` are B bootstrap
+    values of training seed t and sampling seed j (each from its own resample of the generated images, all
+    against the same B reference draws). Each of B draws picks the training seeds with replacement, within
+    each the sampling seeds with replacement, and averages their values at that draw; the spread of those
+    means is put back around ``estimate`` (the mean over training seeds of the mean over sampling seeds).
+    With two training seeds this can only recombine the two (it undercovers): callers say so."""
+    if not draws or any(not d for d in draws):
+        raise ValueError("hierarchical_interval needs at least one sampling seed's draws per training seed")
+    n_boot = len(draws[0][0])
+    if any(len(x) != n_boot for d in draws for x in d):
+        raise ValueError("every seed's draws must come from the same number of bootstrap draws")
+    rng = np.random.default_rng([int(seed), 2])
+    stacked = [np.stack(d) for d in draws]  # [J_t, B] per training seed
+    out = np.empty(n_boot)
+    for b in range(n_boot):
+        picks = rng.integers(len(stacked), size=len(stacked))
+        out[b] = np.mean([stacked[t][rng.integers(len(stacked[t]), size=len(stacked[t])), b].mean() for t in picks])
+    return _centred_interval(estimate, out, level)
 
 
 def nearest_distance(images, reference, chunk: int = 1024, device: str = "cpu") -> float:
@@ -199,20 +299,27 @@ def kid(features, ref_features, ref_stats, *, num_subsets=100, seed=0) -> float:
         np.random.set_state(state)
 
 
-def kid_ci(features, ref_features, ref_stats, *, n_boot=500, seed=0, level=0.95, num_subsets=100):
-    """(low, high) for KID of N samples (as :func:`kid` computes it): samples resampled, the reference fixed."""
+def kid_ci(features, ref_features, ref_stats, *, n_boot=500, seed=0, level=0.95, num_subsets=100,
+           resample_reference=False):
+    """(low, high) for KID of N samples (as :func:`kid` computes it): samples resampled, and with
+    ``resample_reference`` the reference set too (two-sample); otherwise the reference held fixed."""
     _check_ci_args(n_boot, level)
     f, r = _check_features(features), _check_features(ref_features, "ref_features")
     stats = _check_stats(ref_stats, f.shape[1])
     x, y = _standardise(f, stats), _standardise(r, stats)
-    kxx, kxy, kyy = _cubic_kernel(x, x), _cubic_kernel(x, y).mean(1), _cubic_kernel(y, y)
-    m = len(y)
-    ref_term = (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-    n = len(x)
+    kxx, kxy, kyy = _cubic_kernel(x, x), _cubic_kernel(x, y), _cubic_kernel(y, y)
+    m, n = len(y), len(x)
     w = _resample_weights(n, n_boot, seed)
     # sum over pairs of distinct draws a != b of k(x_{i_a}, x_{i_b}) = w K w - sum_i w_i K_ii
     xx = (((w @ kxx) * w).sum(1) - w @ np.diag(kxx)) / (n * (n - 1))
-    boot = xx + ref_term - 2 * (w @ kxy) / n
+    if resample_reference:
+        v = _reference_weights(m, n_boot, seed)
+        ref_term = (((v @ kyy) * v).sum(1) - v @ np.diag(kyy)) / (m * (m - 1))
+        cross = ((w @ kxy) * v).sum(1) / (n * m)
+    else:
+        ref_term = (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+        cross = (w @ kxy.mean(1)) / n
+    boot = xx + ref_term - 2 * cross
     return _centred_interval(kid(f, r, stats, num_subsets=num_subsets, seed=seed), boot, level)
 
 

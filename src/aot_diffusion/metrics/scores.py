@@ -66,25 +66,33 @@ class Sample:
 class Reference:
     """The real data a sample is scored against (stage fd_reference's file, and the dataset's training images)."""
     stats: tuple                # (mu, sigma) of the training images' features (cifar10: clean-fid's)
-    features: np.ndarray        # training images' features (KID's reference set)
+    features: np.ndarray        # training images' features (KID's reference set; cifar10: 10k of them)
     heldout_stats: tuple        # (mu, sigma) of the held-out images' features
     train_images: np.ndarray    # training images, pixels in [-1, 1]
+    train_features: np.ndarray | None = None    # every training image's features (resampled: two-sample)
+    heldout_features: np.ndarray | None = None  # the held-out images' features (resampled: two-sample)
 
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """fd.* as the metrics read it: bootstrap draws, interval level, KID subsets; the run's seed and device."""
+    """fd.* as the metrics read it: bootstrap draws, interval level, KID subsets, what an interval resamples
+    (fd.interval); the run's seed and device."""
     n_boot: int
     level: float
     seed: int
     kid_subsets: int
     device: str = "cpu"
+    interval: str = "two_sample"
 
     @classmethod
     def from_params(cls, p, device: str = "cpu") -> "ScoreConfig":
         f = p["fd"]
         return cls(n_boot=f["bootstrap"], level=f["ci_level"], seed=p["seed"], kid_subsets=f["kid_subsets"],
-                   device=device)
+                   device=device, interval=f["interval"])
+
+    def reference(self, features):
+        """The reference set an interval resamples: ``features`` for two-sample intervals, None for one-sample."""
+        return features if self.interval == "two_sample" else None
 
 
 @dataclass(frozen=True)
@@ -166,7 +174,8 @@ def interval_metrics(df) -> list:
 def frechet(sample, ref, cfg):
     """FD against the training statistics (FID with Inception's features), bootstrap interval."""
     value = fdm.frechet_distance(fdm.feature_statistics(sample.features), ref.stats)
-    return Estimate(value, *fdm.fd_ci(sample.features, ref.stats, n_boot=cfg.n_boot, seed=cfg.seed, level=cfg.level))
+    return Estimate(value, *fdm.fd_ci(sample.features, ref.stats, n_boot=cfg.n_boot, seed=cfg.seed, level=cfg.level,
+                                      ref_features=cfg.reference(ref.train_features)))
 
 
 @register_metric("kid")
@@ -174,7 +183,8 @@ def kernel(sample, ref, cfg):
     """KID against the training images' features (reference-standardised), bootstrap interval."""
     value = fdm.kid(sample.features, ref.features, ref.stats, seed=cfg.seed, num_subsets=cfg.kid_subsets)
     return Estimate(value, *fdm.kid_ci(sample.features, ref.features, ref.stats, n_boot=cfg.n_boot, seed=cfg.seed,
-                                       level=cfg.level, num_subsets=cfg.kid_subsets))
+                                       level=cfg.level, num_subsets=cfg.kid_subsets,
+                                       resample_reference=cfg.interval == "two_sample"))
 
 
 @register_metric("fd_heldout", against="heldout")
@@ -182,7 +192,7 @@ def frechet_heldout(sample, ref, cfg):
     """FD against the held-out images' statistics (a model can't win it by memorising), bootstrap interval."""
     value = fdm.frechet_distance(fdm.feature_statistics(sample.features), ref.heldout_stats)
     return Estimate(value, *fdm.fd_ci(sample.features, ref.heldout_stats, n_boot=cfg.n_boot, seed=cfg.seed,
-                                      level=cfg.level))
+                                      level=cfg.level, ref_features=cfg.reference(ref.heldout_features)))
 
 
 @register_metric("nn_train_dist", headline=True)

@@ -25,7 +25,7 @@ from ..layout import sample_key
 from ..metrics import fd as fdm
 from ..metrics.scores import METRICS
 from ..utils import AtomicPath, atomic_write_text
-from .tables import _summary, ci_label, html_table, metric_label, metric_name, read_floor
+from .tables import reference_features, _summary, ci_label, html_table, metric_label, metric_name, read_floor
 
 
 def _baseline(p) -> str | None:
@@ -78,7 +78,8 @@ def study_table(p, L) -> pd.DataFrame:
             if base is not None and name != base:
                 key = sample_key(r["steps"], r["rho"], seed)
                 diff, low, high = fdm.paired_diff_ci(base_feats[key], feats[key], stats, n_boot=f["bootstrap"],
-                                                     seed=p["seed"], level=f["ci_level"])
+                                                     seed=p["seed"], level=f["ci_level"],
+                                                     ref_features=reference_features(p, ref, heldout=False))
                 row.update({f"gain_nfe{nfe}": diff, f"gain_nfe{nfe}_low": low, f"gain_nfe{nfe}_high": high})
         curv = json.loads(L.curvature_metrics(name).read_text())
         row["curvature_mean"] = curv["curvature_mean"]

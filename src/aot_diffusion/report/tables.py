@@ -53,6 +53,22 @@ def reference_stats(p, ref) -> tuple:
     return (ref["mu_heldout"], ref["sigma_heldout"]) if p["fd"]["headline"] == "heldout" else (ref["mu"], ref["sigma"])
 
 
+def reference_features(p, ref, heldout: bool | None = None):
+    """The reference images' features a two-sample interval resamples (fd.interval), None for one-sample; by
+    default those of the headline statistic."""
+    if p["fd"]["interval"] != "two_sample":
+        return None
+    heldout = p["fd"]["headline"] == "heldout" if heldout is None else heldout
+    return ref["heldout_features"] if heldout else ref["train_features"]
+
+
+def resampled(p) -> str:
+    """What an interval resamples, as captions say it."""
+    return ("two-sample bootstrap: the generated images and the reference images resampled"
+            if p["fd"]["interval"] == "two_sample" else
+            "one-sample bootstrap: the generated images resampled, the reference held fixed")
+
+
 def metric_key(p, metric: str) -> str:
     """A metric's name in metrics.json and the tables' titles: FD metrics are 'fid...' with Inception's features."""
     return metric_name(p) + metric[2:] if metric.startswith("fd") else metric
@@ -214,6 +230,65 @@ def _across_seeds(rows: pd.DataFrame, by: list, metrics: list, level: float, mea
     return pd.DataFrame(out)
 
 
+# The FD metrics whose across-seed intervals are hierarchical: the statistics and the reference images they use.
+_FD_REFERENCES = {"fd": (("mu", "sigma"), "train_features"), "fd_heldout": (("mu_heldout", "sigma_heldout"),
+                                                                              "heldout_features")}
+
+
+class _Draws:
+    """Bootstrap draws for the hierarchical across-seed intervals: features read once per trained model, one
+    set of reference draws for every number of a table (fd.interval two_sample), each (training seed, sampling
+    seed) with its own draws of the generated images."""
+
+    def __init__(self, p, L, ref):
+        self.p, self.L, self.ref, self.n_boot, self._feats = p, L, ref, p["fd"]["bootstrap"], {}
+        self._ref_weights = {}
+
+    def features(self, key):
+        if key not in self._feats:
+            self._feats[key] = dict(safe_np_load(self.L.features(key)))
+        return self._feats[key]
+
+    def reference(self, metric):
+        (mu, sigma), name = _FD_REFERENCES[metric]
+        rf = self.ref[name] if self.p["fd"]["interval"] == "two_sample" else None
+        if rf is not None and len(rf) not in self._ref_weights:
+            self._ref_weights[len(rf)] = fdm.reference_weights(len(rf), self.n_boot, self.p["seed"])
+        return (self.ref[mu], self.ref[sigma]), rf, (None if rf is None else self._ref_weights[len(rf)])
+
+    def weights(self, n, t, j):
+        return fdm.resample_weights(n, self.n_boot, [self.p["seed"], 10 + t, j])
+
+    def model(self, model, metric, steps, rho, estimate):
+        """(low, high) of a model's mean over training seeds (the mean over sampling seeds within each)."""
+        stats, rf, rw = self.reference(metric)
+        draws = []
+        for t, train_seed in enumerate(self.p["train"]["seeds"]):
+            feats = self.features(instance_key(model, train_seed))
+            draws.append([fdm.fd_draws(f, stats, self.weights(len(f), t, j), rf, rw)
+                          for j, f in enumerate(feats[sample_key(steps, rho, s)] for s in self.p["sample"]["seeds"])])
+        return fdm.hierarchical_interval(estimate, draws, seed=self.p["seed"], level=self.p["fd"]["ci_level"])
+
+    def difference(self, edm, aot, metric, steps, rho, estimate):
+        """(low, high) of EDM minus AOT over training seeds, paired on the first sampling seed's latents."""
+        stats, rf, rw = self.reference(metric)
+        key, draws = sample_key(steps, rho, self.p["sample"]["seeds"][0]), []
+        for t, train_seed in enumerate(self.p["train"]["seeds"]):
+            fe, fa = (self.features(instance_key(m, train_seed))[key] for m in (edm, aot))
+            w = self.weights(len(fe), t, 0)
+            draws.append([fdm.fd_draws(fe, stats, w, rf, rw) - fdm.fd_draws(fa, stats, w, rf, rw)])
+        return fdm.hierarchical_interval(estimate, draws, seed=self.p["seed"], level=self.p["fd"]["ci_level"])
+
+
+def across_seeds_label(p) -> str:
+    """What a 'mean' row's interval resamples, as captions and metrics.json say it."""
+    k = len(p["train"]["seeds"])
+    return (f"hierarchical bootstrap over {k} training seeds (seeds, then sampling seeds, then images, and the "
+            f"reference images" + (")" if p["fd"]["interval"] == "two_sample" else " held fixed)")
+            + ("; with two seeds it can only recombine the two and is too narrow: t-interval over them beside it "
+               "(columns *_t_low, *_t_high)" if k == 2 else "; the t-interval over them beside it (*_t_low, *_t_high)"))
+
+
 def read_floor(L) -> dict:
     """Stage fd_reference's floor: n, the feature network, and every metric's record (an Estimate)."""
     floor = json.loads(L.fd_floor.read_text())
@@ -238,18 +313,25 @@ def table1(p, L, floor) -> pd.DataFrame:
     if len(p["train"]["seeds"]) > 1:
         intervals = interval_metrics(per_seed)
         mins = [f"{m}_min" for m in intervals if f"{m}_min" in per_seed]  # the mean of each seed's minimum
-        parts.append(_across_seeds(per_seed, ["model", "conditional", "aot", "rho", "steps", "nfe"], intervals, level,
-                                   means=[m for m in METRICS if m in per_seed and m not in intervals] + mins
-                                   + ["paper_cifar10_fid"]))
+        mean = _across_seeds(per_seed, ["model", "conditional", "aot", "rho", "steps", "nfe"], intervals, level,
+                             means=[m for m in METRICS if m in per_seed and m not in intervals] + mins
+                             + ["paper_cifar10_fid"])
+        draws = _Draws(p, L, safe_np_load(L.fd_reference))
+        for m in [m for m in intervals if m in _FD_REFERENCES]:  # FD: every level of noise (_Draws)
+            mean[f"{m}_t_low"], mean[f"{m}_t_high"] = mean[f"{m}_low"], mean[f"{m}_high"]
+            bounds = [draws.model(r["model"], m, int(r["steps"]), float(r["rho"]), r[m]) for _, r in mean.iterrows()]
+            mean[f"{m}_low"], mean[f"{m}_high"] = [b[0] for b in bounds], [b[1] for b in bounds]
+        parts.append(mean)
     return pd.concat(parts, ignore_index=True)
 
 
 def paired_differences(p, L) -> pd.DataFrame:
     """EDM minus AOT of the headline statistic (fd.headline) at every setting, per training seed from the same
     latents (first sampling seed) with a paired bootstrap; with several training seeds also the mean over seeds
-    with its t-interval over the seeds (train_seed 'mean')."""
+    (train_seed 'mean') with the hierarchical interval (_Draws.difference) and the t-interval (t_low, t_high)."""
     ref = safe_np_load(L.fd_reference)
     stats, f, rows = reference_stats(p, ref), p["fd"], []
+    ref_feats = reference_features(p, ref)
     seed = p["sample"]["seeds"][0]
     for pair, (edm, aot) in edm_aot_pairs(p).items():
         for train_seed in p["train"]["seeds"]:
@@ -259,13 +341,17 @@ def paired_differences(p, L) -> pd.DataFrame:
                 for steps in p["sample"]["steps"]:
                     key = sample_key(steps, rho, seed)
                     diff, low, high = fdm.paired_diff_ci(fe[key], fa[key], stats, n_boot=f["bootstrap"],
-                                                         seed=p["seed"], level=f["ci_level"])
+                                                         seed=p["seed"], level=f["ci_level"], ref_features=ref_feats)
                     rows.append(dict(pair=pair, edm=edm, aot=aot, train_seed=train_seed, rho=rho, steps=steps,
                                      nfe=num_function_evals(steps), diff=diff, low=low, high=high))
     df = pd.DataFrame(rows).assign(train_seeds=1)
     if len(p["train"]["seeds"]) > 1:
         mean = _across_seeds(df.rename(columns={"diff": "d"}), ["pair", "edm", "aot", "rho", "steps", "nfe"], ["d"],
-                             f["ci_level"]).rename(columns={"d": "diff", "d_low": "low", "d_high": "high"})
+                             f["ci_level"]).rename(columns={"d": "diff", "d_low": "t_low", "d_high": "t_high"})
+        draws, stat = _Draws(p, L, ref), headline_stat(p)
+        bounds = [draws.difference(r["edm"], r["aot"], stat, int(r["steps"]),
+                                   float(r["rho"]), r["diff"]) for _, r in mean.iterrows()]
+        mean["low"], mean["high"] = [b[0] for b in bounds], [b[1] for b in bounds]
         df = pd.concat([df, mean], ignore_index=True)
     df["outside_noise"] = (df["low"] > 0) | (df["high"] < 0)
     return df
@@ -278,7 +364,7 @@ def table2(p, L) -> pd.DataFrame:
     paired interval; the discriminator's held-out (test) accuracy; the published FID where the paper has one."""
     g, level, stat = p["guidance"], p["fd"]["ci_level"], headline_stat(p)
     ref = safe_np_load(L.fd_reference)
-    stats, seed = reference_stats(p, ref), p["sample"]["seeds"][0]
+    stats, seed, ref_feats = reference_stats(p, ref), p["sample"]["seeds"][0], reference_features(p, ref)
     rows = []
     for disc, dspec in g["discriminators"].items():
         kind, cond = _kind(p, dspec["model"]).upper(), p["models"][dspec["model"]]["conditional"]
@@ -293,7 +379,7 @@ def table2(p, L) -> pd.DataFrame:
             u = plain[(plain["rho"] == rho) & (plain["steps"] == steps)].iloc[0]
             key = sample_key(steps, rho, seed)
             diff, low, high = fdm.paired_diff_ci(fp[key], fg[key], stats, n_boot=p["fd"]["bootstrap"], seed=p["seed"],
-                                                 level=level)
+                                                 level=level, ref_features=ref_feats)
             published = paper.paper_dg_fid(method, cond, rho, steps)
             mins = ({"fd_unguided_min": u[f"{stat}_min"], "fd_guided_min": r[f"{stat}_min"]}
                     if f"{stat}_min" in r else {})
@@ -303,11 +389,21 @@ def table2(p, L) -> pd.DataFrame:
                              fd_unguided=u[stat], fd_guided=r[stat], fd_guided_low=r[f"{stat}_low"],
                              fd_guided_high=r[f"{stat}_high"], gain=diff, gain_low=low,
                              gain_high=high, outside_noise=bool(low > 0 or high < 0),
-                             disc_steps=m.get("steps_run"), disc_best_step=m.get("best_step"),
+                             sigma_window=_window_text(p, m), disc_steps=m.get("steps_run"),
+                             disc_best_step=m.get("best_step"),
                              disc_test_accuracy=held["accuracy"],
                              **{f"acc_sigma_{b}": v["accuracy"] for b, v in held["bands"].items()},
                              paper_cifar10_fid=np.nan if published is None else published))
     return pd.DataFrame(rows)
+
+
+def _window_text(p, disc_metrics) -> str:
+    """The window a discriminator guided in: DG's, the configured one, or the one chosen on validation data."""
+    window = p["guidance"]["sigma_window"]
+    if window == "validation":
+        chosen = disc_metrics["sigma_window"]["window"]
+        return f"[{chosen[0]:.3g}, {chosen[1]:.3g}] (validation)" if chosen else "none (validation)"
+    return "DG's" if window is None else f"[{window[0]:g}, {window[1]:g}]"
 
 
 def hybrid_table(p, L) -> pd.DataFrame:
@@ -355,8 +451,8 @@ def headline_metrics(p, L, floor, t1, diffs, t2, t3) -> dict:
     (see _headline); the key `intervals` says which interval."""
     name, level, stat = metric_name(p), ci_label(p), metric_key(p, headline_stat(p))
     several = len(p["train"]["seeds"]) > 1
-    metrics = {"intervals": (f"{level}; models and EDM minus AOT: " + (
-        f"t-interval over {len(p['train']['seeds'])} training seeds" if several else "bootstrap") +
+    metrics = {"intervals": (f"{level}; {resampled(p)}; models' FD and EDM minus AOT: " + (
+        across_seeds_label(p) if several else "bootstrap") +
         "; DG gains: paired bootstrap (first training seed); floor: bootstrap")}
     for m, est in floor["metrics"].items():
         metrics.update(_headline(f"floor.{metric_key(p, m)}", est.value, est.low, est.high))
@@ -476,16 +572,16 @@ def write_tables(p, L, log=print):
            f"{name}_heldout: against the held-out images' statistics (a model can't win it by memorising), first row: "
            f"N real training images; nn_train_dist: mean pixel distance to the nearest training image (first row: "
            f"held-out real images'); one row per trained model (train_seed) and setting, its intervals {ci_label(p)} "
-           f"bootstrap (one sampling seed) or, with several (column seeds), the mean over sampling seeds with its "
+           f"{resampled(p)} (one sampling seed) or, with several (column seeds), the mean over sampling seeds with its "
            f"{ci_label(p)} t-interval and the minimum over them (columns *_min, EDM's protocol); train_seed 'mean': "
-           f"the mean over the training seeds (column train_seeds) with the {ci_label(p)} t-interval over them; paper "
-           f"column: published CIFAR-10 FIDs)")
+           f"the mean over the training seeds (column train_seeds), FD's interval a {ci_label(p)} "
+           f"{across_seeds_label(p)}, KID's the t-interval over them; paper column: published CIFAR-10 FIDs)")
     _write(t2, L, "table2_guidance", f"Table 2: Discriminator Guidance, {label} ({p['profile']} profile; headline "
            f"{head}; fd_unguided, fd_guided: the mean over {seeds} sampling seed(s) (fd_guided_low, _high: its "
            f"{ci_label(p)} interval)" +
            (", *_min: the minimum over them (EDM's protocol)" if seeds > 1 else "") +
            f"; gain = unguided minus guided on the same latents (the first sampling seed's) with its {ci_label(p)} "
-           f"paired interval; outside_noise: the interval excludes 0; boosting: DG's; disc_grad_evals: "
+           f"paired interval ({resampled(p)}, the same draws for both); outside_noise: the interval excludes 0; boosting: DG's; disc_grad_evals: "
            f"discriminator gradients per sampler run on top of the NFE; disc_*: steps run, the step kept (guidance."
            f"protocol {p['guidance']['protocol']}), accuracy on held-out real and fake images, overall and per sigma "
            f"band)")
@@ -506,7 +602,8 @@ def write_tables(p, L, log=print):
     atomic_write_text(L.metrics, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     _write(diffs, L, "aot_vs_edm", f"EDM minus AOT {label} ({p['profile']} profile, headline {head}, "
            f"{n} samples): per training seed, EDM and AOT trained with that seed on the same latents (the first "
-           f"sampling seed's) with a {ci_label(p)} paired bootstrap interval; train_seed 'mean': the mean over the "
-           f"training seeds with the {ci_label(p)} t-interval over them; outside_noise: the interval excludes 0")
+           f"sampling seed's) with a {ci_label(p)} paired interval ({resampled(p)}, the same draws for both); "
+           f"train_seed 'mean': the mean over the training seeds with a {ci_label(p)} {across_seeds_label(p)}; "
+           f"outside_noise: the interval excludes 0")
     log(f"wrote {L.results / 'tables'} and {L.metrics}")
     return t1, t2, t3

@@ -116,13 +116,15 @@ def fd_reference(run: Run) -> None:
     mu_h, sigma_h = fdm.feature_statistics(held)
     train_feats = ref_feats if len(ref_feats) == len(d["train_images"]) else feats(d["train_images"])
     ref = Reference(stats=(mu, sigma), features=ref_feats, heldout_stats=(mu_h, sigma_h),
-                    train_images=d["train_images"])
+                    train_images=d["train_images"], train_features=train_feats.astype(np.float32),
+                    heldout_features=held.astype(np.float32))  # as stored, so scoring resamples the same rows
     scores = score_floor(Sample(held, d["test_images"]), Sample(train_feats, d["train_images"]), ref,
                          ScoreConfig.from_params(run.params, run.device), n)
     floor = dict(n=n, n_training_images=min(n, len(train_feats)), features=feats.description,
                  metrics={name: e.to_json() for name, e in scores.items()})
     with AtomicPath(run.layout.fd_reference, suffix=".npz") as tmp:
-        np.savez(tmp, mu=mu, sigma=sigma, ref_features=ref_feats, mu_heldout=mu_h, sigma_heldout=sigma_h)
+        np.savez(tmp, mu=mu, sigma=sigma, ref_features=ref_feats, mu_heldout=mu_h, sigma_heldout=sigma_h,
+                 train_features=train_feats.astype(np.float32), heldout_features=held.astype(np.float32))
     run.write_json(run.layout.fd_floor, floor)
     run.log(f"floor (N = {n} real images; against the training set: held-out images, against the held-out set: "
             f"training images): {describe(scores)}")

@@ -120,6 +120,10 @@ def train_discriminator(run: Run) -> None:
         head_config=_head_config(run), log_every=g["eval_every"], patience=None if dg_protocol else g["patience"],
         validate=lambda disc: evaluate(disc, val, run.params["seed"] + 2, 2), log=run.log,
         solver=run.params["train"]["solver"], mixed=dg_protocol)
+    window = None
+    if g["sigma_window"] == "validation":  # chosen on the validation split, before the test split is read
+        window = dg.window_from_validation(evaluate(disc, val, run.params["seed"] + 2, 2)["bands"])
+        run.log(f"guidance window from the validation split: {window['window']}")
     held = evaluate(disc, test, run.params["seed"] + 1, 4)
     if not (np.isfinite(held["bce"]) and all(torch.isfinite(p).all() for p in disc.parameters())):
         raise FloatingPointError(f"discriminator {run.key}: non-finite weights or held-out loss; lower "
@@ -132,10 +136,23 @@ def train_discriminator(run: Run) -> None:
         pd.DataFrame(history).to_csv(tmp, index=False)
     run.write_json(run.layout.discriminator_metrics(run.key),
                    dict(heldout=held, best_step=best["step"], steps_run=history[-1]["step"],
-                        val_bce=best["val_bce"], train_final_loss=history[-1]["loss"]))
+                        val_bce=best["val_bce"], train_final_loss=history[-1]["loss"],
+                        **({"sigma_window": window} if window else {})))
     bands = ", ".join(f"{b}: {v['accuracy']:.2f}" for b, v in held["bands"].items())
     run.log(f"best step {best['step']} of {history[-1]['step']}; test accuracy {held['accuracy']:.3f} "
             f"(by sigma band: {bands})")
+
+
+def sigma_window(run: Run, disc: str):
+    """Where a discriminator guides: DG's window (null), the configured [low, high], or the one its training
+    chose on the validation split ("validation"; None where no band was above chance)."""
+    import json
+
+    window = run.params["guidance"]["sigma_window"]
+    if window == "validation":
+        chosen = json.loads(run.layout.discriminator_metrics(disc).read_text())["sigma_window"]["window"]
+        return tuple(chosen) if chosen else None
+    return tuple(window) if window else dg.DG_SIGMA_WINDOW
 
 
 def guided_sample(run: Run) -> None:
@@ -143,8 +160,9 @@ def guided_sample(run: Run) -> None:
     net, denoise = load_denoiser(run.layout.network(run.trained(spec["model"])), run.device)
     disc = dg.load_discriminator(run.layout.discriminator(run.key), device=run.device)
     weight = g["weight_cond"] if net.label_dim else g["weight_uncond"]
-    window = tuple(g["sigma_window"]) if g["sigma_window"] else dg.DG_SIGMA_WINDOW
-    guided = dg.GuidedDenoiser(denoise, disc, weight, sigma_window=window)
+    window = sigma_window(run, run.key)
+    guided = dg.GuidedDenoiser(denoise, disc, weight if window else 0.0, sigma_window=window or dg.DG_SIGMA_WINDOW)
+    run.log(f"guidance window sigma {window}" if window else "no band above chance on validation: no guidance")
     boosting = g["boosting_cond"] if net.label_dim else g["boosting_uncond"]
     if boosting:
         run.log("DG's boosting: churn and doubled guidance where the discriminator says fake")
