@@ -1,0 +1,149 @@
+"""The README's result tables, generated from a run's files (``aot-diffusion readme``).
+
+The README holds blocks between ``<!-- generated: NAME -->`` and ``<!-- end: NAME -->``; each is written from
+the CSV tables a run's ``tables`` stage wrote (docs/results/ holds the default run's copy), so the README shows
+what the run measured, not what someone typed. ``--check`` fails when a block differs from what the files give
+(a test runs it).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+__all__ = ["BLOCKS", "render", "update_readme"]
+
+_BLOCK = re.compile(r"(<!-- generated: (?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- end: (?P=name) -->)", re.S)
+
+
+def _params(results: Path) -> dict:
+    return yaml.safe_load((results / "params.yaml").read_text())
+
+
+def _stat(p) -> str:
+    return "fd_heldout" if p["fd"]["headline"] == "heldout" else "fd"
+
+
+def _nfes(p) -> list[int]:
+    return [2 * s - 1 for s in p["sample"]["steps"]]
+
+
+def _cell(v, lo, hi, signed=False, star=False) -> str:
+    f = "{:+.1f}" if signed else "{:.1f}"
+    text = f"{f.format(v)} [{f.format(lo)}, {f.format(hi)}]"
+    return text + (" *" if star else "")
+
+
+def headline_seeds(results: Path) -> str:
+    """Table 1's headline statistic at the first rho: per model, each training seed and their mean."""
+    p, t1 = _params(results), pd.read_csv(results / "table1_fd_vs_nfe.csv")
+    stat, rho = _stat(p), float(p["sample"]["rho"][0])
+    rows = t1[(t1["rho"] == rho)]
+    lines = ["| model | seed | " + " | ".join(f"NFE {n}" for n in _nfes(p)) + " |",
+             "|:--|:--|" + ":--|" * len(_nfes(p))]
+    for model in p["models"]:
+        for seed in [*map(str, p["train"]["seeds"]), "mean"]:
+            r = rows[(rows["model"] == model) & (rows["train_seed"].astype(str) == seed)].set_index("nfe")
+            cells = [_cell(r.loc[n, stat], r.loc[n, f"{stat}_low"], r.loc[n, f"{stat}_high"]) for n in _nfes(p)]
+            lines.append(f"| {model} | {seed} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def aot_vs_edm(results: Path) -> str:
+    """EDM minus AOT per training seed and their mean; `*` where the interval excludes 0."""
+    p, d = _params(results), pd.read_csv(results / "aot_vs_edm.csv")
+    rho = float(p["sample"]["rho"][0])
+    d = d[d["rho"] == rho]
+    lines = ["| pair | seed | " + " | ".join(f"NFE {n}" for n in _nfes(p)) + " |",
+             "|:--|:--|" + ":--|" * len(_nfes(p))]
+    for pair in dict.fromkeys(d["pair"]):
+        for seed in [*map(str, p["train"]["seeds"]), "mean"]:
+            r = d[(d["pair"] == pair) & (d["train_seed"].astype(str) == seed)].set_index("nfe")
+            cells = [_cell(r.loc[n, "diff"], r.loc[n, "low"], r.loc[n, "high"], signed=True,
+                           star=bool(r.loc[n, "outside_noise"])) for n in _nfes(p)]
+            lines.append(f"| {pair} | {seed} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def curvature(results: Path) -> str:
+    p, t3 = _params(results), pd.read_csv(results / "table3_curvature.csv")
+    seeds = [str(s) for s in p["train"]["seeds"]]
+    rho = float(p["sample"]["rho"][0])
+    nfes = [2 * s - 1 for s in p["curvature"]["coarse_steps"]]
+    lines = ["| model | seed | curvature | " + " | ".join(f"trunc. err. NFE {n}" for n in nfes) + " |",
+             "|:--|:--|--:|" + "--:|" * len(nfes)]
+    for model in p["models"]:
+        r = t3[t3["model"] == model].set_index(t3["train_seed"].astype(str))
+        fmt = lambda col, spec: " / ".join(format(r.loc[s, col], spec) for s in seeds)  # noqa: E731
+        cells = [fmt("curvature_mean", ".4f")] + [fmt(f"trunc_err_rho{rho:g}_nfe{n}", ".3g") for n in nfes]
+        lines.append(f"| {model} | {' / '.join(seeds)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def hybrid(results: Path) -> str:
+    """The unconditional hybrid samplers' headline FD (held-out statistics) beside the pure models."""
+    p, h = _params(results), pd.read_csv(results / "hybrid_switch.csv")
+    h = h[h["pair"] == "uncond"]
+    switches = [f"{s:g}" for s in p["hybrid"]["switch_sigmas"]]
+
+    def value(nfe, above, switch):
+        rows = h[(h["nfe"] == nfe) & h["above"].str.startswith(above) & (h["switch_sigma"].astype(str) == switch)]
+        return f"{rows['fd_heldout'].iloc[0]:.1f}"
+
+    cols = (["pure EDM"] + [f"AOT > {s} > EDM" for s in switches] + [f"EDM > {s} > AOT" for s in switches]
+            + ["pure AOT"])
+    lines = ["| unconditional | " + " | ".join(cols) + " |", "|:--|" + "--:|" * len(cols)]
+    for steps in p["hybrid"]["steps"]:
+        nfe = 2 * steps - 1
+        cells = ([value(nfe, "edm", "pure")] + [value(nfe, "aot", s) for s in switches]
+                 + [value(nfe, "edm", s) for s in switches] + [value(nfe, "aot", "pure")])
+        lines.append(f"| NFE {nfe} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def guidance(results: Path) -> str:
+    """Table 2 at the standard and the paper's setting per discriminator."""
+    p, t2 = _params(results), pd.read_csv(results / "table2_guidance.csv")
+    std = (int(p["guidance"]["sample_steps"][0]), float(p["guidance"]["rho"][0]))
+    lines = ["| method | disc. | window | test acc. (sigma < 0.1) | NFE 35, rho 7: unguided -> guided, gain | "
+             "paper setting: unguided -> guided, gain |", "|:--|:--|:--|:--|:--|:--|"]
+
+    def cell(r):
+        gain = _cell(r["gain"], r["gain_low"], r["gain_high"], signed=True)
+        gain = f"**{gain}**" if r["outside_noise"] else gain
+        return f"{r['fd_unguided']:.1f} -> {r['fd_guided']:.1f}, {gain}"
+
+    for disc in p["guidance"]["discriminators"]:
+        rows = t2[t2["discriminator"] == disc]
+        first = rows.iloc[0]
+        at = rows[(rows["steps"] == std[0]) & (rows["rho"] == std[1])].iloc[0]
+        other = rows[~((rows["steps"] == std[0]) & (rows["rho"] == std[1]))]
+        paper = (f"NFE {int(other.iloc[0]['nfe'])}, rho {other.iloc[0]['rho']:g}: " + cell(other.iloc[0])
+                 if len(other) else "")
+        lines.append(f"| {first['method']} | {disc} | {first['sigma_window']} | {first['disc_test_accuracy']:.3f} "
+                     f"({first['acc_sigma_<0.1']:.3f}) | {cell(at)} | {paper} |")
+    return "\n".join(lines) + "\n"
+
+
+BLOCKS = {"headline_seeds": headline_seeds, "aot_vs_edm": aot_vs_edm, "curvature": curvature, "hybrid": hybrid,
+          "guidance": guidance}
+
+
+def render(results: Path) -> dict[str, str]:
+    return {name: fn(Path(results)) for name, fn in BLOCKS.items()}
+
+
+def update_readme(readme: Path, results: Path, check: bool = False) -> list[str]:
+    """Fill the README's generated blocks from ``results``; with ``check`` only list the blocks that differ."""
+    text, blocks = Path(readme).read_text(), render(results)
+    stale = [m["name"] for m in _BLOCK.finditer(text) if m["name"] in blocks and m["body"] != blocks[m["name"]]]
+    missing = [name for name in blocks if f"<!-- generated: {name} -->" not in text]
+    if check:
+        return stale + [f"{name} (no block)" for name in missing]
+    new = _BLOCK.sub(lambda m: m.group(1) + blocks.get(m["name"], m["body"]) + m.group(4), text)
+    if new != text:
+        Path(readme).write_text(new)
+    return stale
