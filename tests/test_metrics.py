@@ -281,3 +281,19 @@ def test_two_sample_intervals_cover_on_known_gaussians():
     assert got["two_sample"]["protocol"] >= 0.90
     assert got["two_sample"]["protocol"] > got["one_sample"]["protocol"] + 0.05
     assert got["two_sample"]["population"] > got["one_sample"]["population"]
+
+
+def test_memorisation_counts_copies_a_mean_would_hide():
+    """A set that is 10 % exact copies of training images: its mean distance barely moves, but the fraction
+    nearer a training image than 99 % of held-out images are is 0.1 or more; real held-out images give ~0.01."""
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(300, 1, 4, 4)).clip(-1, 1)
+    held = rng.normal(size=(300, 1, 4, 4)).clip(-1, 1)
+    q = tuple(np.quantile(M.nearest_distances(held, train), [0.01, 0.05]))
+    ref = S.Reference(stats=None, features=None, heldout_stats=None, train_images=train, heldout_nn_quantiles=q)
+    cfg = S.ScoreConfig(n_boot=20, level=0.95, seed=0, kid_subsets=1)
+    fresh = rng.normal(size=(200, 1, 4, 4)).clip(-1, 1)
+    copies = np.concatenate([fresh[:180], train[:20]])
+    assert S.METRICS["nn_below_p1"].fn(S.Sample(None, copies), ref, cfg).value >= 0.1
+    assert S.METRICS["nn_below_p1"].fn(S.Sample(None, fresh), ref, cfg).value < 0.05
+    assert M.nearest_distances(copies, train)[180:].max() < 1e-6  # float32 pixels

@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 
 __all__ = ["feature_statistics", "frechet_distance", "kid", "fd_ci", "paired_diff_ci", "kid_ci", "bootstrap_fd",
-           "interval_coverage", "nearest_distance", "fd_draws", "hierarchical_interval", "resample_weights",
+           "interval_coverage", "nearest_distance", "nearest_distances", "fd_draws", "hierarchical_interval", "resample_weights",
            "reference_weights"]
 
 
@@ -248,6 +248,15 @@ def hierarchical_interval(estimate: float, draws, *, seed=0, level=0.95) -> tupl
 def nearest_distance(images, reference, chunk: int = 1024, device: str = "cpu") -> float:
     """Mean over ``images`` of the L2 distance (pixels in [-1, 1]) to the nearest ``reference`` image: how close
     samples sit to the training set. Beside held-out real images' value it tells memorising from generalising."""
+    return float(_nearest(images, reference, chunk, device).mean())
+
+
+def nearest_distances(images, reference, chunk: int = 1024, device: str = "cpu") -> np.ndarray:
+    """Each image's L2 distance to its nearest ``reference`` image (a mean can hide a minority of copies)."""
+    return _nearest(images, reference, chunk, device).cpu().numpy()
+
+
+def _nearest(images, reference, chunk, device):
     import torch
 
     x = torch.as_tensor(np.asarray(images, dtype=np.float32)).flatten(1).to(device)
@@ -255,8 +264,7 @@ def nearest_distance(images, reference, chunk: int = 1024, device: str = "cpu") 
     if x.shape[1] != ref.shape[1]:
         raise ValueError(f"images ({list(x.shape)}) and reference ({list(ref.shape)}) differ in size")
     ref = ref.double()  # cdist's matrix-product form loses ~1e-3 in float32
-    best = torch.cat([torch.cdist(x[i:i + chunk].double(), ref).min(1).values for i in range(0, len(x), chunk)])
-    return float(best.mean())
+    return torch.cat([torch.cdist(x[i:i + chunk].double(), ref).min(1).values for i in range(0, len(x), chunk)])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -71,6 +71,7 @@ class Reference:
     train_images: np.ndarray    # training images, pixels in [-1, 1]
     train_features: np.ndarray | None = None    # every training image's features (resampled: two-sample)
     heldout_features: np.ndarray | None = None  # the held-out images' features (resampled: two-sample)
+    heldout_nn_quantiles: tuple | None = None   # 1st and 5th percentile of held-out images' nearest-training distance
 
 
 @dataclass(frozen=True)
@@ -199,3 +200,22 @@ def frechet_heldout(sample, ref, cfg):
 def nearest_training_image(sample, ref, cfg):
     """Mean pixel distance to the nearest training image (memorisation: compare with held-out images')."""
     return Estimate(fdm.nearest_distance(sample.images, ref.train_images, device=cfg.device))
+
+
+def _copies(sample, ref, cfg, which: int) -> Estimate:
+    if ref.heldout_nn_quantiles is None:
+        return Estimate(float("nan"))
+    d = fdm.nearest_distances(sample.images, ref.train_images, device=cfg.device)
+    return Estimate(float((d < ref.heldout_nn_quantiles[which]).mean()))
+
+
+@register_metric("nn_below_p1")
+def closer_than_heldout_p1(sample, ref, cfg):
+    """Fraction of images nearer a training image than 99 % of held-out real images are (copies; real: 0.01)."""
+    return _copies(sample, ref, cfg, 0)
+
+
+@register_metric("nn_below_p5")
+def closer_than_heldout_p5(sample, ref, cfg):
+    """Fraction of images nearer a training image than 95 % of held-out real images are (real: 0.05)."""
+    return _copies(sample, ref, cfg, 1)

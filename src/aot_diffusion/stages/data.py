@@ -115,7 +115,9 @@ def fd_reference(run: Run) -> None:
     # training images for one against the held-out set (a model can't win that one by memorising).
     mu_h, sigma_h = fdm.feature_statistics(held)
     train_feats = ref_feats if len(ref_feats) == len(d["train_images"]) else feats(d["train_images"])
-    ref = Reference(stats=(mu, sigma), features=ref_feats, heldout_stats=(mu_h, sigma_h),
+    # memorisation's yardstick: how near its nearest training image a held-out real image is (1st, 5th percentile)
+    nn_q = np.quantile(fdm.nearest_distances(d["test_images"], d["train_images"], device=run.device), [0.01, 0.05])
+    ref = Reference(stats=(mu, sigma), features=ref_feats, heldout_stats=(mu_h, sigma_h), heldout_nn_quantiles=tuple(nn_q),
                     train_images=d["train_images"], train_features=train_feats.astype(np.float32),
                     heldout_features=held.astype(np.float32))  # as stored, so scoring resamples the same rows
     scores = score_floor(Sample(held, d["test_images"]), Sample(train_feats, d["train_images"]), ref,
@@ -124,7 +126,8 @@ def fd_reference(run: Run) -> None:
                  metrics={name: e.to_json() for name, e in scores.items()})
     with AtomicPath(run.layout.fd_reference, suffix=".npz") as tmp:
         np.savez(tmp, mu=mu, sigma=sigma, ref_features=ref_feats, mu_heldout=mu_h, sigma_heldout=sigma_h,
-                 train_features=train_feats.astype(np.float32), heldout_features=held.astype(np.float32))
+                 train_features=train_feats.astype(np.float32), heldout_features=held.astype(np.float32),
+                 heldout_nn_quantiles=nn_q)
     run.write_json(run.layout.fd_floor, floor)
     run.log(f"floor (N = {n} real images; against the training set: held-out images, against the held-out set: "
             f"training images): {describe(scores)}")

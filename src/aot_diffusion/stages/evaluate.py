@@ -34,7 +34,8 @@ def reference(run: Run) -> Reference:
     return Reference(stats=(ref["mu"], ref["sigma"]), features=ref["ref_features"],
                      heldout_stats=(ref["mu_heldout"], ref["sigma_heldout"]),
                      train_images=load_dataset(run.layout.dataset)["train_images"],
-                     train_features=ref["train_features"], heldout_features=ref["heldout_features"])
+                     train_features=ref["train_features"], heldout_features=ref["heldout_features"],
+                     heldout_nn_quantiles=tuple(ref["heldout_nn_quantiles"]))
 
 
 def _score(run: Run, samples_path, csv_path, features_path, name: str) -> None:
