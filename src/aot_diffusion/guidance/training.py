@@ -172,13 +172,7 @@ def discriminator_batches(real_images: torch.Tensor, fake_images: torch.Tensor, 
                                   aot=aot, pool_size=pool_size, batch_size=batch_size, steps=steps, seed=seed,
                                   device=device, sigma_distribution=sigma_distribution, solver=solver)
         return
-    real_ids = check_set(real_images, real_labels, "real")
-    fake_ids = check_set(fake_images, fake_labels, "fake")
-    if real_images.shape[1:] != fake_images.shape[1:]:
-        raise ValueError(f"real images {list(real_images.shape[1:])} and fake images "
-                         f"{list(fake_images.shape[1:])} must have the same per-image shape")
-    if (real_ids is None) != (fake_ids is None):
-        raise ValueError("give class labels for both real and fake images, or for neither")
+    real_ids, fake_ids = _check_real_fake(real_images, fake_images, real_labels, fake_labels)
     if batch_size < 2 or batch_size % 2:
         raise ValueError(f"batch_size must be an even number >= 2 (half real, half fake), got {batch_size}")
     half = batch_size // 2
@@ -223,9 +217,8 @@ def discriminator_batches(real_images: torch.Tensor, fake_images: torch.Tensor, 
             step += 1
 
 
-def _mixed_batches(real_images, fake_images, *, real_labels, fake_labels, aot, pool_size, batch_size, steps, seed,
-                   device, sigma_distribution, solver) -> Iterator[dict]:
-    """discriminator_batches(mixed=True): DG's shuffled union of reals (target 1) and fakes (target 0)."""
+def _check_real_fake(real_images, fake_images, real_labels, fake_labels):
+    """(real ids, fake ids), checked: one image shape, labels for both sets or for neither."""
     real_ids = check_set(real_images, real_labels, "real")
     fake_ids = check_set(fake_images, fake_labels, "fake")
     if real_images.shape[1:] != fake_images.shape[1:]:
@@ -233,6 +226,13 @@ def _mixed_batches(real_images, fake_images, *, real_labels, fake_labels, aot, p
                          f"{list(fake_images.shape[1:])} must have the same per-image shape")
     if (real_ids is None) != (fake_ids is None):
         raise ValueError("give class labels for both real and fake images, or for neither")
+    return real_ids, fake_ids
+
+
+def _mixed_batches(real_images, fake_images, *, real_labels, fake_labels, aot, pool_size, batch_size, steps, seed,
+                   device, sigma_distribution, solver) -> Iterator[dict]:
+    """discriminator_batches(mixed=True): DG's shuffled union of reals (target 1) and fakes (target 0)."""
+    real_ids, fake_ids = _check_real_fake(real_images, fake_images, real_labels, fake_labels)
     n = real_images.shape[0] + fake_images.shape[0]
     if batch_size < 1 or pool_size < batch_size or pool_size % batch_size or pool_size > n:
         raise ValueError(f"pool_size ({pool_size}) must be a multiple of batch_size ({batch_size}) and at most the "

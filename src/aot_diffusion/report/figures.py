@@ -279,7 +279,7 @@ def write_figures(p, L, log=print):
     from .tables import headline_rows, read_floor, table1
 
     floor = read_floor(L)
-    fd = headline_rows(p, table1(p, L, floor))
+    fd = headline_rows(p, table1(p, L, floor, hierarchical=False))  # bands: the t-interval over training seeds
     curv = {m: dict(safe_np_load(L.curvature(first(p, m)))) for m in p["models"]}  # the first training seed's
     fd_vs_nfe(p, fd, floor, L.figure("fd_vs_nfe"))
     heatmap(p, fd, L.figure("rho_steps_heatmap"))

@@ -76,7 +76,8 @@ def curvature(results: Path) -> str:
     lines = ["| model | seed | curvature | " + " | ".join(f"trunc. err. NFE {n}" for n in nfes) + " |",
              "|:--|:--|--:|" + "--:|" * len(nfes)]
     for model in p["models"]:
-        r = t3[t3["model"] == model].set_index(t3["train_seed"].astype(str))
+        r = t3[t3["model"] == model]
+        r = r.set_index(r["train_seed"].astype(str))
         fmt = lambda col, spec: " / ".join(format(r.loc[s, col], spec) for s in seeds)  # noqa: E731
         cells = [fmt("curvature_mean", ".4f")] + [fmt(f"trunc_err_rho{rho:g}_nfe{n}", ".3g") for n in nfes]
         lines.append(f"| {model} | {' / '.join(seeds)} | " + " | ".join(cells) + " |")
@@ -128,8 +129,14 @@ def guidance(results: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pool_study(results: Path) -> str:
+    """The pool-size study's table as its run wrote it (docs/results/pool_size_study.md names that run)."""
+    lines = (results / "pool_size_study.md").read_text().split("\n")
+    return "\n".join(line for line in lines if line.startswith("|")) + "\n"
+
+
 BLOCKS = {"headline_seeds": headline_seeds, "aot_vs_edm": aot_vs_edm, "curvature": curvature, "hybrid": hybrid,
-          "guidance": guidance}
+          "guidance": guidance, "pool_study": pool_study}
 
 
 def render(results: Path) -> dict[str, str]:

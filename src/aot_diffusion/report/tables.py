@@ -295,10 +295,11 @@ def read_floor(L) -> dict:
     return dict(floor, metrics={m: Estimate.from_json(e) for m, e in floor["metrics"].items()})
 
 
-def table1(p, L, floor) -> pd.DataFrame:
+def table1(p, L, floor, hierarchical: bool = True) -> pd.DataFrame:
     """Per trained model (model x training seed) and setting: every metric with its interval (_summary); with
-    several training seeds also one 'mean' row per model: the mean over training seeds with the t-interval over
-    them. First row: the floor (``floor``: read_floor), each metric's real images at the same N."""
+    several training seeds also one 'mean' row per model: the mean over training seeds, FD's with the
+    hierarchical interval (``hierarchical``; else the t-interval over them, as for every other metric). First
+    row: the floor (``floor``: read_floor), each metric's real images at the same N."""
     rows = [dict(model="real (floor)", train_seed="", conditional=np.nan, aot=np.nan, rho=np.nan, steps=np.nan,
                  nfe=np.nan, n=floor["n"], **columns(floor["metrics"]))]
     level, per_seed = p["fd"]["ci_level"], []
@@ -316,8 +317,8 @@ def table1(p, L, floor) -> pd.DataFrame:
         mean = _across_seeds(per_seed, ["model", "conditional", "aot", "rho", "steps", "nfe"], intervals, level,
                              means=[m for m in METRICS if m in per_seed and m not in intervals] + mins
                              + ["paper_cifar10_fid"])
-        draws = _Draws(p, L, safe_np_load(L.fd_reference))
-        for m in [m for m in intervals if m in _FD_REFERENCES]:  # FD: every level of noise (_Draws)
+        draws = _Draws(p, L, safe_np_load(L.fd_reference)) if hierarchical else None
+        for m in [m for m in intervals if m in _FD_REFERENCES and hierarchical]:  # FD: every level of noise
             mean[f"{m}_t_low"], mean[f"{m}_t_high"] = mean[f"{m}_low"], mean[f"{m}_high"]
             bounds = [draws.model(r["model"], m, int(r["steps"]), float(r["rho"]), r[m]) for _, r in mean.iterrows()]
             mean[f"{m}_low"], mean[f"{m}_high"] = [b[0] for b in bounds], [b[1] for b in bounds]
