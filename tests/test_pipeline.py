@@ -156,7 +156,7 @@ def check_outputs(proj: Path, p):
     metrics = json.loads(L.metrics.read_text())
     assert "floor.fd" in metrics and "edm_uncond.nn_train_dist_rho7_nfe5" in metrics
     assert {"aot_vs_edm.uncond.fd_heldout_rho90_nfe5", "aot_vs_edm.cond.fd_heldout_rho7_nfe3"} <= set(metrics)
-    assert "t-interval over 2 training seeds" in metrics["intervals"]
+    assert "hierarchical bootstrap over 2 training seeds" in metrics["intervals"] and "two-sample" in metrics["intervals"]
     # DG at every setting where it is evaluated (the paper's own among them), with the learning curves
     assert {(int(r.steps), float(r.rho)) for r in t2[~t2["conditional"]].itertuples()} == {(2, 7.0), (3, 7.0), (3, 90.0)}
     assert all(pd.read_csv(L.discriminator_curve(d))["val_bce"].notna().all() for d in p["guidance"]["discriminators"])
