@@ -179,6 +179,9 @@ class Layout:
     def logs(self):  # logs/<profile>/, and a study's own folder in it (its variants are not the main models)
         return self.root / "logs" / self.profile / (self.study or "")
 
+    def job_timing(self, job: str):  # one job's wall span and CPU-seconds (start-up / work): benchmarks/default_job.py
+        return self.root / "logs" / self.profile / "timing" / f"{job}.json"
+
     def timing_log(self, model):  # training time per logging window (step, sec_per_kimg, pair_ms)
         return self.logs / f"{model}.timing.csv"
 
