@@ -297,3 +297,21 @@ def test_memorisation_counts_copies_a_mean_would_hide():
     assert S.METRICS["nn_below_p1"].fn(S.Sample(None, copies), ref, cfg).value >= 0.1
     assert S.METRICS["nn_below_p1"].fn(S.Sample(None, fresh), ref, cfg).value < 0.05
     assert M.nearest_distances(copies, train)[180:].max() < 1e-6  # float32 pixels
+
+
+def test_the_reference_side_of_two_sample_intervals_is_computed_once_per_job_with_the_same_result():
+    """Every sample set of a job is bootstrapped against the same reference resamples: the reference's moments
+    are cached by content, and an interval from the cache is the uncached one to the bit."""
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(300, 8))
+    stats = M.feature_statistics(ref)
+    a, b = rng.normal(0.2, 1, size=(200, 8)), rng.normal(0.0, 1.3, size=(200, 8))
+    M._REFERENCE_SIDE.clear()
+    first = M.fd_ci(a, stats, n_boot=60, ref_features=ref)
+    assert len(M._REFERENCE_SIDE) == 2  # two chunks of 50 draws, one entry each
+    again, other = M.fd_ci(a, stats, n_boot=60, ref_features=ref), M.fd_ci(b, stats, n_boot=60, ref_features=ref)
+    assert len(M._REFERENCE_SIDE) == 2 and again == first and other != first
+    M._REFERENCE_SIDE.clear()
+    assert M.fd_ci(b, stats, n_boot=60, ref_features=ref) == other
+    shifted = ref + 0.5  # another reference is another entry, not a stale hit
+    assert M.fd_ci(a, M.feature_statistics(shifted), n_boot=60, ref_features=shifted) != first

@@ -627,3 +627,16 @@ def test_unknown_key_stops_dvc_even_when_every_stage_is_cached(smoke_tree):
     assert out.returncode != 0 and "guidance.weight_uncnd" in out.stdout + out.stderr
     shown = run(["dvc", "exp", "show", "--json"], proj).stdout
     assert '"typo"' not in shown
+
+
+def test_snakemake_starts_the_long_chains_first():
+    """On few cores the ready job with the most work behind it goes first (dag.Plan.priorities): the guided
+    models' first-seed trainings before the second seed's, DG's chain and the hybrid samplers before the plain
+    sampling, the report last; every rule carries its priority."""
+    plan = Plan(compose("digits"))
+    pr = plan.priorities()
+    assert pr["train@aot_uncond_s0"] > pr["train@aot_uncond_s1"] > pr["sample@aot_uncond_s1"] > pr["tables"]
+    assert pr["fake_samples@aot_uncond_s0"] > pr["sample@aot_uncond_s0"] and pr["hybrid"] > pr["sample@edm_cond_s0"]
+    assert min(pr.values()) == pr["figures"] == 1
+    text = (ROOT / "workflow" / "rules" / "stages.smk").read_text()
+    assert "priority: PRIORITY[dag.job_id(st, key)]" in text

@@ -84,6 +84,7 @@ class Stage:
     keys: Callable[["Context"], list] | None = None     # a subset of its `over` keys (default: all)
     param_files: tuple = ()                             # parameters naming a file it reads (an input of the job)
     pairs_noise: bool = False                           # trains with its model's pairing (plugin code it runs)
+    effort: int = 1                                     # rough relative work of one job: only orders ready jobs
 
 
 class Context:
@@ -193,12 +194,12 @@ STAGES: list[Stage] = [
           deps=lambda L, c, k: [L.dataset, *_pairing_code(c, k)],
           outs=lambda L, c, k: {L.network(k): OUT, L.loss_log(k): PLOT},
           params=lambda c, k: ["seed", *_NET, *c.train_keys(), f"models.{c.spec_name(k)}"],
-          gpus=_ranks, plots=("kimg", "loss"), kind="train", pairs_noise=True),
+          gpus=_ranks, plots=("kimg", "loss"), kind="train", pairs_noise=True, effort=8),
     Stage("sample", "sample", "model", "sample:sample",
           deps=lambda L, c, k: [L.network(k)],
           outs=lambda L, c, k: {L.samples(k): OUT},
           params=lambda c, k: [*_NET, "sample.steps", "sample.rho", *_SAMPLING, "guidance.sample_steps", "guidance.rho",
-                               c.setting_key(k)], gpus=_one_gpu),
+                               c.setting_key(k)], gpus=_one_gpu, effort=3),
     Stage("fd", "fd", "model", "evaluate:fd",
           deps=lambda L, c, k: [L.samples(k), L.fd_reference, L.feature_network, L.dataset, *_plugin_files(c, "metrics")],
           outs=lambda L, c, k: {L.fd(k): GIT, L.features(k): OUT},
@@ -207,14 +208,14 @@ STAGES: list[Stage] = [
           deps=lambda L, c, k: [L.network(k)],
           outs=lambda L, c, k: {L.curvature(k): OUT, L.curvature_metrics(k): GIT},
           params=lambda c, k: ["seed", *_NET, "curvature", "sample.rho", "sample.sigma_min", "sample.sigma_max"],
-          gpus=_one_gpu),
+          gpus=_one_gpu, effort=2),
     Stage("fake_samples", "fake-samples", "model", "sample:fake_samples",
           deps=lambda L, c, k: [L.network(k)],
           outs=lambda L, c, k: {L.fakes(k): OUT},
           params=lambda c, k: ["seed", *_NET, "sample.batch_size", "sample.sigma_min", "sample.sigma_max",
                                "guidance.num_fake", "guidance.fake_steps", "guidance.fake_rho",
                                "guidance.fake_seed_offset", "guidance.protocol", "guidance.heldout_fraction"],
-          gpus=_one_gpu,
+          gpus=_one_gpu, effort=5,
           keys=lambda c: c.guided_models()),
     Stage("train_encoder", "train-encoder", None, "guidance:train_encoder",
           deps=lambda L, c, k: [L.dataset, *_param_files(c, ["guidance.adm_classifier"])],
@@ -232,7 +233,7 @@ STAGES: list[Stage] = [
                                "guidance.patience", "guidance.lr", "guidance.weight_decay", "train.solver",
                                "guidance.protocol", "guidance.num_fake", c.by_conditioning(k, "epochs"),
                                "guidance.sigma_window"],
-          gpus=_one_gpu,
+          gpus=_one_gpu, effort=6,
           plots=("step", "val_bce")),
     Stage("guided_sample", "guided-sample", "disc", "guidance:guided_sample",
           # the discriminator's metrics: the window it chose on validation data (guidance.sigma_window)
@@ -241,7 +242,7 @@ STAGES: list[Stage] = [
           params=lambda c, k: [*_NET, f"guidance.discriminators.{k}", c.weight_key(k),
                                c.by_conditioning(k, "boosting"), "guidance.sigma_window",
                                "guidance.sample_steps", "guidance.rho", c.setting_key(c.model_of(k)), *_SAMPLING],
-          gpus=_one_gpu),
+          gpus=_one_gpu, effort=3),
     Stage("guided_fd", "guided-fd", "disc", "evaluate:guided_fd",
           deps=lambda L, c, k: [L.guided_samples(k), L.fd_reference, L.feature_network, L.dataset,
                                 *_plugin_files(c, "metrics")],
@@ -251,7 +252,8 @@ STAGES: list[Stage] = [
           deps=lambda L, c, k: [*[L.network(c.first(m)) for m in c.model_names], L.fd_reference, L.feature_network,
                                 L.dataset, *_plugin_files(c, "metrics")],
           outs=lambda L, c, k: {L.hybrid_samples: OUT, L.hybrid_fd: GIT},
-          params=lambda c, k: ["seed", *_NET, "models", "hybrid", *_FD, *_SAMPLING, _SCORES], gpus=_one_gpu),
+          params=lambda c, k: ["seed", *_NET, "models", "hybrid", *_FD, *_SAMPLING, _SCORES], gpus=_one_gpu,
+          effort=10),
     Stage("tables", "tables", None, "report:tables",
           deps=lambda L, c, k: [L.effective_params, L.fd_floor, *[L.fd(m) for m in c.models],
                                 *[L.features(m) for m in c.models], *[L.curvature_metrics(m) for m in c.models],
@@ -262,7 +264,7 @@ STAGES: list[Stage] = [
           # the paper comparison (paper.differences) reads the training and guidance protocol too
           params=lambda c, k: ["seed", "data.dataset", "fd", "models", "train", "sample.steps", "sample.rho",
                                "sample.seeds", "sample.num_samples", "guidance", "hybrid", _SCORES],
-          kind="light"),
+          kind="light", effort=2),
     Stage("figures", "figures", None, "report:figures",
           deps=lambda L, c, k: [*[L.fd(m) for m in c.models], *[L.curvature(m) for m in c.models],
                                 *[L.samples(m) for m in c.models], *[L.loss_log(m) for m in c.models],
@@ -426,6 +428,26 @@ class Plan:
 
     def upstream(self, st: Stage, key: str | None) -> list:
         return [self.producer[str(d)] for d in st.deps(self.L, self.ctx, key) if str(d) in self.producer]
+
+    def priorities(self) -> dict:
+        """{job: priority} for Snakemake's choice among ready jobs: a job's own effort plus the largest priority
+        among the jobs that read from it (the longest chain of work it holds up), so that on few cores the
+        chains that end the run (DG's, the hybrid samplers) start early and no long job is left for the tail.
+        Scheduling only: no output, record or digest depends on it."""
+        jobs = self.jobs()
+        readers: dict = {job_id(*j): [] for j in jobs}
+        for j in jobs:
+            for up in self.upstream(*j):
+                readers.setdefault(job_id(*up), []).append(job_id(*j))
+        effort = {job_id(*j): j[0].effort for j in jobs}
+        rank: dict = {}
+
+        def rank_of(job):
+            if job not in rank:
+                rank[job] = effort[job] + max((rank_of(r) for r in readers.get(job, [])), default=0)
+            return rank[job]
+
+        return {job: rank_of(job) for job in effort}
 
     def plugins_used(self, st: Stage, key: str | None) -> list:
         """The plugin files whose code the job runs: every metric plugin where samples are scored, the pairing

@@ -147,21 +147,61 @@ def code_of(entry: str) -> tuple:
     transitively (orchestration not followed). ``digest`` digests ``parts``."""
     module, function = entry.split(":")
     module = f"{PACKAGE}.stages.{module}"
-    path, tree = _parsed(module)
-    nodes = _reached_definitions(tree, function)
-    parts = {f"{_project_path(path)}:{function}": hashlib.sha256(_dump(nodes).encode()).hexdigest()[:16]}
-    todo, seen = sorted(_imports(nodes, module, False) - ORCHESTRATION), set()
+    own, imports = _facts(module, function)
+    parts = {f"{_project_path(_module_path(module))}:{function}": own}
+    todo, seen = sorted(set(imports) - ORCHESTRATION), set()
     while todo:
         name = todo.pop()
         if name in seen or name in ORCHESTRATION:
             continue
         seen.add(name)
-        mpath, mtree = _parsed(name)
-        parts[_project_path(mpath)] = hashlib.sha256(_dump(mtree.body).encode()).hexdigest()[:16]
-        todo += sorted(_imports(mtree.body, name, mpath.name == "__init__.py") - seen - ORCHESTRATION)
+        parts[_project_path(_module_path(name))], imports = _facts(name, None)
+        todo += sorted(set(imports) - seen - ORCHESTRATION)
     parts = dict(sorted(parts.items()))
     digest = hashlib.sha256("\n".join(f"{k} {v}" for k, v in parts.items()).encode()).hexdigest()[:16]
     return digest, parts
+
+
+# What _facts derives from a source (its digest and package imports), by the sha256 of everything it derives
+# from: every job computes the code digests of its whole upstream chain, and parsing the package again in each
+# job costs more CPU than the smaller jobs' own work. Untracked; used only where a project's Snakefile is.
+CODE_CACHE = Path(".snakemake") / "aot-diffusion-code"
+
+
+@lru_cache(maxsize=None)
+def _package_files() -> bytes:
+    """The package's module files and this module's own source: what resolving imports and digesting reads."""
+    names = sorted(p.relative_to(PACKAGE_DIR).as_posix() for p in PACKAGE_DIR.rglob("*.py"))
+    return "\n".join(names).encode() + Path(__file__).read_bytes()
+
+
+@lru_cache(maxsize=None)
+def _facts(module: str, function: str | None) -> tuple:
+    """(digest, package modules imported) of a module's body, or of one function of it with the definitions it
+    reaches."""
+    import json
+
+    path = _module_path(module)
+    key = hashlib.sha256(b"\0".join([path.read_bytes(), module.encode(), (function or "").encode(),
+                                     _package_files()])).hexdigest()[:32]
+    cache = CODE_CACHE / f"{key}.json" if Path("Snakefile").is_file() else None
+    try:
+        hit = json.loads(cache.read_text())
+        return hit["digest"], tuple(hit["imports"])
+    except (AttributeError, OSError, ValueError, KeyError, TypeError):
+        pass
+    _, tree = _parsed(module)
+    nodes = _reached_definitions(tree, function) if function else tree.body
+    digest = hashlib.sha256(_dump(nodes).encode()).hexdigest()[:16]
+    imports = tuple(sorted(_imports(nodes, module, function is None and path.name == "__init__.py")))
+    if cache is not None:
+        try:
+            from .utils import atomic_write_text
+
+            atomic_write_text(cache, json.dumps({"digest": digest, "imports": list(imports)}))
+        except OSError:  # a read-only checkout still answers, only slower
+            pass
+    return digest, imports
 
 
 def code_files(entry: str) -> list:

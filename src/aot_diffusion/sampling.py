@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import torch
 
 __all__ = ["sigma_steps", "num_function_evals", "edm_sampler", "boosted_sampler", "Denoiser", "latents", "class_labels",
-           "sample_batched", "switch_denoiser"]
+           "sample_batched", "switch_denoiser", "switch_sweep"]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 ODE_SOLVERS = ("heun", "euler")
@@ -171,6 +171,47 @@ def switch_denoiser(high: Denoiser, low: Denoiser, sigma_switch: float) -> Denoi
         return (high if s > sigma_switch else low)(x, sigma, labels)
 
     return denoise
+
+
+def switch_sweep(high: Denoiser, low: Denoiser, latents: torch.Tensor, *, switches, num_steps: int, rho: float = 7.0,
+                 sigma_min: float = 0.002, sigma_max: float = 80.0, class_labels=None) -> dict:
+    """``{s: edm_sampler(switch_denoiser(high, low, s), latents, ...)}`` for every switch sigma s (deterministic
+    Heun), computed once along the steps that all switches share. A Heun step evaluates D at t_i and, but for
+    the last step, at t_{i+1}; while both are above s it evaluates only ``high``, so every switch's run is the
+    ``high`` run up to its first step that evaluates ``low``. The steps are the same float64 arithmetic as
+    :func:`edm_sampler`'s, so each result equals the separate run's to the bit (tests/test_core.py)."""
+    t_steps = sigma_steps(num_steps, rho, sigma_min, sigma_max, dtype=torch.float64, device=latents.device)
+    last = num_steps - 1
+
+    def first_low_step(s):
+        return next((i for i in range(num_steps)
+                     if not t_steps[i] > s or (i < last and not t_steps[i + 1] > s)), num_steps)
+
+    branch = {s: first_low_step(float(s)) for s in switches}
+    shared, x = {}, latents.to(torch.float64) * t_steps[0]
+    for i in range(max(branch.values()) + 1):
+        shared[i] = x
+        if i < num_steps and i < max(branch.values()):
+            x = _heun_step(high, x, t_steps, i, class_labels)
+    out = {}
+    for s, start in branch.items():
+        denoise, x = switch_denoiser(high, low, float(s)), shared[start]
+        for i in range(start, num_steps):
+            x = _heun_step(denoise, x, t_steps, i, class_labels)
+        out[s] = x.to(latents.dtype)
+    return out
+
+
+def _heun_step(denoise: Denoiser, x_cur: torch.Tensor, t_steps: torch.Tensor, i: int, labels) -> torch.Tensor:
+    """Step i of :func:`edm_sampler` without churn (its arithmetic, operation for operation)."""
+    t_cur, t_next = t_steps[i], t_steps[i + 1]
+    t_hat = t_cur + 0.0 * t_cur
+    d_cur = (x_cur - denoise(x_cur, t_hat, labels).to(torch.float64)) / t_hat
+    x_next = x_cur + (t_next - t_hat) * d_cur
+    if i < len(t_steps) - 2:
+        d_prime = (x_next - denoise(x_next, t_next, labels).to(torch.float64)) / t_next
+        x_next = x_cur + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
+    return x_next
 
 
 # ---------------------------------------------------------------------------------------------- sweeps

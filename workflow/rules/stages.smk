@@ -19,6 +19,8 @@ def reported(path):
                   labels={"name": stem, "profile": P["profile"]})
 
 
+PRIORITY = PLAN.priorities()  # on few cores, the long chains first (dag.Plan.priorities)
+
 for st in dag.ALL_STAGES:
     for key in dag.keys_of(st, CTX):
 
@@ -32,6 +34,7 @@ for st in dag.ALL_STAGES:
             params:
                 command=dag.command(st, key),
             threads: THREADS if st.over or st.gpus(CTX) else 1
+            priority: PRIORITY[dag.job_id(st, key)]
             resources:
                 **REQUESTS[dag.job_id(st, key)],  # the profile's resources.<kind> and the site's partition
             log:

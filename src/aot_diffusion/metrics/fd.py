@@ -130,14 +130,34 @@ def _weighted_moments(features, weights):
     return mean + center, cov
 
 
+# The reference side of recent two-sample bootstraps: (features, weights) digest -> (mean, cov, cov^(1/2)). Every
+# sample set of a job is scored against the same reference resamples (one seeded stream), so they are computed
+# once per job, not once per score (the same arithmetic: the same bits).
+_REFERENCE_SIDE: dict = {}
+_REFERENCE_SIDE_MAX = 16
+
+
+def _reference_side(ref_features, ref_weights):
+    import hashlib
+
+    key = tuple(hashlib.blake2b(np.ascontiguousarray(a).tobytes(), digest_size=16).hexdigest() + str(a.shape)
+                for a in (ref_features, ref_weights))
+    if key not in _REFERENCE_SIDE:
+        mean_r, cov_r = _weighted_moments(ref_features, ref_weights)
+        w, v = np.linalg.eigh(cov_r)
+        root = (v * np.sqrt(np.clip(w, 0, None))[:, None, :]) @ np.swapaxes(v, 1, 2)
+        while len(_REFERENCE_SIDE) >= _REFERENCE_SIDE_MAX:
+            _REFERENCE_SIDE.pop(next(iter(_REFERENCE_SIDE)))
+        _REFERENCE_SIDE[key] = (mean_r, cov_r, root)
+    return _REFERENCE_SIDE[key]
+
+
 def _two_sample_fd(features, weights, ref_features, ref_weights, chunk=50):
     """FD of each reweighted sample against the same draw's reweighted reference: both sets' noise."""
     out = np.empty(weights.shape[0])
     for s in range(0, weights.shape[0], chunk):
         mean_a, cov_a = _weighted_moments(features, weights[s:s + chunk])
-        mean_r, cov_r = _weighted_moments(ref_features, ref_weights[s:s + chunk])
-        w, v = np.linalg.eigh(cov_r)
-        root = (v * np.sqrt(np.clip(w, 0, None))[:, None, :]) @ np.swapaxes(v, 1, 2)
+        mean_r, cov_r, root = _reference_side(ref_features, ref_weights[s:s + chunk])
         eig = np.linalg.eigvalsh(root @ cov_a @ root)
         out[s:s + chunk] = (((mean_a - mean_r) ** 2).sum(1) + np.trace(cov_a, axis1=1, axis2=2)
                             + np.trace(cov_r, axis1=1, axis2=2) - 2 * np.sqrt(np.clip(eig, 0, None)).sum(1))

@@ -135,8 +135,34 @@ def pool_study(results: Path) -> str:
     return "\n".join(line for line in lines if line.startswith("|")) + "\n"
 
 
+def default_job_cost(results: Path) -> str:
+    """Where the default job's CPU goes, before and after the speed work, per stage kind (bench_default_job.json:
+    benchmarks/default_job.py, each entry a fresh clone of the commit it names, run on the machine it names)."""
+    import json
+
+    runs = json.loads((results / "bench_default_job.json").read_text())
+    labels = [label for label in ("before", "after") if label in runs] or list(runs)
+    kinds = sorted({k for label in labels for k in runs[label]["per_kind"]},
+                   key=lambda k: -max(runs[label]["per_kind"].get(k, {}).get("cpu_work", 0) for label in labels))
+
+    def cpu(label, kind):
+        k = runs[label]["per_kind"].get(kind)
+        return f"{k['jobs']} | {k['cpu_work']:.0f} + {k['cpu_startup']:.0f}" if k else "0 | -"
+
+    head = " | ".join(f"{label} ({runs[label]['commit']}): jobs | CPU-s work + start-up" for label in labels)
+    lines = [f"| stage kind | {head} |", "|:--|" + "--:|--:|" * len(labels)]
+    lines += [f"| {kind} | " + " | ".join(cpu(label, kind) for label in labels) + " |" for kind in kinds]
+    rest = " | ".join(f"| {runs[label]['cpu_s'] - runs[label]['cpu_jobs']:.0f}" for label in labels)
+    lines.append(f"| Snakemake, shells, interpreter exits, dvc commit {rest} |")
+    total = " | ".join(f"{runs[label]['jobs']} | **{runs[label]['cpu_s']:.0f} CPU-s, {runs[label]['wall_s'] / 60:.1f} min "
+                       f"wall**" for label in labels)
+    lines.append(f"| **default job** | {total} |")
+    machines = sorted({f"{runs[label]['machine']['cpu']}, {runs[label]['cores']} cores" for label in labels})
+    return "\n".join(lines) + f"\n\nMachine: {'; '.join(machines)}.\n"
+
+
 BLOCKS = {"headline_seeds": headline_seeds, "aot_vs_edm": aot_vs_edm, "curvature": curvature, "hybrid": hybrid,
-          "guidance": guidance, "pool_study": pool_study}
+          "guidance": guidance, "pool_study": pool_study, "default_job_cost": default_job_cost}
 
 
 def render(results: Path) -> dict[str, str]:

@@ -116,7 +116,7 @@ def hybrid(run: Run) -> None:
     reverse), from the main sweep's latents (first sampling seed), scored as the rest; pure models are the
     main sweep's rows at the same setting."""
     from ..samples import from_uint8, to_uint8
-    from ..sampling import class_labels, latents, sample_batched, switch_denoiser
+    from ..sampling import class_labels, latents
     from .sample import image_shape, load_denoiser
 
     h, s = run.params["hybrid"], run.params["sample"]
@@ -130,10 +130,11 @@ def hybrid(run: Run) -> None:
         z = latents(seed, s["num_samples"], image_shape(edm_net), run.device)
         labels = class_labels(edm_net.label_dim, s["num_samples"], run.device)
         for above, below, hi, lo in (("aot", "edm", aot, edm), ("edm", "aot", edm, aot)):
+            # every switch of one step count in one sweep: the steps above all switches are computed once
+            runs = {steps: _switch_runs(hi, lo, z, labels, s, h, steps) for steps in h["steps"]}
             for switch in h["switch_sigmas"]:
                 for steps in h["steps"]:
-                    x = sample_batched(switch_denoiser(hi, lo, switch), z, labels, s["batch_size"], num_steps=steps,
-                                       rho=h["rho"], sigma_min=s["sigma_min"], sigma_max=s["sigma_max"])
+                    x = runs[steps][switch]
                     if not torch.isfinite(x).all():
                         raise FloatingPointError(f"non-finite hybrid samples ({cond}, {above} above sigma {switch}, "
                                                  f"{steps} steps): check the networks and sample.sigma_min")
@@ -153,3 +154,17 @@ def hybrid(run: Run) -> None:
         np.savez(tmp, **kept)
     with AtomicPath(run.layout.hybrid_fd, suffix=".csv") as tmp:
         table.to_csv(tmp, index=False)
+
+
+def _switch_runs(high, low, z, labels, s, h, steps) -> dict:
+    """{switch sigma: float32 samples} of the hybrid sampler at ``steps``, in batches of sample.batch_size."""
+    from ..sampling import switch_sweep
+
+    chunks: dict = {switch: [] for switch in h["switch_sigmas"]}
+    for i in range(0, len(z), s["batch_size"]):
+        lab = labels[i:i + s["batch_size"]] if labels is not None else None
+        out = switch_sweep(high, low, z[i:i + s["batch_size"]], switches=h["switch_sigmas"], num_steps=steps,
+                           rho=h["rho"], sigma_min=s["sigma_min"], sigma_max=s["sigma_max"], class_labels=lab)
+        for switch, x in out.items():
+            chunks[switch].append(x.float())
+    return {switch: torch.cat(parts) for switch, parts in chunks.items()}
