@@ -16,7 +16,7 @@ run:
 	snakemake --cores $(CORES)
 
 test: setup
-	$(PYTHON) -m pytest -q --durations=20
+	$(PYTHON) -m pytest -q -n 2 --dist loadfile --durations=20
 
 bench: setup
 	$(PYTHON) benchmarks/pairing.py
