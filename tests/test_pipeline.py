@@ -149,7 +149,8 @@ def check_outputs(proj: Path, p):
     # per trained model and setting (2 steps x 2 rho), and the mean over the training seeds where there are several
     several = len(p["train"]["seeds"]) > 1
     assert set(rows["model"]) == set(p["models"]) and len(rows) == len(p["models"]) * 4 * (len(p["train"]["seeds"]) + several)
-    assert set(rows["train_seed"].astype(str)) == {*map(str, p["train"]["seeds"]), *(["mean"] if several else [])}
+    seeds = set(rows["train_seed"].map(lambda v: v if v == "mean" else str(int(float(v)))))
+    assert seeds == {*map(str, p["train"]["seeds"]), *(["mean"] if several else [])}
     assert ((rows["fd_low"] <= rows["fd"]) & (rows["fd"] <= rows["fd_high"])).all()
     t2 = pd.read_csv(L.table("table2_guidance"))
     assert {"EDM + DG", "AOT + AOT-DG", "AOT + DG"} <= set(t2["method"])

@@ -152,13 +152,28 @@ def default_job_cost(results: Path) -> str:
     head = " | ".join(f"{label} ({runs[label]['commit']}): jobs | CPU-s work + start-up" for label in labels)
     lines = [f"| stage kind | {head} |", "|:--|" + "--:|--:|" * len(labels)]
     lines += [f"| {kind} | " + " | ".join(cpu(label, kind) for label in labels) + " |" for kind in kinds]
-    rest = " | ".join(f"| {runs[label]['cpu_s'] - runs[label]['cpu_jobs']:.0f}" for label in labels)
-    lines.append(f"| Snakemake, shells, interpreter exits, dvc commit {rest} |")
+    rest = " | ".join(f" | {runs[label]['cpu_s'] - runs[label]['cpu_jobs']:.0f}" for label in labels)
+    lines.append(f"| Snakemake, shells, interpreter exits, dvc commit | {rest} |")
     total = " | ".join(f"{runs[label]['jobs']} | **{runs[label]['cpu_s']:.0f} CPU-s, {runs[label]['wall_s'] / 60:.1f} min "
                        f"wall**" for label in labels)
     lines.append(f"| **default job** | {total} |")
     machines = sorted({f"{runs[label]['machine']['cpu']}, {runs[label]['cores']} cores" for label in labels})
-    return "\n".join(lines) + f"\n\nMachine: {'; '.join(machines)}.\n"
+    seeds = len(_params(results)["train"]["seeds"])
+    notes = []
+    for label in labels:
+        r = runs[label]
+        per_seed = sum(r["per_kind"][k]["cpu_work"] + r["per_kind"][k]["cpu_startup"]
+                       for k in PER_TRAINING_SEED if k in r["per_kind"]) / seeds
+        path = " -> ".join(f"{step['job']} ({step['wall_s']:.0f} s, waited {step['waited_s']:.0f})"
+                           for step in r["critical_path"])
+        notes.append(f"- {label}: each training seed costs {per_seed:.0f} CPU-s ({', '.join(PER_TRAINING_SEED)} of "
+                     f"every model, 1/{seeds} of them); critical path {path}; a core idle for the last "
+                     f"{r['tail']['seconds']:.0f} s ({', '.join(r['tail']['jobs'])}).")
+    return "\n".join(lines) + f"\n\nMachine: {'; '.join(machines)}.\n\n" + "\n".join(notes) + "\n"
+
+
+# The stages that run once per trained model: what one more training seed adds to the default job.
+PER_TRAINING_SEED = ("train", "sample", "fd", "curvature")
 
 
 BLOCKS = {"headline_seeds": headline_seeds, "aot_vs_edm": aot_vs_edm, "curvature": curvature, "hybrid": hybrid,
