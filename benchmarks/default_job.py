@@ -105,7 +105,15 @@ def run_fresh_clone(rev: str, cores: int, keep: bool) -> tuple[Path, dict, dict]
     root = Path(tempfile.mkdtemp(prefix="aot-default-job-"))
     subprocess.run(["git", "clone", "-q", str(REPO), str(root)], check=True)
     subprocess.run(["git", "-C", str(root), "checkout", "-q", rev], check=True)
-    env = dict(os.environ, PYTHONPATH=str(root / "src"))  # the clone's package, not the editable install
+    # the clone's package, not the editable install, through a launcher of its own (an older commit's CLI may
+    # have another entry point than the installed console script names)
+    bin_dir = root / ".bench-bin"
+    bin_dir.mkdir()
+    launcher = bin_dir / "aot-diffusion"
+    launcher.write_text(f"#!{sys.executable}\nimport sys\nfrom aot_diffusion import cli\n"
+                        "sys.exit((getattr(cli, 'entry', None) or cli.main)())\n")
+    launcher.chmod(0o755)
+    env = dict(os.environ, PYTHONPATH=str(root / "src"), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     load0, cpu0, t0 = os.getloadavg(), children_cpu(), time.perf_counter()
     with open(root / "snakemake.out", "w") as log:
         done = subprocess.run(["snakemake", "--cores", str(cores)], cwd=root, env=env, stdout=log,
