@@ -169,6 +169,10 @@ def default_job_cost(results: Path) -> str:
         notes.append(f"- {label}: each training seed costs {per_seed:.0f} CPU-s ({', '.join(PER_TRAINING_SEED)} of "
                      f"every model, 1/{seeds} of them); critical path {path}; a core idle for the last "
                      f"{r['tail']['seconds']:.0f} s ({', '.join(r['tail']['jobs'])}).")
+    for label in [label for label in runs if label not in labels]:
+        r = runs[label]
+        notes.append(f"- {label.replace('_', ' ')} ({r['commit']}): {r['cpu_s']:.0f} CPU-s, {r['wall_s'] / 60:.1f} min "
+                     f"wall, Snakemake and the rest {r['cpu_s'] - r['cpu_jobs']:.0f} CPU-s.")
     return "\n".join(lines) + f"\n\nMachine: {'; '.join(machines)}.\n\n" + "\n".join(notes) + "\n"
 
 
