@@ -17,9 +17,8 @@ import pytest
 import yaml
 
 from aot_diffusion.dag import POOL_STUDY_DVC, POOL_STUDY_STAGES, STAGES, Plan, job_id, keys_of, stage
-from aot_diffusion.dvcfile import dvc_yaml, pool_study_dvc_yaml
 from aot_diffusion.layout import FIGURE_NAMES, Layout
-from aot_diffusion.params import compose, load_params
+from aot_diffusion.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,19 +50,6 @@ def run(cmd, cwd, check=True, timeout=1200):
     return out
 
 
-def test_dvc_yaml_is_generated_from_the_stage_table(tmp_path):
-    p = compose(root=ROOT)
-    assert (ROOT / "dvc.yaml").read_text() == dvc_yaml(p)
-    # The study's pipeline file is written when a study is asked for, not kept: DVC collects every dvc.yaml, so
-    # a bare `dvc status` (or `dvc plots show`) would list each stage of a study that never ran.
-    assert not (ROOT / POOL_STUDY_DVC).exists() or (ROOT / POOL_STUDY_DVC).read_text() == pool_study_dvc_yaml(p)
-    proj = copy_repo(tmp_path)
-    run(["aot-diffusion", "dvc-yaml"], proj)
-    assert not (proj / POOL_STUDY_DVC).exists()
-    run(["aot-diffusion", "dvc-yaml", "--pool-study"], proj)
-    assert (proj / POOL_STUDY_DVC).read_text() == pool_study_dvc_yaml(p)
-
-
 def snakemake_commands(cwd, *config, target=()):
     out = run(["snakemake", "-n", "-F", "-p", *target, "--config", *config], cwd).stdout
     # each rule's command, without what every rule adds (its output copied to its log: `2>&1 | tee <log>`)
@@ -75,69 +61,6 @@ def snakemake_commands(cwd, *config, target=()):
 def dvc_commands(cwd, *targets):
     out = run(["dvc", "repro", "--dry", "-f", *targets], cwd).stdout
     return sorted(re.findall(r"^> (aot-diffusion [^\n]*)$", out, re.M))
-
-
-@pytest.mark.parametrize("profile", ["digits", "smoke", "cifar10"])
-def test_both_front_doors_plan_the_same_commands(tmp_path, profile):
-    proj = copy_repo(tmp_path)
-    run(["aot-diffusion", "params", "--profile", profile], proj)
-    classifier = load_params(proj / "params.yaml")["guidance"]["adm_classifier"]
-    if classifier:  # a file a stage reads through a parameter is an input: Snakemake plans only with it there
-        (proj / classifier).parent.mkdir(parents=True, exist_ok=True)
-        (proj / classifier).write_bytes(b"a stand-in for DG's classifier file")
-    smk, dvc = snakemake_commands(proj, f"profile={profile}"), dvc_commands(proj)
-    assert smk and smk == dvc
-    # one command per job of the stage table (two training seeds: 8 trained models in every profile); the
-    # pool-size study is not in `all`
-    p = load_params(proj / "params.yaml")
-    plan = Plan(p)
-    assert len(smk) == sum(len(keys_of(st, plan.ctx)) for st in STAGES) == 62
-    assert not any("--variant" in c for c in smk)
-
-
-def test_pool_study_is_its_own_target_at_both_front_doors(tmp_path):
-    """Not part of `all` / `dvc repro`; its own target plans the same commands at both doors (data and FD
-    reference from the main DAG, then train / sample / fd / curvature per variant and the report)."""
-    proj = copy_repo(tmp_path)
-    run(["aot-diffusion", "dvc-yaml", "--pool-study"], proj)
-    variants = compose(root=ROOT)["pool_study"]["variants"]
-    smk = snakemake_commands(proj, "profile=digits", target=["pool_study"])
-    assert smk == dvc_commands(proj, str(POOL_STUDY_DVC))
-    assert len(smk) == 3 + 1 + 4 * len(variants) + 1 and "aot-diffusion pool-study" in smk
-    assert "aot-diffusion pool-variants" in smk  # checks the names before any command holds one
-    assert all(f"aot-diffusion train --variant '{v}'" in smk for v in variants)
-
-
-def test_front_doors_refuse_to_run_at_once(tmp_path):
-    """Snakemake does not start while DVC holds its lock; a stage run by DVC stops while Snakemake runs."""
-    import os
-
-    proj = copy_repo(tmp_path)
-    rwlock = proj / ".dvc" / "tmp" / "rwlock"
-    rwlock.parent.mkdir(parents=True, exist_ok=True)
-    rwlock.write_text(json.dumps({"read": {}, "write": {"dvc.yaml": {"pid": os.getpid(), "cmd": "dvc repro"}}}))
-    out = run(["snakemake", "--cores", "1", "check_params"], proj, check=False)
-    assert out.returncode != 0 and "refusing to start: `dvc repro`" in out.stdout + out.stderr
-    assert not (proj / "results").exists()
-    rwlock.unlink()
-    locks = proj / ".snakemake" / "locks"
-    locks.mkdir(parents=True)
-    (locks / "0.input.lock").write_text("")
-    env = dict(os.environ, DVC_STAGE="check_params")  # what DVC sets for the commands of its stages
-    out = subprocess.run(["aot-diffusion", "check-params"], cwd=proj, capture_output=True, text=True, env=env)
-    assert out.returncode != 0 and "refusing to run under DVC: Snakemake is running" in out.stdout + out.stderr
-    assert not (proj / "results").exists()
-
-
-def test_typo_in_params_stops_both_front_doors_naming_it(tmp_path):
-    proj = copy_repo(tmp_path)
-    text = (proj / "params.yaml").read_text().replace("  pool_size: 512", "  pool_sise: 512", 1)
-    (proj / "params.yaml").write_text(text)
-    out = run(["snakemake", "-n"], proj, check=False)
-    assert out.returncode != 0 and "pool_sise" in out.stdout + out.stderr
-    out = run(["dvc", "repro", "--dry"], proj, check=False)
-    assert out.returncode != 0 and "train.pool_size" in out.stdout + out.stderr
-    assert not (proj / "results").exists()
 
 
 def check_outputs(proj: Path, p):
@@ -651,16 +574,3 @@ def test_unknown_key_stops_dvc_even_when_every_stage_is_cached(smoke_tree):
     assert out.returncode != 0 and "guidance.weight_uncnd" in out.stdout + out.stderr
     shown = run(["dvc", "exp", "show", "--json"], proj).stdout
     assert '"typo"' not in shown
-
-
-def test_snakemake_starts_the_long_chains_first():
-    """On few cores the ready job with the most work behind it goes first (dag.Plan.priorities): the guided
-    models' first-seed trainings before the second seed's, DG's chain and the hybrid samplers before the plain
-    sampling, the report last; every rule carries its priority."""
-    plan = Plan(compose("digits"))
-    pr = plan.priorities()
-    assert pr["train@aot_uncond_s0"] > pr["train@aot_uncond_s1"] > pr["sample@aot_uncond_s1"] > pr["tables"]
-    assert pr["fake_samples@aot_uncond_s0"] > pr["sample@aot_uncond_s0"] and pr["hybrid"] > pr["sample@edm_cond_s0"]
-    assert min(pr.values()) == pr["figures"] == 1
-    text = (ROOT / "workflow" / "rules" / "stages.smk").read_text()
-    assert "priority: PRIORITY[dag.job_id(st, key)]" in text
