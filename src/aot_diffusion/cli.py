@@ -84,49 +84,6 @@ def _chosen(args) -> tuple[str | None, str | None]:
     return None, None
 
 
-class JobClock:
-    """A job's wall span (from its process's start) and its CPU-seconds, split at the start of the stage's work:
-    the untracked timing file that benchmarks/default_job.py sums per stage kind and walks for the critical path."""
-
-    def __init__(self):
-        self.startup_cpu = _cpu_seconds()
-
-    def write(self, path) -> None:
-        import json
-        import time
-
-        from .utils import atomic_write_text
-
-        total = _cpu_seconds()
-        body = {"start": _process_start(), "end": time.time(), "cpu_startup": round(self.startup_cpu, 3),
-                "cpu_work": round(total - self.startup_cpu, 3), "cpu": round(total, 3)}
-        try:
-            atomic_write_text(path, json.dumps(body) + "\n")
-        except OSError as exc:  # a measurement, never a reason for a finished job to fail
-            print(f"timing not written ({exc})", file=sys.stderr)
-
-
-def _cpu_seconds() -> float:
-    """User + system CPU of this process and of its children that finished (torchrun's ranks)."""
-    import resource
-
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-def _process_start() -> float:
-    """When this process started (epoch seconds), from /proc; now where there is no /proc."""
-    import os
-    import time
-
-    try:
-        ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
-        boot = next(float(line.split()[1]) for line in open("/proc/stat") if line.startswith("btime"))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return time.time()
-
-
 def _params_command(args) -> None:
     import yaml
 
@@ -223,7 +180,7 @@ def main(argv=None) -> None:
                                                                    args.seed, args.count))))
         import importlib
 
-        from .stages import Run
+        from .stages import JobClock, Run
         from .utils import set_tf32, set_threads
 
         over, key = _chosen(args)

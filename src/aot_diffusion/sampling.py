@@ -188,10 +188,11 @@ def switch_sweep(high: Denoiser, low: Denoiser, latents: torch.Tensor, *, switch
                      if not t_steps[i] > s or (i < last and not t_steps[i + 1] > s)), num_steps)
 
     branch = {s: first_low_step(float(s)) for s in switches}
+    stop = max(branch.values())  # <= num_steps
     shared, x = {}, latents.to(torch.float64) * t_steps[0]
-    for i in range(max(branch.values()) + 1):
+    for i in range(stop + 1):
         shared[i] = x
-        if i < num_steps and i < max(branch.values()):
+        if i < stop:
             x = _heun_step(high, x, t_steps, i, class_labels)
     out = {}
     for s, start in branch.items():
