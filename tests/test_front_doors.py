@@ -58,17 +58,23 @@ def test_pool_study_is_its_own_target_at_both_front_doors(tmp_path):
 
 
 def test_front_doors_refuse_to_run_at_once(tmp_path):
-    """Snakemake does not start while DVC holds its lock; a stage run by DVC stops while Snakemake runs."""
+    """Snakemake does not start while DVC holds its repository lock (it names the holder); a stage run by DVC
+    stops while Snakemake runs. (Both ways round with real runs: tests/test_concurrency.py.)"""
     import os
 
+    import zc.lockfile
+
+    from aot_diffusion.frontdoors import DVC_LOCK
+
     proj = copy_repo(tmp_path)
-    rwlock = proj / ".dvc" / "tmp" / "rwlock"
-    rwlock.parent.mkdir(parents=True, exist_ok=True)
-    rwlock.write_text(json.dumps({"read": {}, "write": {"dvc.yaml": {"pid": os.getpid(), "cmd": "dvc repro"}}}))
-    out = run(["snakemake", "--cores", "1", "check_params"], proj, check=False)
-    assert out.returncode != 0 and "refusing to start: `dvc repro`" in out.stdout + out.stderr
+    (proj / DVC_LOCK).parent.mkdir(parents=True, exist_ok=True)
+    held = zc.lockfile.LockFile(str(proj / DVC_LOCK))  # as DVC takes it: its pid only
+    try:
+        out = run(["snakemake", "--cores", "1", "check_params"], proj, check=False)
+    finally:
+        held.close()
+    assert out.returncode != 0 and f"refusing to start: process {os.getpid()} (`" in out.stdout + out.stderr
     assert not (proj / "results").exists()
-    rwlock.unlink()
     locks = proj / ".snakemake" / "locks"
     locks.mkdir(parents=True)
     (locks / "0.input.lock").write_text("")
@@ -100,3 +106,41 @@ def test_snakemake_starts_the_long_chains_first():
     assert min(pr.values()) == pr["figures"] == 1
     text = (ROOT / "workflow" / "rules" / "stages.smk").read_text()
     assert "priority: PRIORITY[dag.job_id(st, key)]" in text
+
+
+@pytest.mark.parametrize("profile", ["digits", "smoke", "cifar10"])
+def test_each_job_has_the_same_inputs_at_both_doors(tmp_path, profile):
+    """For every job of the main DAG and the pool-size study, the files the Snakemake rule waits for are the
+    DVC stage's dependencies as DVC itself resolves them (foreach and all), so a Snakemake run can always be
+    recorded in dvc.lock. DVC also lists the code (Snakemake sees it through the records), a plugin folder where
+    Snakemake has its files, and the study's variant folder; a file named by a parameter is Snakemake's only."""
+    import os
+
+    from dvc.repo import Repo
+
+    from aot_diffusion.dag import POOL_STUDY_STAGES, Context, job_id
+    from aot_diffusion.layout import Layout
+    from aot_diffusion.plugins import PLUGIN_DIR
+
+    proj = copy_repo(tmp_path)
+    run(["aot-diffusion", "params", "--profile", profile], proj)
+    run(["aot-diffusion", "dvc-yaml", "--pool-study"], proj)
+    p = load_params(proj / "params.yaml")
+    ctx, L = Context(p), Layout(profile)
+    with Repo(str(proj)) as repo:
+        dvc = {st.name: {os.path.relpath(d.fs_path, proj) for d in st.deps if type(d).__name__ != "ParamsDependency"}
+               for st in repo.index.stages}  # (a parameter dependency is DVC's reading of params.yaml)
+
+    def covered(path, by):
+        return any(path == b or path.startswith(b + "/") for b in by)
+
+    jobs = [(st, key) for st in [*STAGES, *POOL_STUDY_STAGES] for key in keys_of(st, ctx)]
+    assert set(dvc) == {job_id(st, key) for st, key in jobs}
+    for st, key in jobs:
+        named = {str(ctx.p_value(n.format(key=key))) for n in st.param_files if ctx.p_value(n.format(key=key))}
+        smk = {str(path) for path in st.deps(L, ctx, key)} - named
+        data = {path for path in dvc[job_id(st, key)] if not path.startswith("src/")}
+        assert all(covered(path, data) for path in smk if not path.startswith("src/")), (job_id(st, key), smk, data)
+        folders = {path for path in data if path.startswith(str(PLUGIN_DIR) + "/")}  # its files: those named
+        assert all(covered(path, smk) or any(s.startswith(path + "/") for s in smk) for path in data - folders), \
+            (job_id(st, key), smk, data)

@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--profile", default=None, help="digits | smoke | cifar10 (default: conf/config.yaml's)")
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override (YAML value)")
     sp.add_argument("--check", action="store_true", help="only validate the existing params.yaml")
+    sp.add_argument("--show-origin", action="store_true",
+                    help="print where each value comes from (conf/config.yaml, the profile's file, an override); "
+                         "without --profile / --set: of the existing params.yaml")
     sp = sub.add_parser("dvc-yaml", help="regenerate dvc.yaml (and the pool-size study's, where it exists) from the "
                                          "stage table")
     sp.add_argument("--pool-study", action="store_true",
@@ -87,12 +90,8 @@ def _chosen(args) -> tuple[str | None, str | None]:
 def _params_command(args) -> None:
     import yaml
 
-    from .params import compose, load_params, write_params
+    from .params import compose, flatten, load_params, origins, write_params
 
-    if args.check:
-        p = load_params()
-        print(f"params.yaml: OK (profile {p['profile']})")
-        return
     overrides = {}
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -103,7 +102,19 @@ def _params_command(args) -> None:
         for part in parents:
             node = node.setdefault(part, {})
         node[last] = yaml.safe_load(value)
-    write_params(compose(args.profile, overrides))
+    if args.check or (args.show_origin and args.profile is None and not overrides):
+        p = load_params()
+        if args.check:
+            return print(f"params.yaml: OK (profile {p['profile']})")
+    else:
+        p = compose(args.profile, overrides)
+    if args.show_origin:
+        where = origins(p, overrides)
+        width = max(map(len, where))
+        for key, value in flatten(p).items():
+            print(f"{key:<{width}}  {where[key]:<28}  {yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix('...').strip()}")
+        return
+    write_params(p)
     print("params.yaml: composed")
 
 

@@ -23,7 +23,7 @@ from typing import Callable, Mapping
 
 from .layout import FIGURE_NAMES, TABLE_NAMES, Layout
 from .plugins import PLUGIN_DIR, plugin_path
-from .params import NAME_PATTERN, PARAMS_FILE, ParamError, digest, instance_key, model_instances, select
+from .params import CONF_DIR, NAME_PATTERN, PARAMS_FILE, PROFILES, ParamError, digest, instance_key, model_instances, select
 
 __all__ = ["Stage", "STAGES", "POOL_STUDY_STAGES", "RELEASED_STAGES", "ALL_STAGES", "Context", "Plan", "stage",
            "find_stage", "keys_of", "job_id", "command", "POOL_STUDY_DVC"]
@@ -85,6 +85,7 @@ class Stage:
     param_files: tuple = ()                             # parameters naming a file it reads (an input of the job)
     pairs_noise: bool = False                           # trains with its model's pairing (plugin code it runs)
     effort: int = 1                                     # rough relative work of one job: only orders ready jobs
+    gate: bool = False                                  # refuses bad parameters before any other stage runs
 
 
 class Context:
@@ -173,9 +174,11 @@ STAGES: list[Stage] = [
     # file changes and stops the run on an unknown key); the run's effective parameters are recorded beside its
     # results. Only the report depends on it.
     Stage("check_params", "check-params", None, "data:check_params",
-          deps=lambda L, c, k: [Path(PARAMS_FILE)],
+          deps=lambda L, c, k: [Path(PARAMS_FILE), Path(CONF_DIR, "config.yaml"),
+                                *(Path(CONF_DIR, "profile", f"{name}.yaml") for name in PROFILES)],
           outs=lambda L, c, k: {L.effective_params: GIT},
-          params=lambda c, k: [name for name in c.p if name != "resources"], kind="light"),
+          params=lambda c, k: [name for name in c.p if name != "resources"], kind="light",
+          gate=True),  # first in DVC's order; its outputs persist, so a refused `dvc exp run` deletes nothing
     Stage("prepare_data", "prepare-data", None, "data:prepare_data",
           deps=lambda L, c, k: [],
           outs=lambda L, c, k: {L.dataset: OUT, L.data_summary: GIT},
@@ -292,10 +295,9 @@ POOL_STUDY_STAGES: list[Stage] = [
                                 {L.pool_study.variant_spec(v): GIT for v in c.variants}),
           params=lambda c, k: ["pool_study.variants"], kind="light"),
     Stage("pool_train", "train", "variant", "train:train",
-          # DVC: after pool_variants, which checks the name before DVC runs a command that holds it (Snakemake
-          # checks names before it plans anything)
+          # after pool_variants (its file: both doors have the same inputs, so a Snakemake run records in dvc.lock);
           # DVC: the plugin folder (its foreach reads the variants from params.yaml, which can't name a file)
-          deps=lambda L, c, k: [L.dataset, *([L.pool_study.variant_spec(k)] if c.dvc else []),
+          deps=lambda L, c, k: [L.dataset, L.pool_study.variant_spec(k),
                                 *(_plugin_files(c, "pairings") if c.dvc else [c.pairing_code(k, variant=True)])],
           outs=lambda L, c, k: {L.pool_study.network(k): OUT, L.pool_study.loss_log(k): PLOT},
           params=lambda c, k: ["seed", *_NET, "train", f"pool_study.variants.{k}"],

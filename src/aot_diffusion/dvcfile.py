@@ -21,12 +21,13 @@ __all__ = ["dvc_yaml", "pool_study_dvc_yaml", "write_pool_study_dvc_yaml", "dvc_
 def _dvc_entry(st: Stage, ctx: Context, key, wdir: str | None = None) -> dict:
     L = Layout("${profile}")
     outs, metrics, plots = [], [], []
+    keep = {"persist": True} if st.gate else {}  # DVC removes a stage's outputs before its command, unless they persist
     for path, kind in st.outs(L, ctx, key).items():
         path = str(path)
         if kind == OUT:
-            outs.append(path)
+            outs.append({path: keep} if keep else path)
         elif kind == GIT:
-            outs.append({path: {"cache": False}})
+            outs.append({path: {"cache": False, **keep}})
         elif kind == METRIC:
             metrics.append({path: {"cache": False}})
         elif kind == PLOT:
@@ -36,7 +37,7 @@ def _dvc_entry(st: Stage, ctx: Context, key, wdir: str | None = None) -> dict:
             plots.append({path: opts})
     # The stage's parameter record (module docstring); cached, so `dvc exp apply` brings back the record of
     # the experiment it applies and Snakemake sees the same parameters as DVC.
-    outs.append(str(L.records(job_id(st, key))))
+    outs.append({str(L.records(job_id(st, key))): keep} if keep else str(L.records(job_id(st, key))))
     entry = {"wdir": wdir} if wdir else {}
     entry["cmd"] = command(st, key)
     deps = [str(d) for d in st.deps(L, ctx, key)] + code_files(st.run)  # the code it runs (provenance.py)

@@ -15,8 +15,9 @@ import yaml
 
 from .params import ParamError
 
-__all__ = ["check_dag_shape", "report_environment", "refuse_hand_edits", "refuse_if_dvc_running", "refuse_if_snakemake_running", "record_in_dvc",
-           "acquire_run_lock", "release_run_lock", "check_run_lock"]
+__all__ = ["check_dag_shape", "report_environment", "refuse_hand_edits", "refuse_if_snakemake_running", "record_in_dvc",
+           "acquire_run_lock", "release_run_lock", "check_run_lock",
+           "take_door_lock", "release_door_lock", "write_run_params", "restore_run_params"]
 
 
 def check_dag_shape(p, root: Path | str = ".") -> None:
@@ -82,29 +83,84 @@ def report_environment(plan, file=sys.stderr) -> list:
     return list(lines)
 
 
-def _dvc_lock_held(root: Path) -> bool:
-    lock = root / ".dvc" / "tmp" / "rwlock"
-    if not lock.exists():
-        return False
+# DVC's own repository lock: `dvc repro`, `dvc exp run`, `dvc checkout` and `dvc commit` take it before they
+# touch anything (before DVC removes a stage's outputs or recomposes params.yaml). The Snakemake door holds it for
+# its whole run, so the other door refuses before it changes a byte; a killed run's lock goes with its process.
+DVC_LOCK = Path(".dvc") / "tmp" / "lock"
+_DOOR: dict = {}  # this process's hold on DVC_LOCK, and params.yaml as it was before this run wrote it
+
+
+def _holder(path: Path) -> str:
+    """Who holds the lock file: its pid and command (DVC writes its pid only; the command is then read from
+    /proc)."""
     try:
-        info = yaml.safe_load(lock.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return False
-    for entry in [*(info.get("write") or {}).values(), *[x for v in (info.get("read") or {}).values() for x in v]]:
-        pid = entry.get("pid") if isinstance(entry, dict) else None
-        if pid and pid != os.getpid():
-            try:
-                os.kill(pid, 0)
-                return True
-            except OSError:
-                continue
-    return False
+        pid, _, command = path.read_text().strip().partition(" ")
+    except OSError:
+        return "another process"
+    if not command:
+        try:
+            command = Path(f"/proc/{int(pid)}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except (OSError, ValueError):
+            command = "a DVC command"
+    return f"process {pid} (`{command}`)"
 
 
-def refuse_if_dvc_running(root: Path | str = ".") -> None:
-    if _dvc_lock_held(Path(root)):
-        raise SystemExit("refusing to start: `dvc repro` / `dvc exp run` is running in this directory "
-                         "(both front doors write the same outputs); wait for it to finish")
+def take_door_lock(root: Path | str = ".") -> None:
+    """Hold DVC's repository lock for this Snakemake run (first thing in its onstart), writing this run's pid
+    and command into it; refuse to start, naming the holder, while DVC or another Snakemake run holds it."""
+    import logging
+
+    import zc.lockfile
+
+    root = Path(root)
+    if not (root / ".dvc").is_dir() or "lock" in _DOOR:
+        return
+    path = root / DVC_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    command = "snakemake " + " ".join(sys.argv[1:])
+    quiet = logging.getLogger("zc.lockfile")
+    quiet.disabled = True  # it logs a traceback for a held lock; the refusal below says it in one line
+    try:
+        _DOOR["lock"] = zc.lockfile.LockFile(str(path), content_template="{pid} " + command.replace("{", "{{")
+                                             .replace("}", "}}"))
+    except zc.lockfile.LockError:
+        raise SystemExit(f"refusing to start: {_holder(path)} is running in this checkout (it holds {path}); both "
+                         "front doors write the same outputs and params.yaml: wait for it, or run from another "
+                         "checkout") from None
+    finally:
+        quiet.disabled = False
+
+
+def release_door_lock() -> None:
+    if lock := _DOOR.pop("lock", None):
+        lock.close()
+
+
+def write_run_params(p, root: Path | str = ".") -> None:
+    """params.yaml as this run composed it (--config), keeping what was there, so that a failed run can put
+    it back (restore_run_params)."""
+    from .params import PARAMS_FILE, write_params
+
+    path = Path(root) / PARAMS_FILE
+    before = path.read_bytes() if path.exists() else None
+    if write_params(p, path):
+        _DOOR["params"] = (path, before)
+        print("params.yaml: written with the --config overrides (the run's effective parameters)")
+
+
+def restore_run_params() -> None:
+    """A failed run leaves params.yaml as it was before it (the outputs and records of the jobs that finished
+    stay: a rerun with the same --config reuses them)."""
+    from .utils import AtomicPath
+
+    if entry := _DOOR.pop("params", None):
+        path, before = entry
+        if before is None:
+            path.unlink(missing_ok=True)
+        else:
+            with AtomicPath(path) as tmp:
+                tmp.write_bytes(before)
+        print(f"{path}: restored to what it was before this run (the run failed)")
 
 
 def refuse_if_snakemake_running(root: Path | str = ".") -> None:
@@ -182,8 +238,9 @@ def record_in_dvc(root: Path | str = ".") -> None:
         from .params import load_params
 
         print(f"{write_pool_study_dvc_yaml(load_params(root / 'params.yaml'), root)}: written (the pool-size study ran)")
-    out = subprocess.run(["dvc", "commit", "--force", "--quiet", *targets], cwd=root, capture_output=True, text=True)
+    out = subprocess.run(["dvc", "commit", "--force", *targets], cwd=root, capture_output=True, text=True)
     if out.returncode:
-        print(f"dvc commit failed (dvc status will show the stages as changed):\n{out.stderr[-2000:]}")
+        reason = (out.stderr.strip() or out.stdout.strip() or f"exit status {out.returncode}, no message")[-2000:]
+        print(f"dvc commit failed (dvc status will show the stages as changed): {reason}")
     else:
         print(f"recorded {finished} finished stages in dvc.lock (dvc commit)")

@@ -29,7 +29,7 @@ from .schema import (DISCRIMINATOR, ENCODER, INSTANCE, MAX_POOL, MAX_SAMPLES, MO
 
 __all__ = ["ParamError", "UndeclaredParam", "PROFILES", "SCHEMA", "NAME_PATTERN", "load_yaml", "load_params",
            "validate", "compose", "resolve", "flatten", "write_params", "select", "StageParams", "digest",
-           "guidance_settings", "edm_aot_pairs", "instance_key", "split_instance", "model_instances"]
+           "default_profile", "origins", "guidance_settings", "edm_aot_pairs", "instance_key", "split_instance", "model_instances"]
 
 CONF_DIR = "conf"
 PARAMS_FILE = "params.yaml"
@@ -122,6 +122,19 @@ def _hydra_value(v) -> str:
     return yaml.safe_dump(v, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
 
 
+def conf_files(root: Path | str = ".") -> list:
+    """What params.yaml is composed from: conf/config.yaml and each profile's file."""
+    conf = Path(root) / CONF_DIR
+    return [conf / "config.yaml", *sorted((conf / "profile").glob("*.yaml"))]
+
+
+def check_conf(root: Path | str = ".") -> None:
+    """Every conf/ file through the strict loader: Hydra (either door's) would take a duplicated key's last value
+    and expand anchors and aliases."""
+    for path in conf_files(root):
+        load_yaml(path)
+
+
 def compose(profile: str | None = None, overrides: Mapping | None = None, root: Path | str = ".") -> dict:
     """Defaults + ``conf/profile/<profile>.yaml`` + overrides, composed by Hydra as ``dvc exp run -S`` does."""
     from hydra import compose as hydra_compose
@@ -132,8 +145,7 @@ def compose(profile: str | None = None, overrides: Mapping | None = None, root: 
     conf = (Path(root) / CONF_DIR).resolve()
     if not (conf / "config.yaml").exists():
         raise ParamError(f"{conf}/config.yaml not found: run from the repository root")
-    for path in [conf / "config.yaml", *sorted((conf / "profile").glob("*.yaml"))]:
-        load_yaml(path)  # Hydra would take a duplicated key's last value and expand aliases
+    check_conf(root)
     args = [] if profile is None else [f"profile={profile}"]
     if profile is not None and profile not in PROFILES:
         raise ParamError(f"parameter 'profile': unknown profile {profile!r}; choose from {list(PROFILES)}")
@@ -150,13 +162,6 @@ def compose(profile: str | None = None, overrides: Mapping | None = None, root: 
     return validate(OmegaConf.to_container(cfg, resolve=True), root=root)
 
 
-def _merge(base: Mapping, over: Mapping) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
-    return out
-
-
 def load_params(path: Path | str = PARAMS_FILE) -> dict:
     """Read and validate the effective parameter file."""
     path = Path(path)
@@ -169,14 +174,50 @@ def load_params(path: Path | str = PARAMS_FILE) -> dict:
 
 
 def resolve(overrides: Mapping | None, path: Path | str = PARAMS_FILE) -> dict:
-    """Snakemake's view: params.yaml + ``--config`` overrides. A change of profile recomposes from conf/
-    (as ``dvc exp run -S profile=...`` does); other overrides apply on top of params.yaml."""
+    """Snakemake's view, composed as DVC composes it: without ``--config``, params.yaml as it is (``dvc repro``);
+    with ``--config``, conf/ + the profile + this command's overrides, from scratch (``dvc exp run -S``), never
+    stacked on an earlier command's overrides. A command that names no profile gets conf/'s default, as
+    ``dvc exp run`` does; when params.yaml holds another profile that is refused rather than switched silently."""
     overrides = _typed(dict(overrides or {}))
     path = Path(path)
-    if "profile" in overrides:
-        return compose(overrides.pop("profile"), overrides, root=path.resolve().parent)
-    current = load_params(path)
-    return validate(_merge(current, overrides), root=path.resolve().parent) if overrides else current
+    if not overrides:
+        return load_params(path)
+    root = path.resolve().parent
+    profile = overrides.pop("profile", None)
+    if profile is None:
+        default = default_profile(root)
+        current = (load_yaml(path) or {}).get("profile") if path.exists() else None
+        if current not in (None, default):
+            raise ParamError(f"--config composes params.yaml from conf/ as `dvc exp run -S` does, and this command "
+                             f"names no profile, so it would be conf/'s default {default!r}, while params.yaml is the "
+                             f"{current!r} profile's: add profile={current} to keep it (or profile={default})")
+    return compose(profile, overrides, root=root)
+
+
+def default_profile(root: Path | str = ".") -> str:
+    """The profile conf/config.yaml names (what a composition without ``profile=`` gets)."""
+    return load_yaml(Path(root) / CONF_DIR / "config.yaml")["profile"]
+
+
+def origins(p: Mapping, overrides: Mapping | None = None, root: Path | str = ".") -> dict:
+    """Where each effective value comes from: ``conf/config.yaml``, ``conf/profile/<profile>.yaml``, or
+    ``override`` (a value that neither file gives: this command's ``--set``, or for an existing params.yaml
+    the ``-S`` / ``--config`` that composed it)."""
+    root = Path(root)
+    defaults = flatten(load_yaml(root / CONF_DIR / "config.yaml"))
+    profile_file = root / CONF_DIR / "profile" / f"{p['profile']}.yaml"
+    from_profile = flatten(load_yaml(profile_file) or {})
+    composed = flatten(compose(p["profile"], root=root))
+    given = flatten(overrides or {})
+    out = {}
+    for key, value in flatten(p).items():
+        if key in given or composed.get(key, object()) != value:
+            out[key] = "override"
+        elif key in from_profile:
+            out[key] = str(profile_file.relative_to(root))
+        else:
+            out[key] = f"{CONF_DIR}/config.yaml" if key in defaults or key == "profile" else "conf/ (a group)"
+    return out
 
 
 def _typed(tree):

@@ -2,7 +2,7 @@
 import sys
 
 from aot_diffusion import cluster, dag, frontdoors
-from aot_diffusion.params import ParamError, resolve, write_params
+from aot_diffusion.params import ParamError, resolve
 
 try:
     P = resolve(config)
@@ -48,22 +48,27 @@ def on_slurm():
 
 
 onstart:
+    # first: DVC's repository lock for the whole run (frontdoors.take_door_lock), so `dvc repro` / `dvc exp run`
+    # started meanwhile refuse before they remove an output or recompose params.yaml, and this run refuses
+    # while one of them (or another Snakemake run) is going on
+    frontdoors.take_door_lock()
     if on_slurm():  # before anything is submitted: a request no node of its partition can meet stops here
         planned = {rule: req for rule, req in REQUESTS.items() if rule in {job.rule.name for job in workflow.dag.jobs}}
         partitions = cluster.sinfo()
         cluster.preflight(planned, partitions)
         print(f"pre-flight: the {len(planned)} planned jobs fit partition(s) "
               f"{sorted({req.get('slurm_partition') for req in planned.values()} & set(partitions))}")
-    frontdoors.refuse_if_dvc_running()
     frontdoors.acquire_run_lock(P)
-    if write_params(P):
-        print("params.yaml: written with the --config overrides (the run's effective parameters)")
+    frontdoors.write_run_params(P)  # a failed run puts the previous params.yaml back (onerror)
 
 
 onsuccess:
     frontdoors.release_run_lock()
+    frontdoors.release_door_lock()  # `dvc commit` takes it
     frontdoors.record_in_dvc()
 
 
 onerror:
+    frontdoors.restore_run_params()
     frontdoors.release_run_lock()
+    frontdoors.release_door_lock()

@@ -16,9 +16,13 @@ STAND_IN = "classifier trained on this run's data (a stand-in for Inception: the
 
 
 def check_params(run: Run) -> None:
-    """Validated already (Run loads params.yaml through the schema); record them beside the results."""
-    from ..params import write_params
+    """Validated already (Run loads params.yaml through the schema); the device asked for is there; the conf/
+    files DVC composed params.yaml from pass the strict loader (DVC's Hydra expands anchors and takes a
+    duplicated key's last value). Record them beside the results."""
+    from ..params import check_conf, device_of, write_params
 
+    device_of(run.params)
+    check_conf()
     write_params(run.params.to_dict(), run.layout.effective_params)
     run.log(f"parameters of profile {run.params['profile']}: OK")
 
