@@ -40,6 +40,20 @@ def test_profile_overlay_then_overrides_win():
     ({"train": {"pool_size": 65536}}, "train.pool_size"),
     ({"train": {"network": {"channel_mult": [1] * 10}}}, "train.network.channel_mult"),
     ({"guidance": {"num_fake": 10**9}}, "guidance.num_fake"),
+    # sizes a red team got through (issue 36): each within MEMORY_BUDGET or a hard cap
+    ({"curvature": {"num_latents": 10**9}}, "curvature.num_latents"),
+    ({"curvature": {"num_latents": 10**5, "fine_steps": 1000}}, "curvature.num_latents"),
+    ({"curvature": {"sigma_grid": 10**9}}, "curvature.sigma_grid"),
+    ({"sample": {"batch_size": 10**9}}, "sample.batch_size"),
+    ({"fd": {"feature_batch": 10**9}}, "fd.feature_batch"),
+    ({"classifier": {"batch_size": 10**7}}, "classifier.batch_size"),
+    ({"guidance": {"encoder_batch_size": 10**7}}, "guidance.encoder_batch_size"),
+    ({"train": {"network": {"model_channels": 1024, "num_blocks": 16}}}, "train.network"),
+    ({"train": {"batch_size": 16384, "pool_size": 16384, "pool_size_cond": 16384,
+                "network": {"model_channels": 512, "channel_mult": [2, 2]}}}, "train.batch_size"),
+    ({"data": {"test_fraction": 1.0}}, "data.test_fraction"),
+    ({"pool_study": {"variants": {"bad\n": {"pairing": "assignment", "pool_size": 64}}}}, "pool_study.variants"),
+    ({"models": {"edm_uncond\n": {"aot": False, "conditional": False}}}, "models"),
 ])
 def test_bad_values_are_refused_naming_the_parameter(edit, match):
     with pytest.raises(ParamError, match=match.replace(".", r"\.")):
@@ -53,13 +67,63 @@ def test_unknown_key_in_params_yaml_suggests_the_closest(tmp_path):
         validate(p)
 
 
-def test_snakemake_overrides_apply_on_top_and_profile_switch_recomposes(tmp_path):
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(compose(root=ROOT)))
-    assert resolve({"sample": {"num_samples": 10}}, path)["sample"]["num_samples"] == 10
+def test_snakemake_overrides_compose_from_conf_as_dvc_does(tmp_path):
+    """--config composes conf/ + profile + this command's overrides (never on an earlier command's); with no
+    --config, params.yaml as it is; no profile named while params.yaml holds another: refused, saying which."""
     (tmp_path / "conf").symlink_to(ROOT / "conf")
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(compose("digits", {"sample": {"num_samples": 10}}, root=ROOT)))
+    assert resolve({}, path)["sample"]["num_samples"] == 10
+    assert resolve({"seed": 3}, path)["sample"]["num_samples"] == compose(root=ROOT)["sample"]["num_samples"]
     smoke = resolve({"profile": "smoke", "train": {"pool_size": 128}}, path)
     assert smoke["profile"] == "smoke" and smoke["train"]["pool_size"] == 128 and smoke["train"]["total_steps"] == 6
+    path.write_text(yaml.safe_dump(smoke))
+    with pytest.raises(ParamError, match="add profile=smoke to keep it"):
+        resolve({"seed": 3}, path)
+
+
+@pytest.mark.parametrize("profile,preset", [("digits", None), ("smoke", None), ("cifar10", None), ("rehearsal", None),
+                                            ("cifar10", "wide_attn"), ("cifar10", "adm")])
+def test_unet_estimates_bound_the_built_network(profile, preset):
+    """The schema's memory bounds rest on closed-form estimates (schema.unet_estimates): each is an upper bound of
+    the network built on the meta device, within 1.3x (weights) and 1.4x (activations: every leaf module's output
+    and attention map per image)."""
+    import torch
+
+    from aot_diffusion.networks import build_network
+    from aot_diffusion.schema import CHANNELS, RESOLUTION, unet_estimates
+
+    p = compose(profile, root=ROOT)
+    res, ch = RESOLUTION[p["data"]["dataset"]], CHANNELS[p["data"]["dataset"]]
+    net = dict(p["train"]["network"])
+    if preset == "wide_attn":
+        net.update(model_channels=64, channel_mult=[1, 2, 2, 2], num_blocks=2, attn_resolutions=[16, 8])
+    elif preset == "adm":
+        net = dict(model_type="DhariwalUNet", model_channels=64, channel_mult=[1, 2, 2], num_blocks=2,
+                   attn_resolutions=[16, 8])
+    with torch.device("meta"):
+        built = build_network(dict(net, img_resolution=res, img_channels=ch))
+    weights = sum(t.numel() for t in built.parameters())
+    acts = 0
+
+    def count(module, inputs, output):
+        nonlocal acts
+        acts += output[0].numel() if isinstance(output, torch.Tensor) else 0
+
+    def attention_maps(module, inputs, output):  # (r^2)^2 per head, inside an autograd function, not a module
+        nonlocal acts
+        acts += module.num_heads * (output.shape[-1] * output.shape[-2]) ** 2
+
+    for m in built.modules():
+        if not list(m.children()):
+            m.register_forward_hook(count)
+        if getattr(m, "num_heads", 0):
+            m.register_forward_hook(attention_maps)
+    with torch.device("meta"):
+        built(torch.zeros(1, ch, res, res), torch.ones(1))
+    est_weights, est_acts, _ = unet_estimates(net, res)
+    assert weights <= est_weights <= 1.3 * weights, (weights, est_weights)
+    assert acts <= est_acts <= 1.4 * acts, (acts, est_acts)
 
 
 def test_device_cuda_without_cuda_is_an_error_naming_it():

@@ -119,7 +119,7 @@ def test_payloads_create_nothing_through_either_door(tmp_path):
     marker = proj / "PWNED"
     for name in ("a`touch PWNED`b", "a'$(touch PWNED)'b", "; touch PWNED"):
         config = "pool_study={variants: {%s: {pairing: none, pool_size: 32}}}" % json.dumps(name)
-        out = run(["snakemake", "--cores", "1", "pool_study", "--config", config], proj, check=False)
+        out = run(["snakemake", "--cores", "1", "pool_study", "--config", "profile=smoke", config], proj, check=False)
         assert out.returncode != 0 and "not allowed" in out.stdout + out.stderr
         # DVC reads the variants from params.yaml when it runs (foreach); written here past the composer.
         p = yaml.safe_load((proj / "params.yaml").read_text())
@@ -132,7 +132,7 @@ def test_payloads_create_nothing_through_either_door(tmp_path):
     # The released pickle's path is a parameter the stage reads, never part of a command.
     evil = proj / "x$(touch PWNED).pkl"
     evil.write_bytes(b"not a pickle")
-    out = run(["snakemake", "--cores", "1", "-p", "released_sample", "--config", f"released_pickle={evil.name}"],
+    out = run(["snakemake", "--cores", "1", "-p", "released_sample", "--config", "profile=smoke", f"released_pickle={evil.name}"],
               proj, check=False)
     assert "aot-diffusion sample --released" in out.stdout + out.stderr
     assert not marker.exists()

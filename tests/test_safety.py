@@ -114,6 +114,8 @@ MEASURE = textwrap.dedent("""
     def peak_rss_kib():  # VmHWM, reset per job through clear_refs (Linux), so imports do not mask a load
         return int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
 
+    with torch.device("meta"):  # warm-up: arithmetic on the meta device imports torch._dynamo (~150 MiB, once)
+        torch.rand(1) * 2
     for job in sys.argv[1:]:  # each "safe:<path>" or "plain:<path>"
         how, path = job.split(":", 1)
         loader = load_edm_pickle if how == "safe" else (lambda p: pickle.loads(open(p, "rb").read()))
@@ -340,14 +342,16 @@ def test_a_score_that_is_not_finite_stops_the_stage_before_writing():
 
 
 MEASURE_LOADERS = textwrap.dedent("""
-    import json, re, sys
+    import json, re, sys, time
     import torch
     torch.set_num_threads(1)
+    from aot_diffusion.cifar10 import load_cifar10
     from aot_diffusion.data import load_dataset
     from aot_diffusion.edm_pickle import load_edm_pickle
     from aot_diffusion.guidance.adm import load_dg_classifier
     from aot_diffusion.training import load_network
-    loaders = dict(edm=load_edm_pickle, network=load_network, dg=load_dg_classifier, dataset=load_dataset)
+    loaders = dict(edm=load_edm_pickle, network=load_network, dg=load_dg_classifier, dataset=load_dataset,
+                   cifar=lambda path: load_cifar10(path, expected_md5=None))
 
     def peak_rss_kib():
         return int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
@@ -357,13 +361,14 @@ MEASURE_LOADERS = textwrap.dedent("""
         how, path = job.split(":", 1)
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-        before = peak_rss_kib()
+        before, start = peak_rss_kib(), time.perf_counter()
         try:
             loaders[how](path)
             outcome = "loaded"
         except Exception as exc:
             outcome = f"{type(exc).__name__}: {exc}"
-        print(json.dumps(dict(outcome=outcome, rss_growth_mib=(peak_rss_kib() - before) / 1024)))
+        print(json.dumps(dict(outcome=outcome, rss_growth_mib=(peak_rss_kib() - before) / 1024,
+                              seconds=time.perf_counter() - start)))
 """)
 
 
@@ -404,11 +409,17 @@ def test_memory_bombs_are_refused_within_bounded_memory(tmp_path):
             for _ in range(64):
                 f.write(chunk)
     assert (tmp_path / "bomb.npz").stat().st_size < 5_000_000
-    jobs = {"memo": ("edm", "memo.pkl", "copy more bytes than the file could hold"),
-            "bytearray_network": ("network", "bytearray.pt", "builds a bytearray"),
-            "bytearray_dg": ("dg", "bytearray.pt", "builds a bytearray"),
-            "config": ("network", "config.pt", "over the 500,000,000"),
-            "zip": ("dataset", "bomb.npz", "zip bomb")}
+    _refused_within_bounds(tmp_path, good, {
+        "memo": ("edm", "memo.pkl", "copy more bytes than the file could hold"),
+        "bytearray_network": ("network", "bytearray.pt", "builds a bytearray"),
+        "bytearray_dg": ("dg", "bytearray.pt", "builds a bytearray"),
+        "config": ("network", "config.pt", "over the 500,000,000"),
+        "zip": ("dataset", "bomb.npz", "zip bomb")})
+
+
+def _refused_within_bounds(tmp_path, good, jobs, max_seconds=None):
+    """Runs MEASURE_LOADERS on ``jobs`` (name -> (loader, file in tmp_path, expected message)) in one subprocess:
+    each must be refused naming its file, with peak RSS growth under 200 MiB (and within ``max_seconds``)."""
     out = subprocess.run([sys.executable, "-c", MEASURE_LOADERS, str(good),
                           *[f"{how}:{tmp_path / f}" for how, f, _ in jobs.values()]],
                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -417,4 +428,55 @@ def test_memory_bombs_are_refused_within_bounded_memory(tmp_path):
     for name, (_, f, match) in jobs.items():
         m = results[name]
         assert match in m["outcome"] and f in m["outcome"], (name, m)
-        assert m["rss_growth_mib"] < 200, (name, m)
+        assert m["rss_growth_mib"] < 200 and m["seconds"] < (max_seconds or float("inf")), (name, m)
+
+
+def test_red_team_payloads_are_refused_within_bounded_memory(tmp_path):
+    """Small files of the red team, each refused naming the file, fast, with peak RSS growth under 200 MiB:
+    an EDM pickle whose 'ema' is an embedded storage (torch.storage._load_from_bytes) of a torch.save'd
+    bytearray(3 GiB), in torch's zip and legacy formats; a 1.8 KB network.pt whose config describes 472M weights
+    (under the 500M cap) while it holds one; a dataset.npz member without the .npy suffix declaring 1 GiB and
+    inflating to 256 MiB (np.load reads it as an array all the same); and two CIFAR tarballs, one of 350 KB holding
+    100k members, one of 2.3 MB whose first header is a GNU long name of 512 MiB."""
+    import gzip
+    import zipfile
+
+    from aot_diffusion.training import build_network
+
+    good = tmp_path / "good.pt"
+    small = dict(model_type="SongUNet", img_resolution=8, img_channels=1, model_channels=8, channel_mult=[1, 2],
+                 num_blocks=1, attn_resolutions=[])
+    torch.save(dict(network_config=small, ema=build_network(small).state_dict()), good)
+    for fmt, kw in (("zip", {}), ("legacy", dict(_use_new_zipfile_serialization=False))):
+        inner = io.BytesIO()
+        torch.save(_Call(bytearray, (3 << 30,)), inner, **kw)
+        blob = pickle.dumps({"ema": _Call(torch.storage._load_from_bytes, (inner.getvalue(),))}, protocol=4)
+        (tmp_path / f"storage_{fmt}.pkl").write_bytes(blob)
+        assert len(blob) < 1500
+    big = dict(small, model_channels=512, channel_mult=[2, 2], num_blocks=3)  # 472,040,465 weights
+    torch.save(dict(network_config=big, ema={"model.enc.8x8_conv.weight": torch.zeros(1)}), tmp_path / "weights.pt")
+    assert (tmp_path / "weights.pt").stat().st_size < 2000
+    with zipfile.ZipFile(tmp_path / "suffix.npz", "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("train_images", "w", force_zip64=True) as f:  # inflates 38x: within the zip bomb ratio
+            np.lib.format.write_array_header_1_0(f, dict(descr="|u1", fortran_order=False, shape=(1 << 30,)))
+            block = np.random.default_rng(0).bytes(1700) + bytes((1 << 16) - 1700)
+            for _ in range(4096):
+                f.write(block)
+    assert (tmp_path / "suffix.npz").stat().st_size < 8_000_000
+    member = tarfile.TarInfo("cifar-10-batches-py/x").tobuf(tarfile.GNU_FORMAT)
+    (tmp_path / "members.tar.gz").write_bytes(gzip.compress(member * 100_000 + bytes(1024), compresslevel=1))
+    longname = tarfile.TarInfo("././@LongLink")  # tarfile's next() would read the 512 MiB name whole
+    longname.type, longname.size = tarfile.GNUTYPE_LONGNAME, 512 << 20
+    with gzip.open(tmp_path / "longname.tar.gz", "wb", compresslevel=1) as f:
+        f.write(longname.tobuf(tarfile.GNU_FORMAT))
+        for _ in range(32):
+            f.write(bytes(16 << 20))
+        f.write(member + bytes(1024))
+    assert (tmp_path / "longname.tar.gz").stat().st_size < 3_000_000
+    _refused_within_bounds(tmp_path, good, {
+        "storage_zip": ("edm", "storage_zip.pkl", "builds a bytearray"),
+        "storage_legacy": ("edm", "storage_legacy.pkl", "builds a bytearray"),
+        "weights": ("network", "weights.pt", "do not match the recorded constructor arguments"),
+        "suffix": ("dataset", "suffix.npz", "is not an .npy array"),
+        "members": ("cifar", "members.tar.gz", "more than 64 members"),
+        "longname": ("cifar", "longname.tar.gz", "an extended header")}, max_seconds=10)

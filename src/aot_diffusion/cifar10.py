@@ -11,11 +11,14 @@ Public API: :data:`CIFAR10_URL`, :data:`CIFAR10_MD5`, :data:`CIFAR10_CLASSES`,
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
+import re
 import tarfile
 import tempfile
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +115,11 @@ def _download(url: str, path: Path, expected_md5: str | None) -> None:
 
 _MAX_MEMBER_BYTES = 256 << 20   # a real batch file is 31 MB
 _MAX_MEMBER_OBJECTS = 1_000_000  # ... and about 40,000 opcodes
+_MAX_MEMBERS = 64                # the official tarball has 9 members (a folder, 8 files) ...
+_MAX_TOTAL_BYTES = 1 << 30       # ... holding 178 MB, and no extended headers (GNU long names, pax) ...
+_MAX_EXTENDED_BYTES = 64 << 10   # ... a few hundred bytes where tar writes them (1 MiB of pax keys costs 239 MiB)
+_EXTENDED = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+             tarfile.SOLARIS_XHDTYPE)
 
 
 def _safe_unpickle(data: bytes, where: str):
@@ -131,6 +139,43 @@ def _get(d: dict, key: str):
     raise KeyError(f"CIFAR-10 batch has no {key!r} entry")
 
 
+def _check_archive(path: Path) -> None:
+    """Walk the tar headers in the gzip stream (``TarInfo.frombuf`` on each 512-byte block, data skipped 1 MiB at a
+    time) and refuse what ``TarFile.next()`` would not read in bounded memory, before it reads anything: it keeps
+    an object per member (400k members cost 174 MiB) and reads each extended header (GNU long name or link, pax)
+    whole, nesting a call per header. Sparse members and pax size or sparse keywords are refused too: they move
+    where tarfile looks for the next header, so it would read headers this walk never saw."""
+    def refuse(what):
+        raise ValueError(f"refusing {path}: it holds {what}, not the CIFAR-10 python tarball. {_where_to_get(path)}")
+
+    count = total = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while (block := f.read(512)) and block != bytes(512):  # a zero block ends the archive
+                try:
+                    info = tarfile.TarInfo.frombuf(block, tarfile.ENCODING, "surrogateescape")
+                except tarfile.HeaderError as exc:
+                    refuse(f"a corrupt header ({exc})")
+                count, total, extended = count + 1, total + info.size, info.type in _EXTENDED
+                if count > _MAX_MEMBERS:
+                    refuse(f"more than {_MAX_MEMBERS} members")
+                if extended and not 0 <= info.size <= _MAX_EXTENDED_BYTES:
+                    refuse(f"an extended header (GNU long name or link, pax) of {info.size:,} bytes")
+                if not 0 <= info.size <= _MAX_MEMBER_BYTES:
+                    refuse(f"a member {info.name!r} of {info.size:,} bytes")
+                if info.type == tarfile.GNUTYPE_SPARSE:
+                    refuse(f"a sparse member {info.name!r}")
+                if total > _MAX_TOTAL_BYTES:
+                    refuse(f"more than {_MAX_TOTAL_BYTES:,} bytes in its members")
+                skip, data = info.size if extended or info.isreg() or info.type not in tarfile.SUPPORTED_TYPES else 0, b""
+                for left in range(-(-skip // 512) * 512, 0, -(1 << 20)):  # as tarfile skips (or not)
+                    data = f.read(min(left, 1 << 20))  # an extended header is read whole: it is at most 64 KiB
+                if extended and re.search(rb"\d (size=|GNU\.sparse\.)", data):
+                    refuse("an extended header setting a size or a sparse map")
+    except (OSError, EOFError, zlib.error) as exc:  # not gzip, or cut short
+        refuse(f"no complete gzip stream ({type(exc).__name__}: {exc})")
+
+
 def _read_member(tar: tarfile.TarFile, member_name: str, path: Path):
     try:
         info = tar.getmember(f"{_MEMBER_DIR}/{member_name}")
@@ -139,8 +184,6 @@ def _read_member(tar: tarfile.TarFile, member_name: str, path: Path):
                          f"tarball? {_where_to_get(path)}") from None
     if not info.isfile():
         raise ValueError(f"{path}: {info.name} is not a regular file")
-    if info.size > _MAX_MEMBER_BYTES:
-        raise ValueError(f"{path}: {info.name} is {info.size:,} bytes, too large for a CIFAR-10 batch")
     f = tar.extractfile(info)
     assert f is not None
     with f:
@@ -174,6 +217,7 @@ def load_cifar10(path, split: str = "train", expected_md5: str | None = CIFAR10_
         raise ValueError(f"split must be one of {sorted(_SPLITS)}, got {split!r}")
     path = ensure_cifar10(path, download=False, expected_md5=expected_md5)
     images, labels = [], []
+    _check_archive(path)
     with tarfile.open(path, mode="r:gz") as tar:
         for member in _SPLITS[split]:
             x, y = _decode_batch(_read_member(tar, member, path), f"{path}:{member}")
@@ -185,6 +229,7 @@ def load_cifar10(path, split: str = "train", expected_md5: str | None = CIFAR10_
 def load_label_names(path, expected_md5: str | None = CIFAR10_MD5) -> list[str]:
     """Class names from ``batches.meta`` (``airplane``, ``automobile``, ...)."""
     path = ensure_cifar10(path, download=False, expected_md5=expected_md5)
+    _check_archive(path)
     with tarfile.open(path, mode="r:gz") as tar:
         meta = _read_member(tar, "batches.meta", path)
     return [n.decode() if isinstance(n, bytes) else str(n) for n in _get(meta, "label_names")]

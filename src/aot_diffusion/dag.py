@@ -395,7 +395,7 @@ def job_id(st: Stage, key: str | None) -> str:
 def quote_name(key: str) -> str:
     """A model / discriminator / variant name as a shell word. Names are checked by the schema; a name that
     got here unchecked is refused rather than quoted into something a shell would run."""
-    if not NAME_PATTERN.match(key):
+    if not NAME_PATTERN.fullmatch(key):
         raise ParamError(f"the name {key!r} is not allowed in a command ({NAME_PATTERN.pattern})")
     return f"'{key}'"  # what shlex.quote gives for a name that needs it; the same form as DVC's below
 

@@ -13,19 +13,21 @@ dtypes, numpy values, inert containers, and EDM's ``dnnlib.util.EasyDict`` (as a
 :class:`PersistentObject` stand-in (class name, state, init args); ``module_src`` is kept as an
 inert string and never executed. torch's ``nn.ModuleDict``/``ModuleList``/``Sequential``, which
 EDM pickles by reference, become :class:`ModuleStandIn` objects. Storage bytes embedded by
-``torch.storage._load_from_bytes`` are read with ``torch.load(..., weights_only=True)``.
+``torch.storage._load_from_bytes`` are read with :func:`aot_diffusion.safe_pickle.safe_torch_load`, under the
+checks of this project's .pt files.
 
 :func:`load_edm_pickle` then checks the recorded constructor arguments against :data:`NETWORK_LIMITS`,
-refuses arguments that need more parameters than the pickle holds (:func:`min_parameters`, a lower
-bound), and only then builds the network and loads the weights (EDM names and shapes checked by
-:func:`aot_diffusion.networks.load_edm_state_dict`). A small file can therefore not make it allocate a
-network much larger (about 2x for EDM's networks) than the weights it actually holds.
+builds the network they describe on the meta device (no memory), refuses the pickle unless it holds exactly
+those tensors (names and shapes, :func:`aot_diffusion.safe_pickle.check_weights`), and only then builds the
+network and loads the weights. A small file can therefore not make it allocate a network larger than the
+weights it actually holds.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
-import io
+import os
 import pickle
 import warnings
 from typing import Any, Mapping
@@ -34,11 +36,11 @@ import numpy as np
 import torch
 
 from . import networks
-from .safe_pickle import BASIC_GLOBALS, restricted_load
+from .safe_pickle import BASIC_GLOBALS, check_weights, restricted_load, safe_torch_load
 
 __all__ = [
     "PersistentObject", "ModuleStandIn", "EasyDict", "EDM_GLOBALS", "NETWORK_LIMITS", "load_edm_pickle_data",
-    "edm_state_dict", "network_config", "check_network_config", "min_parameters", "load_edm_pickle",
+    "edm_state_dict", "network_config", "check_network_config", "load_edm_pickle",
 ]
 
 MAX_PICKLE_BYTES = 4 << 30      # the largest released EDM pickle (ImageNet-64 ADM) is about 1.2 GB
@@ -137,14 +139,16 @@ def _reconstruct_persistent_obj(meta):
     return PersistentObject(meta)
 
 
-def _load_storage_from_bytes(data):
-    """Replacement for ``torch.storage._load_from_bytes``: torch's weights-only loader, on CPU."""
+def _load_storage_from_bytes(data, source="pickle data"):
+    """Replacement for ``torch.storage._load_from_bytes``: the checks of our .pt files, then torch's weights-only
+    loader, on CPU (a storage's bytes are a whole torch.save file: its own pickle may call bytearray(3 GiB))."""
     if not isinstance(data, (bytes, bytearray)):
         raise pickle.UnpicklingError("storage payload must be bytes")
+    where = f"an embedded tensor storage in {source}"
     try:
-        storage = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
+        storage = safe_torch_load(bytes(data), map_location="cpu", source=where)
     except Exception as exc:  # torch raises its own UnpicklingError / RuntimeError variants
-        raise pickle.UnpicklingError(f"refusing an embedded tensor storage: {exc}") from exc
+        raise pickle.UnpicklingError(str(exc) if where in str(exc) else f"refusing {where}: {exc}") from exc
     if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
         raise pickle.UnpicklingError(f"embedded storage payload held {type(storage).__name__}, not a storage")
     return storage
@@ -211,7 +215,10 @@ EDM_GLOBALS: dict[tuple[str, str], Any] = {
 
 def load_edm_pickle_data(path, *, max_bytes: int = MAX_PICKLE_BYTES, max_objects: int = MAX_PICKLE_OBJECTS) -> Any:
     """Safely unpickle an EDM network pickle; persistent objects become :class:`PersistentObject`."""
-    return restricted_load(path, EDM_GLOBALS, kind="EDM network pickles (tensors, storages, containers, "
+    source = str(path) if isinstance(path, (str, os.PathLike)) else getattr(path, "name", "pickle data")
+    allowed = {**EDM_GLOBALS, ("torch.storage", "_load_from_bytes"): functools.partial(_load_storage_from_bytes,
+                                                                                     source=source)}
+    return restricted_load(path, allowed, source=source, kind="EDM network pickles (tensors, storages, containers, "
                            "EDM persistent objects)", max_bytes=max_bytes, max_objects=max_objects)
 
 
@@ -311,24 +318,6 @@ def check_network_config(config: Mapping, limits: Mapping = NETWORK_LIMITS) -> N
             _bounded_int(f"{name}[{i}]", item, item_limit)
 
 
-def min_parameters(config: Mapping) -> int:
-    """A lower bound on the parameter count of the U-Net ``config`` describes, from its 3x3 convolutions
-    alone: per level of c channels, nb encoder blocks (conv1 c->c; conv0 c->c but for the first) and nb + 1
-    decoder blocks (conv0 from >= c channels, conv1 c->c), i.e. 9 c^2 (4 nb + 1). EDM's ddpmpp has 1.85x this."""
-    defaults = inspect.signature(networks._BACKBONES[config.get("model_type", "SongUNet")].__init__).parameters
-    get = lambda name: config.get(name, defaults[name].default)  # noqa: E731
-    return sum(9 * (get("model_channels") * m) ** 2 * (4 * get("num_blocks") + 1) for m in get("channel_mult"))
-
-
-def _check_weights_match(config: dict, weights: Mapping[str, torch.Tensor]) -> None:
-    """Refuse to build a network that needs more values than the pickle holds (checked before allocating)."""
-    present, needed = sum(w.numel() for w in weights.values()), min_parameters(config)
-    if needed > present:
-        raise ValueError(f"the pickled weights do not match the recorded constructor arguments: those describe "
-                         f"a network of at least {needed:,} parameters, the pickle holds {present:,} values; "
-                         f"refusing to build the network")
-
-
 def load_edm_pickle(path, key: str = "ema", device="cpu") -> torch.nn.Module:
     """Load the network under ``key`` (``"ema"``, or ``"net"``) of an EDM pickle into ``build_network``.
 
@@ -347,12 +336,14 @@ def load_edm_pickle(path, key: str = "ema", device="cpu") -> torch.nn.Module:
     if not isinstance(obj, PersistentObject):
         raise ValueError(f"{path}[{key!r}] is not a persistent EDM network (got {type(obj).__name__})")
     config = network_config(obj)
-    weights = edm_state_dict(obj)
     try:
         check_network_config(config)
-        _check_weights_match(config, weights)
+        with torch.device("meta"):  # names and shapes only, no memory
+            expected = networks.build_network(config).state_dict()
     except ValueError as exc:
         raise ValueError(f"{path}[{key!r}]: {exc}") from None
+    weights = edm_state_dict(obj)
+    check_weights(expected, weights, f"{path}[{key!r}]")  # before the real build
     net = networks.build_network(config)
     networks.load_edm_state_dict(net, weights)
     return net.to(device).eval()

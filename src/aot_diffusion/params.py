@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -59,7 +60,7 @@ def instance_key(model: str, seed: int) -> str:
 
 def split_instance(key: str) -> tuple[str, int]:
     """``edm_uncond_s1`` -> ("edm_uncond", 1)."""
-    m = _INSTANCE.match(key)
+    m = _INSTANCE.fullmatch(key)
     if not m:
         raise ParamError(f"{key!r} is not a trained model's key (<model>_s<seed>)")
     return m["model"], int(m["seed"])
@@ -119,6 +120,15 @@ def flatten(tree: Mapping, prefix: str = "") -> dict:
 
 
 def _hydra_value(v) -> str:
+    """A value in Hydra's override grammar: strings quoted (a path may hold `$(`, quotes or spaces, and no
+    `${...}` is resolved), lists and mappings element by element."""
+    if isinstance(v, str):
+        quoted = re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), v.replace("${", "\\${"))
+        return f"'{quoted}'"
+    if isinstance(v, Mapping):
+        return "{" + ",".join(f"{k}:{_hydra_value(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_hydra_value(x) for x in v) + "]"
     return yaml.safe_dump(v, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
 
 
@@ -135,6 +145,16 @@ def check_conf(root: Path | str = ".") -> None:
         load_yaml(path)
 
 
+def _check_keys(tree: Mapping, where: str = "") -> None:
+    """An override's keys are names (a model, a variant) or parameters, before they reach Hydra's grammar."""
+    for key, value in tree.items():
+        if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise ParamError(f"override {where + str(key)!r}: the name is not allowed (names are lower-case letters, "
+                             f"digits and '_', starting with a letter: {NAME_PATTERN.pattern})")
+        if isinstance(value, Mapping):
+            _check_keys(value, f"{where}{key}.")
+
+
 def compose(profile: str | None = None, overrides: Mapping | None = None, root: Path | str = ".") -> dict:
     """Defaults + ``conf/profile/<profile>.yaml`` + overrides, composed by Hydra as ``dvc exp run -S`` does."""
     from hydra import compose as hydra_compose
@@ -149,6 +169,7 @@ def compose(profile: str | None = None, overrides: Mapping | None = None, root: 
     args = [] if profile is None else [f"profile={profile}"]
     if profile is not None and profile not in PROFILES:
         raise ParamError(f"parameter 'profile': unknown profile {profile!r}; choose from {list(PROFILES)}")
+    _check_keys(overrides or {})
     # `++`: add or override, so a new model or study variant can be added; validate() refuses unknown keys.
     args += [f"++{k}={_hydra_value(v)}" for k, v in flatten(overrides or {}).items()]
     GlobalHydra.instance().clear()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import _compat_pickle
 import collections
 import io
+import math
 import os
 import pickle
 import pickletools
@@ -28,8 +29,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["RestrictedUnpickler", "restricted_load", "safe_torch_load", "safe_np_load", "latin1_encode", "python3_name", "numpy_globals",
-           "container_globals", "BASIC_GLOBALS"]
+__all__ = ["RestrictedUnpickler", "restricted_load", "safe_torch_load", "safe_np_load", "check_weights",
+           "latin1_encode", "python3_name", "numpy_globals", "container_globals", "BASIC_GLOBALS"]
 
 
 def latin1_encode(text, encoding="latin1"):
@@ -220,39 +221,56 @@ MAX_RATIO = 50          # a zip member may decompress to at most this many times
 MAX_MEMBER = 16 << 30   # and to at most 16 GiB in any case
 
 
-def _check_zip(path, kind: str):
+def _check_zip(path, kind: str, source=None):
     """The members of a zip file (torch.save, np.savez): no member may inflate far beyond its stored size."""
     import zipfile
 
+    source = source or path
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise ValueError(f"{path} is not a readable {kind} ({exc})") from None
+        raise ValueError(f"{source} is not a readable {kind} ({exc})") from None
     for info in zf.infolist():
         if info.file_size > MAX_MEMBER or info.file_size > MAX_RATIO * info.compress_size + (1 << 20):
             zf.close()
-            raise ValueError(f"refusing {path}: member {info.filename!r} would inflate from {info.compress_size:,} "
+            raise ValueError(f"refusing {source}: member {info.filename!r} would inflate from {info.compress_size:,} "
                              f"to {info.file_size:,} bytes (a zip bomb, not a {kind})")
     return zf
 
 
-def safe_torch_load(path, map_location="cpu"):
+def _refuse_bytearray(f, source, pickles=1):
+    """Dry-scan the next ``pickles`` pickles of ``f``: at most 10^6 opcodes each, and no ``bytearray``."""
+    for _ in range(pickles):
+        _count_opcodes(f, 1_000_000, source)
+        for _, arg, _ in pickletools.genops(f):  # GLOBAL's "builtins bytearray", or STACK_GLOBAL's pushed names
+            if isinstance(arg, str) and (arg == "bytearray" or arg.endswith(" bytearray")):
+                raise pickle.UnpicklingError(f"refusing {source}: it builds a bytearray, which allocates from a "
+                                             f"number; files of this project hold tensors and plain values only")
+
+
+def safe_torch_load(path, map_location="cpu", source=None):
     """``torch.load(weights_only=True)`` of a file this project wrote, bounded first: no member inflates
     beyond :data:`MAX_RATIO` x its stored size, at most ``max_objects`` opcodes, and no ``bytearray`` (torch's
     weights-only allow-list has it; ``bytearray(3 << 30)`` allocates 3 GiB from a number). Our files hold
-    tensors, numbers, strings and containers only."""
+    tensors, numbers, strings and containers only. ``path`` may also be the bytes of a torch.save, zip or legacy
+    format (the storages an EDM pickle embeds), read from memory under the same checks; ``source`` names it."""
     import torch
 
-    with _check_zip(path, "torch.save file") as zf:
+    source = source or str(path)
+    if isinstance(path, (bytes, bytearray)):
+        path = io.BytesIO(path)
+        if path.getbuffer()[:4] != b"PK\x03\x04":  # torch's own test for the zip format
+            _refuse_bytearray(path, source, pickles=5)  # legacy: magic, version, sys info, object, storage keys
+            path.seek(0)
+            return torch.load(path, map_location=map_location, weights_only=True)
+    with _check_zip(path, "torch.save file", source) as zf:
         pkl = [n for n in zf.namelist() if n.endswith("data.pkl")]
         if len(pkl) != 1:
-            raise ValueError(f"{path} is not a torch.save file (no single data.pkl)")
+            raise ValueError(f"{source} is not a torch.save file (no single data.pkl)")
         data = zf.read(pkl[0])
-    _count_opcodes(io.BytesIO(data), 1_000_000, str(path))
-    for _, arg, _ in pickletools.genops(data):  # GLOBAL's "builtins bytearray", or STACK_GLOBAL's pushed names
-        if isinstance(arg, str) and (arg == "bytearray" or arg.endswith(" bytearray")):
-            raise pickle.UnpicklingError(f"refusing {path}: it builds a bytearray, which allocates from a number; "
-                                         f"files of this project hold tensors and plain values only")
+    _refuse_bytearray(io.BytesIO(data), source)
+    if isinstance(path, io.BytesIO):
+        path.seek(0)
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
@@ -263,8 +281,9 @@ def safe_np_load(path):
 
     with _check_zip(path, ".npz file") as zf:
         for info in zf.infolist():
-            if not info.filename.endswith(".npy"):
-                continue
+            if not info.filename.endswith(".npy"):  # np.load reads any member with the .npy magic as an array
+                raise ValueError(f"refusing {path}: member {info.filename!r} is not an .npy array (np.savez "
+                                 f"writes no other)")
             with zf.open(info) as f:
                 try:
                     version = np.lib.format.read_magic(f)
@@ -278,3 +297,26 @@ def safe_np_load(path):
                 raise ValueError(f"refusing {path}: member {info.filename!r} declares {shape} {dtype} "
                                  f"({declared:,} bytes) but holds {info.file_size:,}")
     return np.load(path, allow_pickle=False)
+
+
+def check_weights(expected: Mapping, found, source) -> None:
+    """Refuse a network file whose tensors (``found``: name -> tensor) are not those its recorded constructor
+    arguments build (``expected``: the state dict of that network built on the meta device, i.e. names and shapes
+    without memory), before the network is built for real: a 2 KB file may describe 10^8 weights."""
+    found = found if isinstance(found, Mapping) else {}
+
+    def first_mismatch():
+        for name, t in expected.items():
+            got = found.get(name)
+            if not hasattr(got, "shape"):
+                return f"{name!r} is {'missing' if got is None else 'not a tensor'}"
+            if tuple(got.shape) != tuple(t.shape):
+                return f"{name!r} is {list(got.shape)}, not {list(t.shape)}"
+        return next((f"{name!r} is unexpected" for name in found if name not in expected), None)
+
+    mismatch = first_mismatch()
+    if mismatch:
+        need, have = (sum(math.prod(getattr(v, "shape", ())) for v in d.values()) for d in (expected, found))
+        raise ValueError(f"refusing {source}: its weights do not match the recorded constructor arguments, which "
+                         f"describe {need:,} values in {len(expected):,} tensors; it holds {have:,} in "
+                         f"{len(found):,} (first mismatch: {mismatch})")

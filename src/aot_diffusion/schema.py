@@ -24,10 +24,11 @@ class ParamError(ValueError):
 
 # Names of models, discriminators and study variants become file names, DVC stage names and command
 # arguments: nothing a shell or a path could read as syntax.
-NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+# Matched whole (`fullmatch`: `$` would also match before a trailing newline).
+NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]*")
 
 # A trained model is one model of `models` trained with one of `train.seeds`: its key is <model>_s<seed>.
-INSTANCE = re.compile(r"^(?P<model>[a-z][a-z0-9_]*)_s(?P<seed>[0-9]+)$")
+INSTANCE = re.compile(r"(?P<model>[a-z][a-z0-9_]*)_s(?P<seed>[0-9]+)")
 
 
 # ---------------------------------------------------------------------------------------------- schema
@@ -68,6 +69,13 @@ def List(item, min_len=1, **kw):
 # (16384: 1 GiB in float32); sample counts beyond a million are typos at any scale this pipeline runs.
 MAX_POOL, MAX_SAMPLES = 16384, 1_000_000
 RESOLUTION = {"digits": 8, "cifar10": 32}  # the datasets' image sizes: a U-Net halves it once per channel_mult level
+CHANNELS = {"digits": 1, "cifar10": 3}
+
+# What one job may hold. Counts and batch sizes have hard caps (MAX_BATCH: a typo guard at any scale), and the
+# largest arrays a job keeps, estimated from its parameters before anything runs (memory_estimates), stay under
+# MEMORY_BUDGET: an 80 GB GPU, or a 128 GiB host with room for the rest. A network may not have more weights
+# than the loaders accept from a file (edm_pickle.NETWORK_LIMITS).
+MEMORY_BUDGET, MAX_BATCH, MAX_NETWORK_PARAMETERS = 64 * 2**30, 65536, 500_000_000
 
 # A model: EDM or AOT, unconditional or conditional; it may set its own pool (default: train.pool_size /
 # pool_size_cond: images drawn at a time, paired by AOT) and an AOT model its own pairing (train.pairing). A pool-size study variant is such a model (params.pool_study_view).
@@ -104,7 +112,7 @@ SCHEMA: dict[str, Any] = {
     "tf32": Bool(),
     "data": {
         "dataset": Str("digits", "cifar10"),
-        "test_fraction": Num(0, 1, gt=True),
+        "test_fraction": Num(0, 0.9, gt=True),  # both splits keep images
         "cifar10_tarball": Str(),
         "cifar10_md5": Str(),
         "cifar10_download": Bool(),
@@ -112,7 +120,7 @@ SCHEMA: dict[str, Any] = {
     "models": Spec("map", item=Spec("model")),
     "train": {
         "network": NETWORK,
-        "batch_size": Int(1), "batch_per_rank": Int(1, nullable=True),
+        "batch_size": Int(1, MAX_BATCH), "batch_per_rank": Int(1, MAX_BATCH, nullable=True),
         "pool_size": Int(1, MAX_POOL), "pool_size_cond": Int(1, MAX_POOL),
         "pairing": Spec("str", choices=lambda: tuple(n for n in PAIRINGS if n != "none")),  # none: models' aot
         "knn_k": Int(2, 64),
@@ -123,21 +131,21 @@ SCHEMA: dict[str, Any] = {
         "prefetch": Bool(), "log_every": Int(1), "checkpoint_every": Int(1),
         "nproc_per_node": Int(1, 64), "max_nonfinite_steps": Int(1, 1000), "seeds": List(Int(0, 2**31 - 1)),
     },
-    "classifier": {"steps": Int(1), "batch_size": Int(1), "lr": Num(0, 10, gt=True), "feature_dim": Int(2, 4096)},
+    "classifier": {"steps": Int(1), "batch_size": Int(1, MAX_BATCH), "lr": Num(0, 10, gt=True), "feature_dim": Int(2, 4096)},
     "sample": {
         "steps": List(Int(2, 1000)), "rho": List(Num(1, 1000)),
-        "num_samples": Int(2, MAX_SAMPLES), "seeds": List(Int(0, 2**31 - 1)), "batch_size": Int(1),
+        "num_samples": Int(2, MAX_SAMPLES), "seeds": List(Int(0, 2**31 - 1)), "batch_size": Int(1, MAX_BATCH),
         # float32 sampling: below 1e-4 the last steps' sigma^2 terms underflow (sigma_min 1e-40 gave NaN)
         "sigma_min": Num(1e-4, 10), "sigma_max": Num(0, 1e4, gt=True), "grid_steps": List(Int(2, 1000)),
     },
     "fd": {
-        "bootstrap": Int(20, 100000), "ci_level": Num(0.5, 0.999), "kid_subsets": Int(1, 1000), "feature_batch": Int(1),
+        "bootstrap": Int(20, 100000), "ci_level": Num(0.5, 0.999), "kid_subsets": Int(1, 1000), "feature_batch": Int(1, MAX_BATCH),
         "allow_download": Bool(),
         "features": Str("classifier", "inception"),
         "headline": Str("heldout", "train"), "interval": Str("two_sample", "one_sample"),
     },
     "curvature": {
-        "fine_steps": Int(8, 100000), "num_latents": Int(1), "sigma_grid": Int(2), "rho": Num(1, 1000),
+        "fine_steps": Int(8, 100000), "num_latents": Int(1, MAX_SAMPLES), "sigma_grid": Int(2, 100000), "rho": Num(1, 1000),
         "coarse_steps": List(Int(2, 1000)), "seed_offset": Int(0),
     },
     "released_pickle": Str(nullable=True),
@@ -147,10 +155,10 @@ SCHEMA: dict[str, Any] = {
         "heldout_fraction": Num(0, 0.9, gt=True),
         "protocol": Str("early_stop", "dg"), "epochs_uncond": Int(1, 100000), "epochs_cond": Int(1, 100000),
         "encoder": ENCODER,
-        "encoder_steps": Int(1), "encoder_batch_size": Int(1), "encoder_lr": Num(0, 10, gt=True),
+        "encoder_steps": Int(1), "encoder_batch_size": Int(1, MAX_BATCH), "encoder_lr": Num(0, 10, gt=True),
         "adm_classifier": Str(nullable=True),
         "head_channels": Int(1, 1024), "head_depth": Int(1, 8),
-        "pool_size": Int(1, MAX_POOL), "batch_size": Int(2), "max_steps": Int(1), "eval_every": Int(1), "patience": Int(1, 1000),
+        "pool_size": Int(1, MAX_POOL), "batch_size": Int(2, MAX_BATCH), "max_steps": Int(1), "eval_every": Int(1), "patience": Int(1, 1000),
         "lr": Num(0, 10, gt=True),
         "weight_decay": Num(0, 1), "weight_uncond": Num(0, 100), "weight_cond": Num(0, 100),
         "boosting_uncond": Bool(), "boosting_cond": Bool(),
@@ -166,6 +174,57 @@ SCHEMA: dict[str, Any] = {
 
 RELEASED_NETWORK = {"pickle": Str(nullable=True), "aot": Bool(), "conditional": Bool()}  # calibration.networks
 _RECORDS = {"model": MODEL, "discriminator": DISCRIMINATOR, "variant": VARIANT, "released_network": RELEASED_NETWORK}
+
+
+def unet_estimates(net: Mapping, res: int) -> tuple[int, int, int]:
+    """(weights, activation values kept for the backward pass per image, skip values kept while sampling per
+    image) of a U-Net with these constructor arguments at ``res`` x ``res``. Level l has width w = model_channels
+    x channel_mult[l] at r = res / 2^l, num_blocks encoder and num_blocks + 1 decoder blocks and a down- or
+    upsampling block: 2 num_blocks + 3 blocks of two 3x3 convolutions (about 27 w^2 weights with the decoder's
+    concatenated skip) and about 6 activations of w r^2 values each; where it attends, an (r^2)^2 map per head
+    and 4 w r^2 more (qkv, projection); the encoder's num_blocks + 1 outputs per level wait for the decoder. Upper bounds, at most 1.3x
+    (weights) and 1.4x (activations) the counts of the built networks (tests/test_params.py builds them on the
+    meta device)."""
+    mc, nb = net.get("model_channels", 128), net.get("num_blocks", 4)
+    emb = mc * net.get("channel_mult_emb", 4)
+    weights = acts = skips = 0
+    for level, mult in enumerate(net.get("channel_mult", [1, 2, 2, 2])):
+        w, r, blocks = mc * mult, max(res >> level, 1), 2 * nb + 3
+        weights += blocks * (27 * w * w + 2 * w * emb)
+        heads = 1 if net.get("model_type", "SongUNet") == "SongUNet" else max(w // 64, 1)  # EDM's two U-Nets
+        attends = r in net.get("attn_resolutions", [16])
+        acts += blocks * (6 * w * r * r + (heads * r ** 4 + 4 * w * r * r if attends else 0))
+        skips += (nb + 1) * w * r * r
+    return weights, acts, skips
+
+
+def memory_estimates(p: Mapping) -> dict:
+    """{parameter: (estimated bytes, what)} of the largest arrays that each size parameter makes a job hold
+    (float32: 4 bytes a value; the sampler's float64 state: 8)."""
+    res, ch = RESOLUTION[p["data"]["dataset"]], CHANNELS[p["data"]["dataset"]]
+    image = res * res * ch
+    t, s, c = p["train"], p["sample"], p["curvature"]
+    _, acts, skips = unet_estimates(t["network"], res)
+    per_rank = t["batch_per_rank"] or t["batch_size"] // t["nproc_per_node"]
+    return {"train.batch_size": (per_rank * acts * 4 * 2, f"a training step's activations and their gradients "
+                                                         f"({per_rank} images per rank)"),
+            "sample.batch_size": (s["batch_size"] * (skips * 4 + image * 8 * 4), "a sampler call's skip connections "
+                                                                             "and float64 state"),
+            "sample.num_samples": (s["num_samples"] * image * 4, "the samples of one setting"),
+            "guidance.num_fake": (p["guidance"]["num_fake"] * image * 4, "the discriminator's fake images"),
+            "curvature.num_latents": (c["num_latents"] * (2 * c["fine_steps"] + 1) * image * 8,
+                                      f"the fine solve's trajectory ({2 * c['fine_steps'] + 1} evaluations)")}
+
+
+def _check_memory(p: Mapping) -> None:
+    weights = unet_estimates(p["train"]["network"], RESOLUTION[p["data"]["dataset"]])[0]
+    if weights > MAX_NETWORK_PARAMETERS:
+        _fail("train.network", f"describes about {weights:,} weights, over the {MAX_NETWORK_PARAMETERS:,} that a "
+                               f"network file may hold (model_channels x channel_mult, num_blocks)")
+    for key, (size, what) in memory_estimates(p).items():
+        if size > MEMORY_BUDGET:
+            _fail(key, f"{what} would take about {size / 2**30:,.0f} GiB, over the {MEMORY_BUDGET / 2**30:.0f} GiB "
+                       f"that one job may hold (schema.MEMORY_BUDGET)")
 
 
 def _fail(path: str, msg: str):
@@ -206,7 +265,7 @@ def _check_value(path: str, value, spec: Spec):
         if not isinstance(value, Mapping) or not value:
             _fail(path, "must be a non-empty mapping of names to entries")
         for name, entry in value.items():
-            if not isinstance(name, str) or not NAME_PATTERN.match(name):
+            if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
                 _fail(path, f"the name {name!r} is not allowed: names are lower-case letters, digits and '_', "
                             f"starting with a letter ({NAME_PATTERN.pattern})")
             _check_section(f"{path}.{name}", entry, _RECORDS[spec.item.kind], required=True)
@@ -260,7 +319,7 @@ def validate(p: Mapping, root: Path | str = ".") -> dict:
         _check_section("plugins", plugins, SCHEMA["plugins"])
         for kind, names in plugins.items():
             for i, name in enumerate(names):
-                if not NAME_PATTERN.match(name):
+                if not NAME_PATTERN.fullmatch(name):
                     _fail(f"plugins.{kind}[{i}]", f"{name!r} is not a plugin name (the file plugins/{kind}/<name>.py; "
                                                   f"{NAME_PATTERN.pattern})")
         load_plugins(p, root)
@@ -285,6 +344,7 @@ def validate(p: Mapping, root: Path | str = ".") -> dict:
     if levels and 2 ** (levels - 1) > res:
         _fail("train.network.channel_mult", f"{levels} levels halve the {res}x{res} images of "
                                             f"{p['data']['dataset']} below one pixel (at most {res.bit_length()} levels)")
+    _check_memory(p)
     if s["sigma_min"] >= s["sigma_max"]:
         _fail("sample.sigma_min", f"({s['sigma_min']}) must be below sample.sigma_max ({s['sigma_max']})")
     for key, sub, full in (("sample.grid_steps", s["grid_steps"], s["steps"]),
@@ -317,7 +377,7 @@ def validate(p: Mapping, root: Path | str = ".") -> dict:
         _fail("train.seeds", f"repeats a seed: {t['seeds']}")
     check_models(p["models"])
     for name in p["models"]:
-        if INSTANCE.match(name):
+        if INSTANCE.fullmatch(name):
             _fail(f"models.{name}", "a model name may not end in _s<digits>: that suffix names its training seeds")
     for name, d in g["discriminators"].items():
         if d["model"] not in p["models"]:

@@ -34,7 +34,7 @@ import torch.distributed as dist
 
 from . import aot
 from .pools import Pool, PoolSource, _Prefetcher, _seed  # noqa: F401 (Pool, PoolSource: public here too)
-from .safe_pickle import safe_torch_load
+from .safe_pickle import check_weights, safe_torch_load
 from .loss import EDMLoss
 from .networks import build_network
 from .train_state import NonFiniteTrainingError, NumericWatch, data_fingerprint, resume_state, save_checkpoint
@@ -142,16 +142,19 @@ MAX_PARAMETERS = 500_000_000
 
 def load_network(path, map_location="cpu") -> torch.nn.Module:
     """Load a network written by ``train`` (EMA weights and the config that builds it); runs no code, and
-    builds nothing larger than :data:`MAX_PARAMETERS` weights (a 2 KB file may name a huge architecture)."""
+    builds nothing larger than :data:`MAX_PARAMETERS` weights, nor than the weights the file holds (a 2 KB file
+    may name a huge architecture)."""
     blob = safe_torch_load(path, map_location=map_location)
     try:
-        with torch.device("meta"):
-            count = sum(p.numel() for p in build_network(blob["network_config"]).parameters())
+        with torch.device("meta"):  # names and shapes only, no memory
+            expected = build_network(blob["network_config"]).state_dict()
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: its network_config can't build a network ({exc})") from None
+    count = sum(t.numel() for t in expected.values())
     if count > MAX_PARAMETERS:
         raise ValueError(f"refusing {path}: its network_config builds {count:,} weights, over the "
                          f"{MAX_PARAMETERS:,} this pipeline allows (the file is corrupt or not ours)")
+    check_weights(expected, blob.get("ema"), path)  # names and shapes, before the real build
     net = build_network(blob["network_config"])
     net.load_state_dict(blob["ema"])
     return net.eval().requires_grad_(False)

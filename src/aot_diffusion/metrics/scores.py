@@ -106,12 +106,12 @@ class Metric:
 
 
 METRICS: dict[str, Metric] = {}
-_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_NAME = re.compile(r"[a-z][a-z0-9_]*")  # matched whole (fullmatch)
 
 
 def register_metric(name: str, *, against: str = "train", headline: bool = False, description: str = ""):
     """Decorator: add ``fn(sample, ref, cfg) -> Estimate`` to :data:`METRICS` under ``name`` (a column name)."""
-    if not _NAME.match(name) or name.endswith(("_low", "_high")):
+    if not _NAME.fullmatch(name) or name.endswith(("_low", "_high")):
         raise ValueError(f"metric name {name!r}: lower-case letters, digits and '_', not ending in _low / _high")
     if against not in ("train", "heldout"):
         raise ValueError(f"metric {name!r}: against must be 'train' or 'heldout', got {against!r}")
