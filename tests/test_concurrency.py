@@ -115,7 +115,13 @@ def test_refused_dvc_experiment_deletes_nothing(smoke_start, tmp_path):
         out = run(["dvc", "exp", "run", "-S", "profile=smoke", "-S", bad, "check_params"], proj, check=False)
         assert out.returncode != 0 and "check-params: error: parameter" in out.stdout + out.stderr, out.stdout
         assert {k: v for k, v in state(proj).items() if k != "params.yaml"} == before, bad
-    run(["git", "checkout", "--", "params.yaml"], proj)
+    # an anchor in a profile: DVC's Hydra expands it; check_params reads conf/ with the strict loader
+    profile = proj / "conf" / "profile" / "smoke.yaml"
+    profile.write_text(profile.read_text().replace("device: cpu", "device: &dev cpu", 1))
+    out = run(["dvc", "exp", "run", "-S", "profile=smoke", "check_params"], proj, check=False)
+    assert out.returncode != 0 and "anchors and aliases are not allowed" in out.stdout + out.stderr, out.stdout
+    assert {k: v for k, v in state(proj).items() if k != "params.yaml"} == before
+    run(["git", "checkout", "--", "params.yaml", str(profile.relative_to(proj))], proj)
 
 
 def _params_after(proj: Path, steps) -> dict:

@@ -191,9 +191,11 @@ def test_smoke_profile_end_to_end(smoke_tree):
     assert "Nothing to be done" in snakemake_plan(proj)
     # Only what reads a parameter reruns: a guidance weight -> the unconditional guided runs and the report;
     # the sampler's sigma_max -> everything that samples, the DG fakes and discriminators among them.
-    assert planned_jobs(snakemake_plan(proj, "guidance={weight_uncond: 3.0}")) == {
+    # (each --config composes from conf/, as `dvc exp run -S` does: the baseline's own override is repeated)
+    assert planned_jobs(snakemake_plan(proj, *_overrides({"train.pool_size": SMOKE_POOL,
+                                                          "guidance.weight_uncond": 3.0})[0])) == {
         "check_params": 1, "guided_sample": 3, "guided_fd": 3, "tables": 1, "figures": 1, "all": 1, "total": 10}
-    planned = planned_jobs(snakemake_plan(proj, "sample={sigma_max: 60.0}"))
+    planned = planned_jobs(snakemake_plan(proj, *_overrides({"train.pool_size": SMOKE_POOL, "sample.sigma_max": 60.0})[0]))
     assert planned["fake_samples"] == 4 and planned["train_discriminator"] == 6 and "train" not in planned
 
 

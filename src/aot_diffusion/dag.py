@@ -86,6 +86,9 @@ class Stage:
     pairs_noise: bool = False                           # trains with its model's pairing (plugin code it runs)
     effort: int = 1                                     # rough relative work of one job: only orders ready jobs
     gate: bool = False                                  # refuses bad parameters before any other stage runs
+    chained: bool = True                                # False: a reader run per key reads its part of it through
+                                                        # its own parameters, so takes no record of it (only the
+                                                        # order); a reader of the whole DAG still does
 
 
 class Context:
@@ -293,7 +296,8 @@ POOL_STUDY_STAGES: list[Stage] = [
           # DVC: the folder (its foreach reads the variants when it runs); Snakemake: one file per variant
           outs=lambda L, c, k: ({L.pool_study.variants_dir: GIT} if c.dvc else
                                 {L.pool_study.variant_spec(v): GIT for v in c.variants}),
-          params=lambda c, k: ["pool_study.variants"], kind="light"),
+          params=lambda c, k: ["pool_study.variants"], kind="light",
+          chained=False),  # a variant's file is its entry, which its own jobs read: another variant's edit reruns none
     Stage("pool_train", "train", "variant", "train:train",
           # after pool_variants (its file: both doors have the same inputs, so a Snakemake run records in dvc.lock);
           # DVC: the plugin folder (its foreach reads the variants from params.yaml, which can't name a file)
@@ -429,7 +433,9 @@ class Plan:
         return st.params(self.ctx, key)
 
     def upstream(self, st: Stage, key: str | None) -> list:
-        return [self.producer[str(d)] for d in st.deps(self.L, self.ctx, key) if str(d) in self.producer]
+        """The jobs whose records are part of this job's (what it reads from, unless ``chained`` is off)."""
+        return [self.producer[str(d)] for d in st.deps(self.L, self.ctx, key)
+                if str(d) in self.producer and (self.producer[str(d)][0].chained or st.over is None)]
 
     def priorities(self) -> dict:
         """{job: priority} for Snakemake's choice among ready jobs: a job's own effort plus the largest priority

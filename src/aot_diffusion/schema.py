@@ -74,7 +74,7 @@ CHANNELS = {"digits": 1, "cifar10": 3}
 # What one job may hold. Counts and batch sizes have hard caps (MAX_BATCH: a typo guard at any scale), and the
 # largest arrays a job keeps, estimated from its parameters before anything runs (memory_estimates), stay under
 # MEMORY_BUDGET: an 80 GB GPU, or a 128 GiB host with room for the rest. A network may not have more weights
-# than the loaders accept from a file (edm_pickle.NETWORK_LIMITS).
+# than the loaders accept from a file (training.load_network).
 MEMORY_BUDGET, MAX_BATCH, MAX_NETWORK_PARAMETERS = 64 * 2**30, 65536, 500_000_000
 
 # A model: EDM or AOT, unconditional or conditional; it may set its own pool (default: train.pool_size /

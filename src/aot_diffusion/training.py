@@ -35,6 +35,7 @@ import torch.distributed as dist
 from . import aot
 from .pools import Pool, PoolSource, _Prefetcher, _seed  # noqa: F401 (Pool, PoolSource: public here too)
 from .safe_pickle import check_weights, safe_torch_load
+from .schema import MAX_NETWORK_PARAMETERS
 from .loss import EDMLoss
 from .networks import build_network
 from .train_state import NonFiniteTrainingError, NumericWatch, data_fingerprint, resume_state, save_checkpoint
@@ -136,8 +137,8 @@ def _ema_beta(cfg: TrainConfig, cur_nimg: int) -> float:
 
 
 # A network file's config is built on the meta device first (no memory) and refused above this many weights:
-# 500M float32 weights are 2 GB, ~9x EDM's largest CIFAR-10 network (NCSN++, 56M).
-MAX_PARAMETERS = 500_000_000
+# 500M float32 weights are 2 GB, ~9x EDM's largest CIFAR-10 network (NCSN++, 56M); the schema's bound too.
+MAX_PARAMETERS = MAX_NETWORK_PARAMETERS
 
 
 def load_network(path, map_location="cpu") -> torch.nn.Module:
