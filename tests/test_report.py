@@ -86,6 +86,7 @@ def fixture_run(tmp_path_factory):
                                     nn_train_dist=3.0))
     L.hybrid_fd.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(hyb).to_csv(L.hybrid_fd, index=False)
+    tables.write_tables(p, L, log=lambda m: None)  # the FD figures draw the tables' CSVs
     return p, L
 
 
@@ -171,8 +172,8 @@ def test_figures_have_their_content(fixture_run, monkeypatch):
     monkeypatch.setattr(figures, "_save", spy)
     figures.write_figures(p, L, log=lambda m: None)
     models = len(p["models"])
-    # one line per model and rho panel, plus the floor line in each panel
-    assert drawn["fd_vs_nfe"]["lines"] == len(p["sample"]["rho"]) * (models + 1)
+    # one curve with its interval per model and rho panel, plus the floor line in each panel
+    assert sum(len(a.containers) for a in drawn["fd_vs_nfe.axes"]) == len(p["sample"]["rho"]) * models
     assert "smoke profile" in drawn["fd_vs_nfe"]["title"] and "64 samples" in drawn["fd_vs_nfe"]["title"]
     assert drawn["curvature_vs_sigma"]["lines"] == models
     assert drawn["samples_low_nfe"]["images"] == models
@@ -186,11 +187,45 @@ def test_figures_have_their_content(fixture_run, monkeypatch):
     assert drawn["hybrid_switch"]["lines"] == len(edm_aot_pairs(p)) * len(p["hybrid"]["steps"]) * 2
     assert all(L.figure(name).exists() for name in drawn if not name.endswith(".axes"))
     # What is drawn is the table's numbers: edm_uncond's curve at rho 7 is its mean over training seeds.
-    t1 = tables.table1(p, L, tables.read_floor(L))
+    t1 = pd.read_csv(L.table("table1_fd_vs_nfe"))
     want = t1[(t1["model"] == "edm_uncond") & (t1["train_seed"] == "mean") & (t1["rho"] == 7)].sort_values("nfe")
-    line = next(ln for ln in drawn["fd_vs_nfe.axes"][0].get_lines() if ln.get_label() == "edm_uncond")
-    assert list(line.get_xdata()) == list(want["nfe"]) and np.allclose(line.get_ydata(), want["fd"])
-    assert np.allclose(line.get_ydata(), [11.3 - 1, 1.3])  # the fixture's values (fd = fd_heldout - 1)
+    line = next(c for c in drawn["fd_vs_nfe.axes"][0].containers if c.get_label() == "edm_uncond").lines[0]
+    assert list(line.get_xdata()) == list(want["nfe"]) and np.allclose(line.get_ydata(), want["fd_heldout"])
+    assert np.allclose(line.get_ydata(), [11.3, 2.3])  # the fixture's values (fd_heldout = fd + 1)
+
+
+def test_every_fd_figure_draws_its_tables_numbers_and_names_the_statistic(fixture_run, monkeypatch):
+    """Each FD figure's points are its table's headline statistic (Table 1's rows, Table 2, the hybrid table),
+    its intervals the table's, its y axis names the statistic; PDFs embed TrueType (Type 42) fonts, no Type 3."""
+    p, L = fixture_run
+    drawn = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.__setitem__(path.stem, fig.get_axes()))
+    figures.write_figures(p, L, log=lambda m: None)
+    t1, t2 = pd.read_csv(L.table("table1_fd_vs_nfe")), pd.read_csv(L.table("table2_guidance"))
+    hybrid = pd.read_csv(L.table("hybrid_switch"))
+    rows = t1[t1["train_seed"] == "mean"]
+    for ax, rho in zip(drawn["fd_vs_nfe"], sorted(rows["rho"].dropna().unique())):
+        assert ax.get_ylabel().startswith("fd_heldout: FD") and "held-out" in ax.get_ylabel()
+        for c in ax.containers:
+            want = rows[(rows["model"] == c.get_label()) & (rows["rho"] == rho)].sort_values("nfe")
+            x, y = c.lines[0].get_data()
+            assert list(x) == list(want["nfe"]) and np.allclose(y, want["fd_heldout"]), c.get_label()
+            tops = c.lines[2][0].get_segments()  # each bar: [(x, low), (x, high)], the low cut at the axis
+            assert np.allclose([seg[1][1] for seg in tops], want["fd_heldout_high"])
+    heat = {ax.get_title(): ax.get_images()[0].get_array() for ax in drawn["rho_steps_heatmap"] if ax.get_images()}
+    for model, values in heat.items():
+        want = rows[rows["model"] == model].pivot_table(index="rho", columns="nfe", values="fd_heldout").values
+        assert np.allclose(values, np.log10(want)), model
+    for ax in drawn["guidance_fd_vs_nfe"]:
+        assert ax.get_ylabel().startswith("fd_heldout")
+        for c in ax.containers:  # guided, with the table's interval
+            want = t2[t2["discriminator"] == c.get_label()]
+            assert np.allclose(sorted(c.lines[0].get_ydata()), sorted(want["fd_guided"])), c.get_label()
+    ys = sorted(y for ax in drawn["hybrid_switch"] for ln in ax.get_lines() for y in ln.get_ydata())
+    assert set(np.round(ys, 9)) <= set(np.round(hybrid["fd_heldout"], 9))
+    for name in ("fd_vs_nfe", "guidance_fd_vs_nfe", "hybrid_switch", "curvature_vs_sigma", "loss_curves"):
+        pdf = L.figure(name, "pdf").read_bytes()
+        assert (b"/CIDFontType2" in pdf or b"/TrueType" in pdf) and b"/Type3" not in pdf, name  # TrueType, embedded
 
 
 def test_across_training_seeds_a_mean_comes_with_the_interval_over_training_seeds(fixture_run):
@@ -337,7 +372,8 @@ def test_figures_are_paper_ready(fixture_run, monkeypatch):
     for name in seen:
         assert L.figure(name, "pdf").read_bytes()[:5] == b"%PDF-", name
     ax = seen["fd_vs_nfe"].get_axes()[0]
-    styles = {t.get_text(): line.get_linestyle() for t, line in zip(ax.get_legend().get_texts(), ax.get_legend().get_lines())}
+    assert {t.get_text() for t in ax.get_legend().get_texts()} >= set(p["models"])
+    styles = {c.get_label(): c.lines[0].get_linestyle() for c in ax.containers}
     for model, spec in p["models"].items():
         assert styles[model] == ("-" if spec["conditional"] else "--"), model
     assert ax.get_legend().handlelength >= 3  # long enough to show a dash
@@ -347,7 +383,8 @@ def test_figures_are_paper_ready(fixture_run, monkeypatch):
     one = copy.deepcopy(p)
     one["guidance"].update(sample_steps=[3], rho=[7], paper_setting_uncond=dict(steps=3, rho=7),
                            paper_setting_cond=dict(steps=3, rho=7))
-    figures.guidance_plot(one, L, L.figure("guidance_fd_vs_nfe"))
+    t2 = pd.read_csv(L.table("table2_guidance"))
+    figures.guidance_plot(one, t2[(t2["steps"] == 3) & (t2["rho"] == 7)], L.figure("guidance_fd_vs_nfe"))
     for panel in seen["guidance_fd_vs_nfe"].get_axes():
         assert [t.get_text() for t in panel.get_xticklabels()] == ["NFE 5\nrho 7"]
         assert panel.get_xlim() == (-0.5, 0.5)

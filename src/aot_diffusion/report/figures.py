@@ -21,7 +21,8 @@ from ..samples import read_sweep  # noqa: E402
 from ..utils import AtomicPath  # noqa: E402
 from ..params import guidance_settings, model_instances, split_instance  # noqa: E402
 from ..safe_pickle import safe_np_load  # noqa: E402
-from .tables import ci_label, first, metric_label  # noqa: E402
+from .tables import (across_seeds_label, ci_label, first, headline_rows, headline_stat, metric_label,  # noqa: E402
+                     resampled)
 
 
 def _save(fig, path):
@@ -72,40 +73,62 @@ def _integer_nfe(ax):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def fd_vs_nfe(p, fd: pd.DataFrame, floor: dict, path):
-    rhos = sorted(fd["rho"].unique())
+def _error_bars(y, low, high, bottom):
+    """yerr for errorbar: each interval's ends, the lower cut at the axis' bottom (a log axis has no 0)."""
+    y, low, high = (np.asarray(v, dtype=float) for v in (y, low, high))
+    return np.vstack([y - np.maximum(low, bottom), high - y])
+
+
+def fd_vs_nfe(p, t1: pd.DataFrame, path):
+    """Table 1's headline statistic per model against NFE, one panel per rho: the values and intervals the table
+    holds (the mean over training seeds with its interval when there are several), the floor as a line."""
+    stat, rows = headline_stat(p), headline_rows(p, t1)
+    floor = t1[t1["model"].str.startswith("real")].iloc[0]
+    rhos = sorted(rows["rho"].unique())
+    bottom = 0.5 * min(rows[stat].min(), floor[stat])
     fig, axes = _figure(len(rhos))
     for ax, rho in zip(axes[0], rhos):
-        for model, g in fd[fd["rho"] == rho].groupby("model", sort=False):
+        for model, g in rows[rows["rho"] == rho].groupby("model", sort=False):
             g = g.sort_values("nfe")
-            ax.plot(g["nfe"], g["fd"], marker="o", ms=3, label=model, **_style(p, model))
-            ax.fill_between(g["nfe"], g["fd_low"], g["fd_high"], alpha=0.15, color=_style(p, model)["color"])
-        ax.axhline(floor["metrics"]["fd"].value, color="k", ls=":", lw=1, label=f"real held-out (floor, N={floor['n']})")
-        ax.set(title=f"rho = {rho:g}", xlabel="NFE", ylabel=metric_label(p), yscale="log")
+            ax.errorbar(g["nfe"], g[stat], yerr=_error_bars(g[stat], g[f"{stat}_low"], g[f"{stat}_high"], bottom),
+                        marker="o", ms=3, capsize=2, elinewidth=0.8, label=model, **_style(p, model))
+        ax.axhline(floor[stat], color="k", ls=":", lw=1, label=f"real held-out (floor, N={int(floor['n'])})")
+        ax.set(title=f"rho = {rho:g}", xlabel="NFE", ylabel=stat_label(p), yscale="log")
+        ax.set_ylim(bottom=bottom)
         _integer_nfe(ax)
         ax.grid(alpha=0.3)
     _legend(axes[0][0])
     k = len(p["train"]["seeds"])
-    bands = f"mean of {k} training seeds, {ci_label(p)} t-interval over them" if k > 1 else f"{ci_label(p)} bootstrap"
-    fig.suptitle(f"{p['profile']} profile, {floor['n']} samples per setting; bands: {bands}", fontsize=9)
+    bars = (f"mean of {k} training seeds; bars: {ci_label(p)} {across_seeds_label(p).split(' (')[0]}" if k > 1
+            else f"bars: {ci_label(p)} {resampled(p).split(':')[0]}")
+    fig.suptitle(f"{p['profile']} profile, {int(floor['n'])} samples per setting (Table 1's headline)\n"
+                 f"{bars}, cut at the axis", fontsize=8)
     _save(fig, path)
 
 
-def heatmap(p, fd: pd.DataFrame, path):
+def heatmap(p, t1: pd.DataFrame, path):
+    """Table 1's headline statistic over the rho x NFE grid, a panel per model; with one rho a row of cells."""
+    stat, rows = headline_stat(p), headline_rows(p, t1)
     models = list(p["models"])
-    fig, axes = _figure(len(models), w=3.4, h=3.0)
-    vmin, vmax = fd["fd"].min(), fd["fd"].max()
+    fig, axes = _figure(len(models), w=3.4, h=3.0 if rows["rho"].nunique() > 1 else 1.8)
+    vmin, vmax = rows[stat].min(), rows[stat].max()
     for ax, model in zip(axes[0], models):
-        piv = fd[fd["model"] == model].pivot_table(index="rho", columns="nfe", values="fd")
+        piv = rows[rows["model"] == model].pivot_table(index="rho", columns="nfe", values=stat)
         im = ax.imshow(np.log10(piv.values), cmap="viridis", vmin=np.log10(vmin), vmax=np.log10(vmax), aspect="auto")
         ax.set_xticks(range(piv.shape[1]), [str(int(c)) for c in piv.columns])
         ax.set_yticks(range(piv.shape[0]), [f"{r:g}" for r in piv.index])
         for (i, j), v in np.ndenumerate(piv.values):
             ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7, color="w")
         ax.set(title=model, xlabel="NFE", ylabel="rho")
-    fig.colorbar(im, ax=axes[0].tolist(), label=f"log10 {metric_label(p).split(' (')[0]}")
-    fig.suptitle(f"{metric_label(p)} over the rho x NFE grid ({p['profile']} profile)", fontsize=9)
+    fig.colorbar(im, ax=axes[0].tolist(), label=f"log10 {stat}")
+    fig.suptitle(f"{stat_label(p)} over the rho x NFE grid ({p['profile']} profile, Table 1)", fontsize=9)
     _save(fig, path)
+
+
+def stat_label(p) -> str:
+    """An FD axis names the headline statistic and its reference: 'fd_heldout: FD (...) against held-out stats'."""
+    ref = "held-out images' stats" if p["fd"]["headline"] == "heldout" else "training set's stats"
+    return f"{headline_stat(p)}: {metric_label(p).split(' (')[0]} vs {ref}"
 
 
 def curvature_plot(p, curv: dict, path):
@@ -144,26 +167,35 @@ def _finish(fig, axes, title, path):
     _save(fig, path)
 
 
-def guidance_plot(p, L, path):
-    """FD against held-out statistics, unguided vs guided, at each setting where guidance is evaluated."""
+def guidance_plot(p, t2: pd.DataFrame, path):
+    """Table 2's headline statistic, unguided (per model) and guided (per discriminator, with the table's
+    interval), at each setting where guidance is evaluated."""
     g = p["guidance"]
     fig, axes = _figure(2, w=4.8)
     for ax, cond in zip(axes[0], (False, True)):
         settings = guidance_settings(p, cond)
         x = np.arange(len(settings))
-        lines = [(first(p, model), pd.read_csv(L.fd(first(p, model))), dict(marker="o", **_style(p, model)))
-                 for model, spec in p["models"].items() if spec["conditional"] == cond]
-        lines += [(disc, pd.read_csv(L.guided_fd(disc)),
-                   dict(marker="s", color=_style(p, d["model"])["color"], ls=":" if not d["aot"] else "-."))
-                  for disc, d in g["discriminators"].items() if p["models"][d["model"]]["conditional"] == cond]
-        for name, df, style in lines:
-            y = [df[(df["steps"] == st) & (df["rho"] == r)]["fd_heldout"].mean() for st, r in settings]
-            ax.plot(x, y, ms=4, label=name, **style)
+        rows = t2[t2["conditional"].astype(str) == str(cond)]
+
+        def at(df, column):
+            return np.array([df[(df["steps"] == st) & (df["rho"] == r)][column].iloc[0] for st, r in settings])
+
+        for model, spec in p["models"].items():
+            if spec["conditional"] == cond and (mine := rows[rows["model"] == first(p, model)]).size:
+                ax.plot(x, at(mine, "fd_unguided"), marker="o", ms=4, label=f"{first(p, model)} (unguided)",
+                        **_style(p, model))
+        for disc, d in g["discriminators"].items():
+            if p["models"][d["model"]]["conditional"] == cond:
+                mine = rows[rows["discriminator"] == disc]
+                y = at(mine, "fd_guided")
+                ax.errorbar(x, y, yerr=_error_bars(y, at(mine, "fd_guided_low"), at(mine, "fd_guided_high"), 0),
+                            marker="s", ms=4, capsize=2, elinewidth=0.8, label=disc,
+                            color=_style(p, d["model"])["color"], ls=":" if not d["aot"] else "-.")
         ax.set_xticks(x, [f"NFE {num_function_evals(st)}\nrho {r:g}" for st, r in settings])
-        ax.set(title=f"{'conditional' if cond else 'unconditional'}: DG", ylabel=f"{metric_label(p)}, held-out stats")
+        ax.set(title=f"{'conditional' if cond else 'unconditional'}: DG", ylabel=stat_label(p))
         ax.set_xlim(-0.5, len(settings) - 0.5)
-    _finish(fig, axes, f"Discriminator Guidance ({p['profile']} profile; lines join settings for legibility only)",
-            path)
+    _finish(fig, axes, f"Discriminator Guidance (Table 2; {p['profile']} profile; bars: the guided FD's "
+                       f"{ci_label(p)} interval; lines join settings for legibility only)", path)
 
 
 def discriminator_curves(p, L, path):
@@ -186,12 +218,11 @@ def discriminator_curves(p, L, path):
             path)
 
 
-def hybrid_plot(p, L, path):
-    """FD vs switch point. AOT above sigma_s and EDM below: s = 0 is pure AOT, s = inf pure EDM (the reverse
-    order runs the other way), so each curve joins the two pure models through the switch points."""
-    from .tables import hybrid_table
-
-    t = hybrid_table(p, L)
+def hybrid_plot(p, t: pd.DataFrame, path):
+    """The hybrid table's headline statistic vs switch point. AOT above sigma_s and EDM below: s = 0 is pure AOT,
+    s = inf pure EDM (the reverse order runs the other way), so each curve joins the two pure models through the
+    switch points."""
+    t, stat = t.assign(switch_sigma=t["switch_sigma"].astype(str)), headline_stat(p)
     switches = sorted(p["hybrid"]["switch_sigmas"])
     pairs_ = list(dict.fromkeys(t["pair"]))
     fig, axes = _figure(len(pairs_), w=4.8)
@@ -202,16 +233,16 @@ def hybrid_plot(p, L, path):
         d = t[t["pair"] == pair]
         for i, nfe in enumerate(nfes):
             dn = d[d["nfe"] == nfe]
-            pure = {r["above"].split()[0]: r["fd_heldout"] for _, r in dn[dn["switch_sigma"] == "pure"].iterrows()}
+            pure = {r["above"].split()[0]: r[stat] for _, r in dn[dn["switch_sigma"] == "pure"].iterrows()}
             for above, ls in (("aot", "-"), ("edm", "--")):
                 below = "edm" if above == "aot" else "aot"
-                mid = [dn[(dn["switch_sigma"] == f"{s:g}") & dn["above"].str.startswith(above)]["fd_heldout"].iloc[0]
+                mid = [dn[(dn["switch_sigma"] == f"{s:g}") & dn["above"].str.startswith(above)][stat].iloc[0]
                        for s in switches]
                 ax.plot(xs, [pure[above], *mid, pure[below]], ls=ls, marker="o", ms=3,
                         color=cmap(i / max(len(nfes) - 1, 1)),
                         label=f"NFE {nfe}: {above.upper()} above, {below.upper()} below")
         ax.set_xticks(xs, ["0", *[f"{s:g}" for s in switches], "inf"])
-        ax.set(xlabel="switch sigma", ylabel=f"{metric_label(p)}, held-out stats", yscale="log",
+        ax.set(xlabel="switch sigma", ylabel=stat_label(p), yscale="log",
                title=f"{pair}: solid from pure AOT (0) to pure EDM (inf)")
     _finish(fig, axes, f"Hybrid samplers ({p['profile']} profile, rho {p['hybrid']['rho']:g})", path)
 
@@ -275,19 +306,17 @@ def teaser(p, curv: dict, path):
 
 
 def write_figures(p, L, log=print):
-    # FD per model: the table's headline rows (mean over training seeds with its interval when there are several)
-    from .tables import headline_rows, read_floor, table1
-
-    floor = read_floor(L)
-    fd = headline_rows(p, table1(p, L, floor, hierarchical=False))  # bands: the t-interval over training seeds
+    # FD figures draw the numbers of the tables stage's CSVs (Table 1's headline rows, Table 2, the hybrid table)
+    t1, t2 = (pd.read_csv(L.table(name), keep_default_na=False, na_values=[""]) for name in
+              ("table1_fd_vs_nfe", "table2_guidance"))
     curv = {m: dict(safe_np_load(L.curvature(first(p, m)))) for m in p["models"]}  # the first training seed's
-    fd_vs_nfe(p, fd, floor, L.figure("fd_vs_nfe"))
-    heatmap(p, fd, L.figure("rho_steps_heatmap"))
+    fd_vs_nfe(p, t1, L.figure("fd_vs_nfe"))
+    heatmap(p, t1, L.figure("rho_steps_heatmap"))
     curvature_plot(p, curv, L.figure("curvature_vs_sigma"))
     truncation_plot(p, curv, L.figure("truncation_vs_nfe"))
-    guidance_plot(p, L, L.figure("guidance_fd_vs_nfe"))
+    guidance_plot(p, t2, L.figure("guidance_fd_vs_nfe"))
     discriminator_curves(p, L, L.figure("dg_learning_curves"))
-    hybrid_plot(p, L, L.figure("hybrid_switch"))
+    hybrid_plot(p, pd.read_csv(L.table("hybrid_switch")), L.figure("hybrid_switch"))
     lo, hi = min(p["sample"]["grid_steps"]), max(p["sample"]["grid_steps"])
     sample_grids(p, L, lo, L.figure("samples_low_nfe"))
     sample_grids(p, L, hi, L.figure("samples_high_nfe"))

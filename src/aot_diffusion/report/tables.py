@@ -128,7 +128,8 @@ def _write(df: pd.DataFrame, L, name: str, title: str, extra: str = ""):
 def headline_rows(p, t1: pd.DataFrame) -> pd.DataFrame:
     """Table 1's headline rows: the mean over training seeds (several), else the one trained model's."""
     several = len(p["train"]["seeds"]) > 1
-    return t1[t1["rho"].notna() & (t1["train_seed"].astype(str) == ("mean" if several else str(p["train"]["seeds"][0])))]
+    seed = t1["train_seed"].astype(str).str.removesuffix(".0")  # as read back from the CSV: 0.0 or "0"
+    return t1[t1["rho"].notna() & (seed == ("mean" if several else str(p["train"]["seeds"][0])))]
 
 
 def fd_curves(p, t1: pd.DataFrame) -> pd.DataFrame:
