@@ -9,6 +9,7 @@ import pytest
 
 from aot_diffusion.layout import Layout, sample_key
 from aot_diffusion.params import compose, edm_aot_pairs, guidance_settings, model_instances
+from aot_diffusion.layout import TABLE_NAMES
 from aot_diffusion.report import figures, tables
 from aot_diffusion.samples import write_sweep
 from aot_diffusion.utils import atomic_write_text
@@ -518,3 +519,22 @@ def test_paper_comparison_table_holds_every_published_cell(fixture_run):
     assert set(df["paper_fid"]) == {c.fid for c in paper.TABLE1_CELLS + paper.DG_CELLS}
     assert df["protocol_differs"].str.contains("dataset digits").all()  # smoke is not CIFAR-10
     assert df[df["protocol_differs"].str.contains("setting not sampled")]["ours_mean"].isna().all()
+
+
+def test_every_table_has_a_booktabs_latex_twin_with_the_headline_first(fixture_run):
+    """tables/<name>.tex beside the CSV/Markdown/HTML: booktabs rules, text escaped, Table 1's headline (with its
+    intervals, as the Markdown shows it) ahead of every row."""
+    import re
+
+    p, L = fixture_run
+    for name in TABLE_NAMES:
+        tex = L.table(name, "tex").read_text()
+        assert tex.count("\\begin{table}") == tex.count("\\end{table}") >= 1, name
+        assert all(rule in tex for rule in ("\\toprule", "\\midrule", "\\bottomrule")), name
+        assert not re.search(r"[_%#]", tex.replace("\\_", "").replace("\\%", "").replace("\\#", "")), name  # escaped
+        assert tex.count("{") == tex.count("}"), name
+    frame, _ = tables.headline_frame(p, pd.read_csv(L.table("table1_fd_vs_nfe")))
+    tex = L.table("table1_fd_vs_nfe", "tex").read_text()
+    first_table = tex.split("\\end{table}")[0]
+    assert all(cell in first_table for cell in frame.drop(columns="model").to_numpy().ravel())
+    assert "[" in frame.iloc[0, 1] and frame.iloc[0, 1] in L.table("table1_fd_vs_nfe", "md").read_text()

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-from .layout import FIGURE_NAMES, TABLE_NAMES, Layout
+from .layout import FIGURE_NAMES, TABLE_FORMATS, TABLE_NAMES, Layout
 from .plugins import PLUGIN_DIR, plugin_path
 from .params import CONF_DIR, NAME_PATTERN, PARAMS_FILE, PROFILES, ParamError, digest, instance_key, model_instances, select
 
@@ -265,7 +265,7 @@ STAGES: list[Stage] = [
                                 *[L.features(m) for m in c.models], *[L.curvature_metrics(m) for m in c.models],
                                 *[L.guided_fd(d) for d in c.discs], *[L.discriminator_metrics(d) for d in c.discs],
                                 L.feature_network_metrics, L.hybrid_fd, *_plugin_files(c, "metrics")],
-          outs=lambda L, c, k: {**{L.table(t, e): GIT for t in TABLE_NAMES for e in ("csv", "md", "html")},
+          outs=lambda L, c, k: {**{L.table(t, e): GIT for t in TABLE_NAMES for e in TABLE_FORMATS},
                              L.fd_curves: GIT, L.metrics: METRIC},  # fd_curves: a top-level plot in dvc.yaml
           # the paper comparison (paper.differences) reads the training and guidance protocol too
           params=lambda c, k: ["seed", "data.dataset", "fd", "models", "train", "sample.steps", "sample.rho",
@@ -361,7 +361,7 @@ CALIBRATION_STAGES: list[Stage] = [
           params=lambda c, k: ["seed", *_NET, *_FD, _SCORES], gpus=_one_gpu, keys=lambda c: c.calibration_keys()),
     Stage("calibration", "calibration", None, "report:calibration",
           deps=lambda L, c, k: [L.fd_floor, *[L.calibration_fd(n) for n in c.calibration_keys()]],
-          outs=lambda L, c, k: {L.calibration_table(e): GIT for e in ("csv", "md", "html")},
+          outs=lambda L, c, k: {L.calibration_table(e): GIT for e in TABLE_FORMATS},
           params=lambda c, k: ["data.dataset", "fd", "calibration", "sample.num_samples", "sample.seeds"],
           kind="light"),
 ]

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["Layout", "FIGURE_NAMES", "TABLE_NAMES", "sample_key", "parse_sample_key"]
+__all__ = ["Layout", "FIGURE_NAMES", "TABLE_NAMES", "TABLE_FORMATS", "sample_key", "parse_sample_key"]
 
 FIGURE_NAMES = ("fd_vs_nfe", "rho_steps_heatmap", "curvature_vs_sigma", "truncation_vs_nfe", "guidance_fd_vs_nfe",
                 "dg_learning_curves", "hybrid_switch", "samples_low_nfe", "samples_high_nfe", "loss_curves", "teaser_denoiser_strip")
+TABLE_FORMATS = ("csv", "md", "html", "tex")  # every table of the tables stage: data, README, report, paper
 TABLE_NAMES = ("table1_fd_vs_nfe", "table2_guidance", "table3_curvature", "aot_vs_edm", "hybrid_switch", "paper_comparison")
 CALIBRATION_TABLE = "calibration"  # target `calibrate`, outside the default DAG
 

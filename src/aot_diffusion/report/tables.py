@@ -117,12 +117,29 @@ def html_table(df: pd.DataFrame, title: str) -> str:
             f"</head><body><p>{html.escape(title)}</p>\n{body}\n</body></html>\n")
 
 
-def _write(df: pd.DataFrame, L, name: str, title: str, extra: str = ""):
+def latex_table(df: pd.DataFrame, title: str) -> str:
+    """A table as a booktabs LaTeX `table` for a paper (\\usepackage{booktabs}): the caption is the title, numbers
+    to 4 significant digits, empty cells where there is no value, text escaped."""
+    cells = df.astype(object).map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v))
+                                  else f"{v:.4g}" if isinstance(v, float) else str(v))
+    body = (cells.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
+            .to_latex(hrules=True, column_format="l" * len(cells.columns)))
+    caption = title.replace("\\", "/")
+    for char in "&%$#_{}":
+        caption = caption.replace(char, "\\" + char)
+    caption = caption.replace("~", "\\textasciitilde{}").replace("^", "\\textasciicircum{}")
+    return f"\\begin{{table}}\n\\centering\n\\caption{{{caption}}}\n{body}\\end{{table}}\n"
+
+
+def _write(df: pd.DataFrame, L, name: str, title: str, extra: str = "", headline: tuple | None = None):
+    """CSV, Markdown, HTML and booktabs LaTeX of one table; ``headline`` (frame, caption): a table a paper shows
+    first (Table 1's headline with its intervals), ahead of every row in the Markdown (``extra``) and LaTeX."""
     df = _tidy(df)
     with AtomicPath(L.table(name, "csv"), suffix=".csv") as tmp:
         df.to_csv(tmp, index=False)
     atomic_write_text(L.table(name, "md"), f"# {title}\n\n{extra}" + _markdown(df) + "\n")
     atomic_write_text(L.table(name, "html"), html_table(df, title))
+    atomic_write_text(L.table(name, "tex"), (latex_table(*headline) + "\n" if headline else "") + latex_table(df, title))
 
 
 def headline_rows(p, t1: pd.DataFrame) -> pd.DataFrame:
@@ -155,9 +172,9 @@ def _digits(p) -> int:
     return 2 if p["fd"]["features"] == "inception" else 1
 
 
-def headline_pivot(p, t1: pd.DataFrame) -> str:
-    """Table 1 as the README shows it: per model, the headline statistic (fd.headline; the mean over training
-    seeds when there are several) per rho and NFE (cell_text), the floor in its own row."""
+def headline_frame(p, t1: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Table 1 as the README and a paper show it: per model, the headline statistic (fd.headline; the mean over
+    training seeds when there are several) per rho and NFE (cell_text), the floor in its own row; and its caption."""
     several, rows, m = len(p["train"]["seeds"]) > 1, headline_rows(p, t1), headline_stat(p)
     digits = _digits(p)
     cols = [(float(rho), int(nfe)) for rho, nfe in sorted({(r.rho, r.nfe) for r in rows.itertuples()})]
@@ -172,8 +189,13 @@ def headline_pivot(p, t1: pd.DataFrame) -> str:
     cell = (f"min over {seeds} sampling seeds (EDM's protocol) / mean [{ci_label(p)} t-interval over them]"
             if seeds > 1 else f"value [{ci_label(p)} interval]")
     how = (f"mean over {len(p['train']['seeds'])} training seeds of each: " + cell) if several else cell
-    return (f"## Headline: {headline_label(p)}; {how}\n\n" + pd.DataFrame(table).to_markdown(index=False)
-            + "\n\n## Every row\n\n")
+    return pd.DataFrame(table), f"Headline: {headline_label(p)}; {how}"
+
+
+def headline_pivot(p, t1: pd.DataFrame) -> str:
+    """headline_frame as Markdown, ahead of Table 1's every row."""
+    frame, caption = headline_frame(p, t1)
+    return f"## {caption}\n\n" + frame.to_markdown(index=False) + "\n\n## Every row\n\n"
 
 
 def grid_only(p, df: pd.DataFrame) -> pd.DataFrame:
@@ -567,7 +589,7 @@ def write_tables(p, L, log=print):
     floor_note = (f"; the floor at N = {n}, not {p['sample']['num_samples']}: only {n} held-out images (an FD's bias "
                   f"falls as 1/N, so the floor at the samples' N is lower)" if n < p["sample"]["num_samples"] else "")
     seeds = len(p["sample"]["seeds"])
-    _write(t1, L, "table1_fd_vs_nfe", extra=headline_pivot(p, t1),
+    _write(t1, L, "table1_fd_vs_nfe", extra=headline_pivot(p, t1), headline=headline_frame(p, t1),
            title=f"Table 1: {label} vs NFE ({p['profile']} profile, {p['sample']['num_samples']} samples per setting; "
            f"headline {head}{floor_note}; "
            f"{name}: against the training statistics, first row: N held-out real images (the floor); "
