@@ -181,6 +181,8 @@ def test_figures_have_their_content(fixture_run, monkeypatch):
     assert drawn["teaser_denoiser_strip"]["images"] == models * 8
     assert drawn["rho_steps_heatmap"]["images"] == models
     assert drawn["loss_curves"]["lines"] == models * len(p["train"]["seeds"])  # every trained model
+    looks = {(ln.get_color(), ln.get_linestyle(), ln.get_marker()) for ln in drawn["loss_curves.axes"][0].get_lines()}
+    assert len(looks) == models * len(p["train"]["seeds"])  # each seed of each model its own style
     assert "mean of 2 training seeds" in drawn["fd_vs_nfe"]["title"]
     discs = len(p["guidance"]["discriminators"])
     assert drawn["dg_learning_curves"]["lines"] == 3 * discs + 2  # held-out, training, kept step; chance per panel

@@ -275,10 +275,13 @@ def sample_grids(p, L, steps: int, path):
 def loss_curves(p, L, path):
     fig, axes = _figure()
     ax = axes[0][0]
-    for model in model_instances(p):
+    seeds = p["train"]["seeds"]
+    for model, (_, seed) in model_instances(p).items():  # colour: AOT or EDM; dashes: conditioning; marker: seed
         df = pd.read_csv(L.loss_log(model))
-        ax.plot(df["kimg"], df["loss"], label=model, **_style(p, model))
-    ax.set(xlabel="kimg", ylabel="EDM loss", title=f"Training loss ({p['profile']} profile)", yscale="log")
+        ax.plot(df["kimg"], df["loss"], label=model, marker="osv^D"[seeds.index(seed) % 5], ms=3,
+                markevery=max(len(df) // 8, 1), alpha=1.0 if seed == seeds[0] else 0.7, **_style(p, model))
+    ax.set(xlabel="kimg", ylabel="EDM loss", title=f"Training loss ({p['profile']} profile; marker: training seed)",
+           yscale="log")
     ax.grid(alpha=0.3)
     _legend(ax)
     _save(fig, path)
