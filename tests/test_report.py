@@ -374,6 +374,14 @@ def test_figures_are_paper_ready(fixture_run, monkeypatch):
     figures.write_figures(p, L, log=lambda m: None)
     for name in seen:
         assert L.figure(name, "pdf").read_bytes()[:5] == b"%PDF-", name
+    for name, fig in seen.items():  # no two x tick labels of an axis overlap (curvature's sigma spans 4.6 decades)
+        fig.canvas.draw()
+        for a in fig.get_axes():
+            lo, hi = sorted(a.get_xlim())
+            ticks = [(t.get_window_extent(), t.get_text()) for t in (*a.get_xticklabels(), *a.get_xticklabels(minor=True))
+                     if t.get_text() and t.get_visible() and lo <= t.get_position()[0] <= hi]
+            ticks.sort(key=lambda b: b[0].x0)
+            assert all(b1.x1 <= b2.x0 + 0.5 for (b1, _), (b2, _) in zip(ticks, ticks[1:])), (name, [t for _, t in ticks])
     ax = seen["fd_vs_nfe"].get_axes()[0]
     assert {t.get_text() for t in ax.get_legend().get_texts()} >= set(p["models"])
     styles = {c.get_label(): c.lines[0].get_linestyle() for c in ax.containers}

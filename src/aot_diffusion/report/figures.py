@@ -14,7 +14,7 @@ matplotlib.rcParams["ps.fonttype"] = 42
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
 from ..sampling import num_function_evals  # noqa: E402
 from ..samples import read_sweep  # noqa: E402
@@ -30,8 +30,9 @@ def _save(fig, path):
     for ax in fig.get_axes():
         for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
             if scale == "log":
-                axis.set_major_formatter(_PLAIN)
-                axis.set_minor_formatter(_PLAIN_MINOR)
+                lo, hi = sorted(axis.get_view_interval())
+                axis.set_major_formatter(_PLAIN)  # minor labels at 2 and 5 only where decades are few (they'd overlap)
+                axis.set_minor_formatter(_PLAIN_MINOR if lo > 0 and hi / lo < 10 ** 2.5 else NullFormatter())
     path = Path(path)
     for ext, dpi in (("png", 150), ("pdf", None)):
         with AtomicPath(path.with_suffix(f".{ext}"), suffix=f".{ext}") as tmp:
