@@ -382,6 +382,8 @@ def test_figures_are_paper_ready(fixture_run, monkeypatch):
                      if t.get_text() and t.get_visible() and lo <= t.get_position()[0] <= hi]
             ticks.sort(key=lambda b: b[0].x0)
             assert all(b1.x1 <= b2.x0 + 0.5 for (b1, _), (b2, _) in zip(ticks, ticks[1:])), (name, [t for _, t in ticks])
+    hybrid = seen["hybrid_switch"]  # its one legend under the panels, off the data
+    assert len(hybrid.legends) == 1 and all(a.get_legend() is None for a in hybrid.get_axes())
     ax = seen["fd_vs_nfe"].get_axes()[0]
     assert {t.get_text() for t in ax.get_legend().get_texts()} >= set(p["models"])
     styles = {c.get_label(): c.lines[0].get_linestyle() for c in ax.containers}

@@ -31,8 +31,9 @@ def _save(fig, path):
         for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
             if scale == "log":
                 lo, hi = sorted(axis.get_view_interval())
-                axis.set_major_formatter(_PLAIN)  # minor labels at 2 and 5 only where decades are few (they'd overlap)
-                axis.set_minor_formatter(_PLAIN_MINOR if lo > 0 and hi / lo < 10 ** 2.5 else NullFormatter())
+                axis.set_major_formatter(_PLAIN)  # minor labels: none over many decades (they would overlap)
+                axis.set_minor_formatter(NullFormatter() if lo <= 0 or hi / lo >= 10 ** 2.5 else
+                                         _PLAIN_MINOR if hi / lo >= 10 else _PLAIN_235)
     path = Path(path)
     for ext, dpi in (("png", 150), ("pdf", None)):
         with AtomicPath(path.with_suffix(f".{ext}"), suffix=f".{ext}") as tmp:
@@ -54,6 +55,7 @@ def _plain(value, _pos=None) -> str:
 _PLAIN = FuncFormatter(_plain)  # 2, 20, 0.5: not 2x10^0
 # minor ticks labelled only at 2 and 5 per decade (a label on every minor tick would overlap)
 _PLAIN_MINOR = FuncFormatter(lambda v, pos: _plain(v) if f"{v:.1e}"[0] in "25" else "")
+_PLAIN_235 = FuncFormatter(lambda v, pos: _plain(v) if f"{v:.1e}"[0] in "235" else "")  # under one decade
 
 
 def _legend(ax, **kw):
@@ -159,11 +161,17 @@ def truncation_plot(p, curv: dict, path):
     _save(fig, path)
 
 
-def _finish(fig, axes, title, path):
-    """Grid and legend on every panel, the figure's title, and save."""
+def _finish(fig, axes, title, path, below: bool = False):
+    """Grid and legend on every panel (``below``: one legend under the panels, off the data, for panels whose
+    curves share their labels), the figure's title, and save."""
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-        _legend(ax, fontsize=6)
+        if not below:
+            _legend(ax, fontsize=6)
+    if below:
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3), fontsize=7,
+                   handlelength=3.2)
     fig.suptitle(title, fontsize=9)
     _save(fig, path)
 
@@ -226,7 +234,7 @@ def hybrid_plot(p, t: pd.DataFrame, path):
     t, stat = t.assign(switch_sigma=t["switch_sigma"].astype(str)), headline_stat(p)
     switches = sorted(p["hybrid"]["switch_sigmas"])
     pairs_ = list(dict.fromkeys(t["pair"]))
-    fig, axes = _figure(len(pairs_), w=4.8)
+    fig, axes = _figure(len(pairs_), w=4.8, h=4.2)  # tall enough for the statistic's axis label
     xs = np.arange(len(switches) + 2)
     cmap = plt.get_cmap("viridis")
     nfes = sorted(t["nfe"].unique())
@@ -244,8 +252,10 @@ def hybrid_plot(p, t: pd.DataFrame, path):
                         label=f"NFE {nfe}: {above.upper()} above, {below.upper()} below")
         ax.set_xticks(xs, ["0", *[f"{s:g}" for s in switches], "inf"])
         ax.set(xlabel="switch sigma", ylabel=stat_label(p), yscale="log",
-               title=f"{pair}: solid from pure AOT (0) to pure EDM (inf)")
-    _finish(fig, axes, f"Hybrid samplers ({p['profile']} profile, rho {p['hybrid']['rho']:g})", path)
+               title=f"{'conditional' if pair == 'cond' else 'unconditional'} pair")
+    _finish(fig, axes, f"Hybrid samplers ({p['profile']} profile, rho {p['hybrid']['rho']:g}): one model's denoiser "
+                       f"above the switch sigma, the other's at and below it\n(switch 0: the 'above' model "
+                       f"throughout; inf: the 'below' model throughout)", path, below=True)
 
 
 def _grid(images, ncol):
