@@ -272,16 +272,19 @@ STAGES: list[Stage] = [
                                "sample.seeds", "sample.num_samples", "guidance", "hybrid", _SCORES],
           kind="light", effort=2),
     Stage("figures", "figures", None, "report:figures",
-          # the FD figures draw the tables' numbers (their CSVs), the rest the stages' outputs
-          deps=lambda L, c, k: [*[L.table(t) for t in ("table1_fd_vs_nfe", "table2_guidance", "hybrid_switch")],
-                                *[L.curvature(m) for m in c.models], *[L.samples(m) for m in c.models],
-                                *[L.loss_log(m) for m in c.models], *[L.discriminator_curve(d) for d in c.discs]],
+          # the FD figures draw the tables' numbers, computed from the same outputs by the same functions (reading
+          # the tables' CSVs would chain the tables' record, which every parameter changes, where DVC sees equal bytes)
+          deps=lambda L, c, k: [L.fd_floor, L.fd_reference, *[L.fd(m) for m in c.models],
+                                *[L.features(m) for m in c.models], *[L.curvature(m) for m in c.models],
+                                *[L.samples(m) for m in c.models], *[L.loss_log(m) for m in c.models],
+                                *[L.guided_fd(d) for d in c.discs], *[L.guided_features(d) for d in c.discs],
+                                *[L.discriminator_metrics(d) for d in c.discs],
+                                *[L.discriminator_curve(d) for d in c.discs], L.hybrid_fd, *_plugin_files(c, "metrics")],
           # kept in git; DVC's plots are dvc.yaml's top-level `plots` (one entry per figure, not two)
           outs=lambda L, c, k: {L.figure(f, ext): GIT for f in FIGURE_NAMES for ext in ("png", "pdf")},
-          params=lambda c, k: ["data.dataset", "fd", "models", "train.seeds", "sample.steps", "sample.rho",
-                               "sample.seeds",
-                               "sample.grid_steps",
-                               "guidance.discriminators", *_GUIDED_AT, "hybrid"], kind="light"),
+          params=lambda c, k: ["seed", "data.dataset", "fd", "models", "train", "sample.steps", "sample.rho",
+                               "sample.seeds", "sample.num_samples", "sample.grid_steps", "guidance", "hybrid",
+                               _SCORES], kind="light"),
 ]
 
 

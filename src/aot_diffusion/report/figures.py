@@ -320,9 +320,11 @@ def teaser(p, curv: dict, path):
 
 
 def write_figures(p, L, log=print):
-    # FD figures draw the numbers of the tables stage's CSVs (Table 1's headline rows, Table 2, the hybrid table)
-    t1, t2 = (pd.read_csv(L.table(name), keep_default_na=False, na_values=[""]) for name in
-              ("table1_fd_vs_nfe", "table2_guidance"))
+    # FD figures draw the tables' numbers: Table 1's headline rows, Table 2, the hybrid table, by the functions and
+    # from the outputs that the tables stage uses (same seeds: the same bits as its CSVs)
+    from .tables import hybrid_table, read_floor, table1, table2
+
+    t1, t2 = table1(p, L, read_floor(L)), table2(p, L)
     curv = {m: dict(safe_np_load(L.curvature(first(p, m)))) for m in p["models"]}  # the first training seed's
     fd_vs_nfe(p, t1, L.figure("fd_vs_nfe"))
     heatmap(p, t1, L.figure("rho_steps_heatmap"))
@@ -330,7 +332,7 @@ def write_figures(p, L, log=print):
     truncation_plot(p, curv, L.figure("truncation_vs_nfe"))
     guidance_plot(p, t2, L.figure("guidance_fd_vs_nfe"))
     discriminator_curves(p, L, L.figure("dg_learning_curves"))
-    hybrid_plot(p, pd.read_csv(L.table("hybrid_switch")), L.figure("hybrid_switch"))
+    hybrid_plot(p, hybrid_table(p, L), L.figure("hybrid_switch"))
     lo, hi = min(p["sample"]["grid_steps"]), max(p["sample"]["grid_steps"])
     sample_grids(p, L, lo, L.figure("samples_low_nfe"))
     sample_grids(p, L, hi, L.figure("samples_high_nfe"))
