@@ -2,7 +2,6 @@
 profile and for the pool-size study, one run at a time, a typo stopped at both, the scheduling order. (The smoke
 run end to end, shared by its tests, is tests/test_pipeline.py; these run on the other test worker.)"""
 
-import json
 import subprocess
 
 import pytest

@@ -277,8 +277,6 @@ def safe_torch_load(path, map_location="cpu", source=None):
 def safe_np_load(path):
     """``np.load`` of an .npz this project wrote (no pickles), each member's declared array checked before any
     data is read: no zip bomb (:func:`_check_zip`), and no header declaring more bytes than the member holds."""
-    import zipfile
-
     with _check_zip(path, ".npz file") as zf:
         for info in zf.infolist():
             if not info.filename.endswith(".npy"):  # np.load reads any member with the .npy magic as an array

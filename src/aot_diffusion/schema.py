@@ -198,6 +198,11 @@ def unet_estimates(net: Mapping, res: int) -> tuple[int, int, int]:
     return weights, acts, skips
 
 
+def per_rank_batch(t: Mapping) -> int:
+    """Images per rank per step: train.batch_per_rank, or the batch split over train.nproc_per_node."""
+    return t["batch_per_rank"] or t["batch_size"] // t["nproc_per_node"]
+
+
 def memory_estimates(p: Mapping) -> dict:
     """{parameter: (estimated bytes, what)} of the largest arrays that each size parameter makes a job hold
     (float32: 4 bytes a value; the sampler's float64 state: 8)."""
@@ -205,7 +210,7 @@ def memory_estimates(p: Mapping) -> dict:
     image = res * res * ch
     t, s, c = p["train"], p["sample"], p["curvature"]
     _, acts, skips = unet_estimates(t["network"], res)
-    per_rank = t["batch_per_rank"] or t["batch_size"] // t["nproc_per_node"]
+    per_rank = per_rank_batch(t)
     return {"train.batch_size": (per_rank * acts * 4 * 2, f"a training step's activations and their gradients "
                                                          f"({per_rank} images per rank)"),
             "sample.batch_size": (s["batch_size"] * (skips * 4 + image * 8 * 4), "a sampler call's skip connections "
@@ -328,7 +333,7 @@ def validate(p: Mapping, root: Path | str = ".") -> dict:
     ranks = t["nproc_per_node"]
     if t["batch_size"] % ranks:
         _fail("train.batch_size", f"{t['batch_size']} is not divisible by train.nproc_per_node ({ranks})")
-    per_rank = t["batch_per_rank"] or t["batch_size"] // ranks
+    per_rank = per_rank_batch(t)
     if (t["batch_size"] // ranks) % per_rank:
         _fail("train.batch_per_rank", f"{per_rank} does not divide the per-rank batch {t['batch_size'] // ranks}")
     pools = {f"train.{key}": t[key] for key in ("pool_size", "pool_size_cond")}

@@ -33,7 +33,7 @@ def _save(fig, path):
                 lo, hi = sorted(axis.get_view_interval())
                 axis.set_major_formatter(_PLAIN)  # minor labels: none over many decades (they would overlap)
                 axis.set_minor_formatter(NullFormatter() if lo <= 0 or hi / lo >= 10 ** 2.5 else
-                                         _PLAIN_MINOR if hi / lo >= 10 else _PLAIN_235)
+                                         _minor_labels("25" if hi / lo >= 10 else "235"))
     path = Path(path)
     for ext, dpi in (("png", 150), ("pdf", None)):
         with AtomicPath(path.with_suffix(f".{ext}"), suffix=f".{ext}") as tmp:
@@ -53,9 +53,11 @@ def _plain(value, _pos=None) -> str:
 
 
 _PLAIN = FuncFormatter(_plain)  # 2, 20, 0.5: not 2x10^0
-# minor ticks labelled only at 2 and 5 per decade (a label on every minor tick would overlap)
-_PLAIN_MINOR = FuncFormatter(lambda v, pos: _plain(v) if f"{v:.1e}"[0] in "25" else "")
-_PLAIN_235 = FuncFormatter(lambda v, pos: _plain(v) if f"{v:.1e}"[0] in "235" else "")  # under one decade
+
+
+def _minor_labels(digits: str) -> FuncFormatter:
+    """Minor ticks labelled only at these leading digits per decade (a label on every one would overlap)."""
+    return FuncFormatter(lambda v, pos: _plain(v) if f"{v:.1e}"[0] in digits else "")
 
 
 def _legend(ax, **kw):
