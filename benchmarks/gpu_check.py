@@ -36,7 +36,7 @@ NCSNPP = dict(preset="ncsnpp", img_resolution=32, img_channels=3, augment_dim=9,
 def bench_train(images, labels, *, aot_on, conditional, pool, steps, batch, window):
     torch.cuda.reset_peak_memory_stats()
     net = {**NCSNPP, "label_dim": 10 if conditional else 0}
-    cfg = TrainConfig(network=net, batch_size=batch, pool_size=pool, aot=aot_on, conditional=conditional,
+    cfg = TrainConfig(network=net, batch_size=batch, pool_size=pool, pairing="assignment" if aot_on else "none", conditional=conditional,
                       total_steps=steps, lr=1e-3, lr_rampup_kimg=0, log_every=window, checkpoint_every=10**9,
                       device="cuda", prefetch=True)
     tag = f"aot{int(aot_on)}_cond{int(conditional)}_pool{pool}"

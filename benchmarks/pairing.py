@@ -236,7 +236,7 @@ def bench_train(pools, pairs, windows, batch=128, threads=2):
         pair_ms = {name: [] for name, _, _ in variants}
         for rep in range(pairs):
             for name, aot_on, solver in variants:
-                cfg = TrainConfig(network=DIGITS_NET, batch_size=batch, pool_size=pool, aot=aot_on, solver=solver,
+                cfg = TrainConfig(network=DIGITS_NET, batch_size=batch, pool_size=pool, pairing="assignment" if aot_on else "none", solver=solver,
                                   total_steps=per_pool * (windows + 1), lr=1e-3, lr_rampup_kimg=0, log_every=per_pool,
                                   checkpoint_every=10**9, prefetch=True)
                 tmp = Path("results/bench/tmp") / f"pool{pool}_{name}_{rep}"

@@ -205,7 +205,8 @@ def test_one_registry_pairs_noise_for_every_caller():
 
     assert {"none", "assignment", "knn"} <= set(aot.PAIRINGS)
     assert set(schema.VARIANT["pairing"].choices()) == set(aot.PAIRINGS)
-    assert set(schema.SCHEMA["train"]["pairing"].choices()) == set(aot.PAIRINGS) - {"none"}
+    assert set(schema.MODEL["pairing"].choices()) == set(aot.PAIRINGS)
+    assert set(schema.DISCRIMINATOR["pairing"].choices()) == {"model"} | set(aot.PAIRINGS)
     x, n = torch.randn(16, 1, 4, 4), torch.randn(16, 1, 4, 4)
     assert torch.equal(aot.pair("none", x, n), n)
     assert torch.equal(aot.pair("assignment", x, n), pair_noise(x, n))
@@ -217,11 +218,11 @@ def test_one_registry_pairs_noise_for_every_caller():
         return noise.flip(0)
 
     try:
-        pool = PoolSource(x, None, pool_size=16, aot_on=True, pairing="reversed_toy", seed=0).make(0)
-        plain = PoolSource(x, None, pool_size=16, aot_on=False, seed=0).make(0)
+        pool = PoolSource(x, None, pool_size=16, pairing="reversed_toy", seed=0).make(0)
+        plain = PoolSource(x, None, pool_size=16, pairing="none", seed=0).make(0)
         assert torch.equal(pool.noise, plain.noise.flip(0))  # training pairs through the registry
         assert "reversed_toy" in schema.VARIANT["pairing"].choices()  # read when checked: a plugin's count
         with pytest.raises(ValueError, match="registered already"):
             aot.register_pairing("reversed_toy")(reversed_toy)
     finally:
-        del aot.PAIRINGS["reversed_toy"]
+        aot.unregister_pairing("reversed_toy")

@@ -54,7 +54,7 @@ def _train(tmp_path, name):
     g = torch.Generator().manual_seed(0)
     images = torch.rand(64, 1, 8, 8, generator=g) * 2 - 1
     cfg = TrainConfig(network=dict(NET), batch_size=16, pool_size=32, total_steps=3, lr=1e-3, lr_rampup_kimg=0,
-                      conditional=False, aot=True, log_every=1, checkpoint_every=3, ema_halflife_kimg=0.5)
+                      conditional=False, pairing="assignment", log_every=1, checkpoint_every=3, ema_halflife_kimg=0.5)
     ck = tmp_path / name / "ck"
     train(cfg, images, None, out_path=tmp_path / name / "net.pt", checkpoint_dir=ck, log=lambda m: None)
     out, timing = tmp_path / name / "loss.csv", tmp_path / "logs" / f"{name}.timing.csv"

@@ -270,8 +270,8 @@ def _mean_real_distance(batches):
 def test_aot_batches_pair_noise_lowering_image_noise_distance():
     real, fake, _, _ = _toy_sets()
     kw = dict(pool_size=48, batch_size=16, steps=12, seed=7)
-    paired = list(discriminator_batches(real, fake, aot=True, **kw))
-    random = list(discriminator_batches(real, fake, aot=False, **kw))
+    paired = list(discriminator_batches(real, fake, pairing="assignment", **kw))
+    random = list(discriminator_batches(real, fake, pairing="none", **kw))
     assert _mean_real_distance(paired) < _mean_real_distance(random) - 0.05
     b = paired[0]
     assert b["x"].shape == (16, 1, 8, 8) and b["target"].tolist() == [1.0] * 8 + [0.0] * 8
@@ -296,7 +296,7 @@ def test_aot_pairing_is_classwise_and_actually_used(monkeypatch):
         return out
 
     monkeypatch.setattr(guidance_training, "pair", spy)
-    batches = list(discriminator_batches(real, fake, real_labels=real_labels, fake_labels=fake_labels, aot=True,
+    batches = list(discriminator_batches(real, fake, real_labels=real_labels, fake_labels=fake_labels, pairing="assignment",
                                          pool_size=48, batch_size=16, steps=6, seed=1))
     assert len(calls) == 2 and {c["name"] for c in calls} == {"assignment"}  # one real pool and one fake pool
     for call, side in zip(calls, (True, False)):
@@ -313,7 +313,7 @@ def test_aot_pairing_is_classwise_and_actually_used(monkeypatch):
         assert torch.equal(used, call["out"]) and torch.equal(used_ids, ids)
 
     calls.clear()
-    list(discriminator_batches(real, fake, aot=False, pool_size=48, batch_size=16, steps=6, seed=1))
+    list(discriminator_batches(real, fake, pairing="none", pool_size=48, batch_size=16, steps=6, seed=1))
     assert calls == []  # random noise: no pairing
 
 
@@ -325,7 +325,7 @@ def test_discriminator_learns_and_is_evaluated_per_sigma_band():
     held_real, held_fake, _, _ = _toy_sets(n=200, seed=3)
     disc = small_disc(seed=4)
     before = evaluate_discriminator(disc, held_real, held_fake, seed=5)
-    history = train_discriminator(disc, real, fake, aot=True, pool_size=128, batch_size=64, steps=60, lr=3e-3,
+    history = train_discriminator(disc, real, fake, pairing="assignment", pool_size=128, batch_size=64, steps=60, lr=3e-3,
                                   seed=6, log_every=20, sigma_distribution="lognormal")
     assert [h["step"] for h in history] == [20, 40, 60]
     assert set(history[0]) >= {"step", "loss", "accuracy", "noise_distance"}
@@ -375,7 +375,7 @@ def _label_only_sets(n, seed):
 def test_conditional_discriminator_learns_from_labels():
     real, fake, labels = _label_only_sets(128, seed=0)
     disc = small_disc(label_dim=2, seed=1)
-    train_discriminator(disc, real, fake, real_labels=labels, fake_labels=F.one_hot(labels, 2), aot=True,
+    train_discriminator(disc, real, fake, real_labels=labels, fake_labels=F.one_hot(labels, 2), pairing="assignment",
                         pool_size=64, batch_size=32, steps=60, lr=3e-3, log_every=20, sigma_distribution="lognormal")
     held_real, held_fake, held = _label_only_sets(100, seed=2)
     right = evaluate_discriminator(disc, held_real, held_fake, real_labels=held, fake_labels=held, sigma=0.1)
@@ -431,7 +431,7 @@ def test_dg_discriminator_trains_head_only_and_is_reproducible():
     encoder = _tiny_encoder()
     frozen = {k: v.clone() for k, v in encoder.state_dict().items()}
     real, fake, labels = _label_only_sets(32, seed=0)
-    kw = dict(real_labels=labels, fake_labels=labels, label_dim=2, aot=True, pool_size=16, batch_size=16, steps=4,
+    kw = dict(real_labels=labels, fake_labels=labels, label_dim=2, pairing="assignment", pool_size=16, batch_size=16, steps=4,
               lr=1e-3, weight_decay=1e-2, seed=5, head_config=TINY_HEAD, log_every=2)
     disc, history = fit_discriminator(encoder, real, fake, **kw)
     assert len(history) == 2 and disc.head.in_channels == encoder.feature_channels
@@ -643,7 +643,7 @@ def test_everything_stays_on_the_cuda_device():
     encoder, _ = train_noise_aware_classifier(real, labels, config=TINY_CLASSIFIER, steps=2, batch_size=16,
                                               device="cuda", log=None)
     assert next(encoder.parameters()).is_cuda
-    disc, _ = fit_discriminator(encoder, real, fake, real_labels=labels, fake_labels=labels, label_dim=2, aot=True,
+    disc, _ = fit_discriminator(encoder, real, fake, real_labels=labels, fake_labels=labels, label_dim=2, pairing="assignment",
                                 pool_size=16, batch_size=16, steps=2, head_config=TINY_HEAD, device="cuda")
     assert all(p.is_cuda for p in disc.parameters())
     res = evaluate_discriminator(disc, real, fake, real_labels=labels, fake_labels=labels)
@@ -760,7 +760,7 @@ def test_dg_protocol_batches_mix_real_and_fake_and_cover_both_every_epoch():
     real = torch.rand(24, 1, 4, 4)
     fake = torch.rand(16, 1, 4, 4) + 5  # tell them apart by value
     batches = list(discriminator_batches(real, fake, pool_size=8, batch_size=4, steps=10, seed=0, mixed=True,
-                                         aot=True))
+                                         pairing="assignment"))
     seen = torch.cat([b["images"] for b in batches])
     assert len(seen) == 40 and len(torch.unique(seen.flatten(1), dim=0)) == 40  # one epoch: each image once
     for b in batches:
@@ -841,7 +841,9 @@ def test_the_window_is_chosen_on_the_validation_split_before_the_test_split_is_r
              lr=1e-3, weight_decay=0.0, eval_every=1, patience=1, sigma_window="validation")
     run = types.SimpleNamespace(
         params={"guidance": g, "seed": 0, "train": {"solver": "auto"}}, key="dg_x", device="cpu",
-        disc_spec=lambda k: dict(model="edm_uncond", aot=False), trained=lambda mdl: mdl, log=lambda msg: None,
+        discriminator=lambda: dict(model="edm_uncond", instance="edm_uncond_s0", conditional=False, pairing="none",
+                                   pairing_options={}),
+        guidance_choice=lambda name: {"epochs": 1}[name], log=lambda msg: None,
         layout=types.SimpleNamespace(dataset="d", fakes=lambda k: "f", discriminator=lambda k: "x",
                                      discriminator_curve=lambda k: __import__("pathlib").Path("/dev/null"),
                                      discriminator_metrics=lambda k: "m"),

@@ -30,7 +30,7 @@ def test_profile_overlay_then_overrides_win():
     ({"sample": {"seeds": ["a"]}}, "sample.seeds"),
     ({"guidance": {"num_fake": 10}}, "guidance.num_fake"),
     ({"train": {"nproc_per_node": 3}}, "nproc_per_node"),
-    ({"models": {"edm_uncond": {"aot": "false", "conditional": False}}}, "models.edm_uncond.aot"),
+    ({"models": {"edm_uncond": {"pairing": "none", "conditional": "false"}}}, "models.edm_uncond.conditional"),
     ({"threads": "1; touch /tmp/x; #"}, "threads"),
     ({"sample": {"sigma_max": float("inf")}}, "sample.sigma_max"),
     # sizes and ranges refused before anything is allocated or sampled (issue 23)
@@ -53,7 +53,7 @@ def test_profile_overlay_then_overrides_win():
                 "network": {"model_channels": 512, "channel_mult": [2, 2]}}}, "train.batch_size"),
     ({"data": {"test_fraction": 1.0}}, "data.test_fraction"),
     ({"pool_study": {"variants": {"bad\n": {"pairing": "assignment", "pool_size": 64}}}}, "pool_study.variants"),
-    ({"models": {"edm_uncond\n": {"aot": False, "conditional": False}}}, "models"),
+    ({"models": {"edm_uncond\n": {"pairing": "none", "conditional": False}}}, "models"),
 ])
 def test_bad_values_are_refused_naming_the_parameter(edit, match):
     with pytest.raises(ParamError, match=match.replace(".", r"\.")):
@@ -185,35 +185,43 @@ def test_unknown_study_variant_stops_the_stage_naming_the_section(tmp_path, monk
     assert not (tmp_path / "results").exists()
 
 
-def test_one_model_spec_for_models_and_study_variants():
-    """A model may set its own pool and an AOT model its own pairing; a study variant is checked as such a model
-    (no keys the schema would refuse), and the training config takes them."""
-    from aot_diffusion.params import pool_study_view
+def test_one_switch_per_choice_for_models_variants_and_discriminators():
+    """`pairing` alone says how a model, a study variant or a discriminator pairs noise (`none`: EDM); the stage
+    table's context resolves what each job trains, and the training config takes exactly that."""
+    from aot_diffusion.dag import Context
     from aot_diffusion.stages.train import train_config
 
-    p = compose("smoke", {"models": {"knn_uncond": {"aot": True, "conditional": False, "pairing": "knn",
-                                                    "pool_size": 64}}}, root=ROOT)
-    assert p["models"]["knn_uncond"]["pairing"] == "knn"
-    with pytest.raises(ParamError, match=r"models.edm_uncond.pairing.*aot: false"):
-        compose("smoke", {"models": {"edm_uncond": {"pairing": "knn"}}}, root=ROOT)
-    with pytest.raises(ParamError, match=r"models.knn_uncond.pairing.*must be one of"):
-        compose("smoke", {"models": {"knn_uncond": {"aot": True, "conditional": False, "pairing": "sinkhornx"}}},
+    p = compose("smoke", {"models": {"knn_uncond": {"conditional": False, "pairing": "knn", "pool_size": 64}}},
                 root=ROOT)
+    with pytest.raises(ParamError, match=r"unknown parameter 'models.edm_uncond.aot'"):
+        compose("smoke", {"models": {"edm_uncond": {"aot": True}}}, root=ROOT)
+    with pytest.raises(ParamError, match=r"models.knn_uncond.pairing.*must be one of"):
+        compose("smoke", {"models": {"knn_uncond": {"conditional": False, "pairing": "sinkhornx"}}}, root=ROOT)
     with pytest.raises(ParamError, match=r"models.knn_uncond.pool_size.*multiple"):
-        compose("smoke", {"models": {"knn_uncond": {"aot": True, "conditional": False, "pool_size": 33}}}, root=ROOT)
-    view = pool_study_view(p)
-    assert view["models"]["no_aot"] == {"aot": False, "conditional": False, "pool_size": 512}
-    assert view["models"]["knn4"] == {"aot": True, "conditional": False, "pool_size": 512, "pairing": "knn"}
+        compose("smoke", {"models": {"knn_uncond": {"conditional": False, "pairing": "knn", "pool_size": 33}}},
+                root=ROOT)
+    with pytest.raises(ParamError, match=r"models.edm_uncond.pairing_options.*takes no options"):
+        compose("smoke", {"models": {"edm_uncond": {"pairing_options": {"reg": 1}}}}, root=ROOT)
+    ctx = Context(p)
+    assert ctx.trained("knn_uncond_s1") == dict(model="knn_uncond", seed=1, conditional=False, pairing="knn",
+                                                pool_size=64, pairing_options={})
+    assert ctx.trained("aot_cond_s0")["pool_size"] == p["train"]["pool_size_cond"]
+    assert ctx.trained("no_aot", variant=True) == dict(model="no_aot", seed=p["seed"], conditional=False,
+                                                       pairing="none", pool_size=512, pairing_options={})
+    # a discriminator pairs as the model it guides (`model`), or as it says (`none`: plain DG)
+    assert [ctx.discriminator(d)["pairing"] for d in ("dg_edm_uncond", "dg_aot_uncond", "dg_aot_uncond_plain")] == \
+        ["none", "assignment", "none"]
 
     class Run:  # what train_config reads of a stage run
-        study = False
         device = "cpu"
 
     data = {"train_images": __import__("numpy").zeros((4, 1, 8, 8)), "num_classes": 10}
     run = Run()
     run.params = p
-    run.model_spec = lambda key: p["models"][key.rsplit("_s", 1)[0]]
-    cfg = train_config(run, "knn_uncond_s0", data)
-    assert (cfg.pairing, cfg.pool_size, cfg.aot) == ("knn", 64, True)
-    cfg = train_config(run, "aot_uncond_s0", data)
-    assert (cfg.pairing, cfg.pool_size) == (p["train"]["pairing"], p["train"]["pool_size"])
+    for key in ("knn_uncond_s0", "aot_uncond_s1", "edm_cond_s0"):
+        run.trained = lambda key=key: ctx.trained(key)
+        cfg = train_config(run, data)
+        job = ctx.trained(key)
+        assert (cfg.pairing, cfg.pool_size, cfg.seed, cfg.conditional) == \
+            (job["pairing"], job["pool_size"], job["seed"], job["conditional"])
+    assert (cfg.pairing, cfg.pool_size, cfg.network["label_dim"]) == ("none", p["train"]["pool_size_cond"], 10)

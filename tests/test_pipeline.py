@@ -118,13 +118,14 @@ TOY_PLUGINS = {"pairings": "toy_sorted", "metrics": "toy_brightness"}
 
 
 def add_toy_plugins(proj: Path) -> None:
-    """What docs/extending.md tells a researcher to do: a plugin file each, named in the profile, and a study
-    variant that pairs with the toy pairing."""
+    """What docs/extending.md tells a researcher to do: a plugin file each, named in the profile, and study
+    variants that pair with the toy pairing and with the Sinkhorn plugin of plugins/ (its option `reg`)."""
     for kind, name in TOY_PLUGINS.items():
         shutil.copy(PLUGINS / kind / f"{name}.py", proj / "plugins" / kind / f"{name}.py")
     with open(proj / "conf" / "profile" / "smoke.yaml", "a") as fh:
-        fh.write("plugins: {pairings: [toy_sorted], metrics: [toy_brightness]}\n"
-                 "pool_study: {variants: {toy32: {pairing: toy_sorted, pool_size: 32}}}\n")
+        fh.write("plugins: {pairings: [toy_sorted, sinkhorn], metrics: [toy_brightness]}\n"
+                 "pool_study: {variants: {toy32: {pairing: toy_sorted, pool_size: 32},\n"
+                 "                        sinkhorn32: {pairing: sinkhorn, pool_size: 32, pairing_options: {reg: 0.05}}}}\n")
 
 
 SMOKE_POOL = 32  # the fixture's override; every later door step composes params from conf/ and repeats it
@@ -173,9 +174,9 @@ def test_smoke_profile_end_to_end(smoke_tree):
     p = yaml.safe_load((proj / "params.yaml").read_text())
     assert p["profile"] == "smoke" and p["train"]["pool_size"] == SMOKE_POOL  # the override reached params.yaml...
     assert p["train"]["seeds"] == [0] and "pool8192" not in p["pool_study"]["variants"]  # smaller_smoke_dag
-    assert "[train aot_uncond_s0] aot=True conditional=False steps=6 batch=32 pool=32" in log  # ...and the stage
+    assert "[train aot_uncond_s0] pairing=assignment conditional=False steps=6 batch=32 pool=32" in log  # ...the stage
     check_outputs(proj, p)
-    assert "[train pool_study pool2048] aot=True conditional=False steps=6 batch=32 pool=2048" in study_log
+    assert "[train pool_study pool2048] pairing=assignment conditional=False steps=6 batch=32 pool=2048" in study_log
     study = pd.read_csv(Layout("smoke", proj).pool_study.study_table())
     assert list(study["variant"]) == list(p["pool_study"]["variants"])
     assert study[[c for c in study.columns if c.startswith("fd_nfe")]].notna().all().all()
@@ -186,7 +187,7 @@ def test_smoke_profile_end_to_end(smoke_tree):
         for key in keys_of(st, plan.ctx):
             assert plan.is_current(st, key), job_id(st, key)
     record = json.loads((proj / plan.record_path(stage("train"), "aot_uncond_s0")).read_text())
-    assert record["params"]["train.pool_size"] == 32 and record["params"]["models.aot_uncond"]["aot"] is True
+    assert record["params"]["train.pool_size"] == 32 and record["params"]["models.aot_uncond"]["pairing"] == "assignment"
     assert "up to date" in run(["dvc", "status", *BOTH], proj).stdout  # both Snakemake runs are in dvc.lock
     assert "Nothing to be done" in snakemake_plan(proj)
     # Only what reads a parameter reruns: a guidance weight -> the unconditional guided runs and the report;
@@ -207,10 +208,13 @@ def test_a_plugin_pairing_and_metric_run_through_the_smoke_run(smoke_tree):
     proj, log, study_log = smoke_tree
     p = load_params(proj / "params.yaml")
     L = Layout("smoke", proj)
-    assert "[train pool_study toy32] aot=True conditional=False steps=6 batch=32 pool=32 pairing=toy_sorted" in study_log
+    assert "[train pool_study toy32] pairing=toy_sorted conditional=False steps=6 batch=32 pool=32" in study_log
+    assert "[train pool_study sinkhorn32] pairing=sinkhorn reg=0.05 conditional=False" in study_log  # its option
     study = pd.read_csv(L.pool_study.study_table())
     toy = study[study["variant"] == "toy32"].iloc[0]
     assert toy["pairing"] == "toy_sorted" and np.isfinite(toy[["fd_nfe3", "gain_nfe3", "curvature_mean"]].astype(float)).all()
+    sinkhorn = study[study["variant"] == "sinkhorn32"].iloc[0]
+    assert sinkhorn["pairing"] == "sinkhorn" and np.isfinite(sinkhorn[["fd_nfe3", "curvature_mean"]].astype(float)).all()
     assert toy["toy_brightness_nfe3_low"] <= toy["toy_brightness_nfe3"] <= toy["toy_brightness_nfe3_high"]
     record = json.loads((proj / Plan(p, proj).record_path(stage("pool_train"), "toy32")).read_text())
     assert record["params"]["pool_study.variants.toy32"]["pairing"] == "toy_sorted"
@@ -452,13 +456,14 @@ def _door_step(proj, door: str, changes: dict, name: str | None = None) -> set:
     return ran
 
 
-# One parameter each, against the committed baseline (the shared smoke run, by Snakemake), in this order: a
-# training pool (a study variant's, so that one training reruns) by `dvc exp run`, then the sampler's rho grid
-# (new headline keys) by Snakemake on both cores, kept with `dvc exp save` (DVC runs stages one at a time:
-# suite budget; a third experiment, a guidance weight, is in benchmarks/exp_show_columns.py). The second step
-# also undoes the first: Snakemake, after DVC, retrains the variant and reruns what it feeds.
-EXPERIMENTS = {"pool": ("dvc exp run", {"pool_study.variants.pool128.pool_size": 64}),
-               "rho": ("snakemake", {"sample.rho": [7, 72]})}
+# Against the committed baseline (the shared smoke run, by Snakemake), in this order: a pairing plugin's option
+# (the Sinkhorn study variant's `reg`, so that one training reruns) by `dvc exp run -S`, then the sampler's rho
+# grid (new headline keys) by Snakemake on both cores with that option set again on its command line, kept with
+# `dvc exp save` (DVC runs stages one at a time: suite budget; a third experiment, a guidance weight, is in
+# benchmarks/exp_show_columns.py). Snakemake, after DVC, retrains the variant and reruns what it feeds.
+SINKHORN_REG = "pool_study.variants.sinkhorn32.pairing_options.reg"
+EXPERIMENTS = {"sinkhorn": ("dvc exp run", {SINKHORN_REG: 0.1}),
+               "rho": ("snakemake", {"sample.rho": [7, 72], SINKHORN_REG: 0.2})}
 
 
 def _terminal_columns(csv_text: str) -> list:
@@ -490,8 +495,9 @@ def test_parameter_changes_are_seen_whichever_door_ran_last(smoke_tree):
     run([*GIT, "add", "-A"], proj)  # the smoke run is committed already (the fixture): the baseline
     run([*GIT, "commit", "-qm", "baseline of the experiments", "--allow-empty"], proj)
     ran = {name: _door_step(proj, door, one, name) for name, (door, one) in EXPERIMENTS.items()}
-    assert "pool_train@pool128" in ran["pool"] and not any(job.startswith(("train", "sample")) for job in ran["pool"])
-    assert {"pool_train@pool128", "pool_study", "sample@edm_cond_s0", "tables"} <= ran["rho"]
+    assert "pool_train@sinkhorn32" in ran["sinkhorn"] and not any(job.startswith(("train", "sample", "pool_train@pool"))
+                                                                  for job in ran["sinkhorn"])
+    assert {"pool_train@sinkhorn32", "pool_study", "sample@edm_cond_s0", "tables"} <= ran["rho"]
     assert not any(job.startswith(("train", "pool_train@pool512", "prepare_data")) for job in ran["rho"])
     plan = Plan(load_params(proj / "params.yaml"), proj)  # the records of what reran carry the new values
     rec = json.loads((proj / plan.record_path(stage("sample"), "edm_cond_s0")).read_text())
@@ -501,7 +507,7 @@ def test_parameter_changes_are_seen_whichever_door_ran_last(smoke_tree):
     lines = compare_lines(proj)  # transposed: a row per parameter or metric, readable in 200 characters
     assert max(map(len, lines)) <= 200 and len(lines) == len(shown) - 1  # header, a row per column
     assert any(line.startswith("sample.rho ") and "[7, 72]" in line for line in lines)
-    assert {"pool_study.variants.pool128.pool_size", "sample.rho",
+    assert {SINKHORN_REG, "sample.rho",
             "aot_vs_edm.cond.fd_heldout_rho72_nfe5.diff", "aot_vs_edm.cond.fd_heldout_rho72_nfe5.interval",
             "floor.fd_heldout.value"} <= set(shown)
     # what the recipe leaves out is only what DVC always lists: each changed dependency's hash
@@ -520,13 +526,18 @@ def test_dvc_experiments_and_apply_keep_both_doors_consistent(smoke_tree):
     data = exps["rho"]
     assert data["params"]["params.yaml"]["data"]["sample"]["rho"] == [7, 72]
     assert "aot_vs_edm.uncond.fd_heldout_rho72_nfe3" in data["metrics"]["results/smoke/metrics.json"]["data"]
-    assert exps["pool"]["params"]["params.yaml"]["data"]["pool_study"]["variants"]["pool128"]["pool_size"] == 64
+    assert exps["sinkhorn"]["params"]["params.yaml"]["data"]["pool_study"]["variants"]["sinkhorn32"][
+        "pairing_options"] == {"reg": 0.1}
+    rec = json.loads((proj / Plan(load_params(proj / "params.yaml"), proj).record_path(stage("pool_train"), "sinkhorn32"))
+                     .read_text())
+    assert rec["params"]["pool_study.variants.sinkhorn32"]["pairing_options"] == {"reg": 0.2}  # Snakemake's, last
     checkpoints = Layout("smoke", proj).checkpoints("edm_uncond_s0")
     assert any(checkpoints.iterdir())
-    out = run(["dvc", "exp", "apply", "pool"], proj)  # the workspace held "rho", Snakemake's run
+    out = run(["dvc", "exp", "apply", "sinkhorn"], proj)  # the workspace held "rho", Snakemake's run
     assert "failed" not in (out.stdout + out.stderr).lower()
     applied = load_params(proj / "params.yaml")
-    assert applied["pool_study"]["variants"]["pool128"]["pool_size"] == 64 and applied["sample"]["rho"] == [7, 90]
+    assert applied["pool_study"]["variants"]["sinkhorn32"]["pairing_options"] == {"reg": 0.1}
+    assert applied["sample"]["rho"] == [7, 90]
     assert any(checkpoints.iterdir())  # not DVC's: left alone
     assert "Nothing to be done" in snakemake_plan(proj, targets=("all", "pool_study"))
     # Profiles keep their own outputs; the report lists tables and figures.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from aot_diffusion.aot import PAIRINGS
+from aot_diffusion.aot import PAIRINGS, unregister_pairing
 from aot_diffusion.dag import Plan, stage
 from aot_diffusion.metrics.scores import METRICS
 from aot_diffusion.params import ParamError, compose
@@ -21,9 +21,10 @@ def _unload_plugins():
     """The registries as the package defines them (another test in this process may have loaded a plugin)."""
     from aot_diffusion import plugins
 
-    for registry in (PAIRINGS, METRICS):
-        for name in [n for n, v in registry.items() if getattr(v, "fn", v).__module__.startswith("aot_diffusion_plugins")]:
-            del registry[name]
+    for name in [n for n, v in PAIRINGS.items() if v.__module__.startswith("aot_diffusion_plugins")]:
+        unregister_pairing(name)
+    for name in [n for n, v in METRICS.items() if v.fn.__module__.startswith("aot_diffusion_plugins")]:
+        del METRICS[name]
     plugins._LOADED.clear()
 
 
@@ -46,11 +47,39 @@ def _add(project, kind, name, text=None):
 def test_a_plugin_pairing_is_a_choice_and_its_metric_a_column(project):
     _add(project, "pairings", "toy_sorted")
     _add(project, "metrics", "toy_brightness")
-    with pytest.raises(ParamError, match="train.pairing.*toy_sorted"):  # not listed: not a choice
-        compose("smoke", {"train": {"pairing": "toy_sorted"}}, root=project)
-    p = compose("smoke", {"plugins": {"pairings": ["toy_sorted"], "metrics": ["toy_brightness"]},
-                          "train": {"pairing": "toy_sorted"}}, root=project)
-    assert p["train"]["pairing"] == "toy_sorted" and "toy_brightness" in METRICS and METRICS["toy_brightness"].headline
+    uses = {"models": {"aot_uncond": {"pairing": "toy_sorted"}}}
+    with pytest.raises(ParamError, match="models.aot_uncond.pairing.*toy_sorted"):  # not listed: not a choice
+        compose("smoke", uses, root=project)
+    p = compose("smoke", {"plugins": {"pairings": ["toy_sorted"], "metrics": ["toy_brightness"]}, **uses},
+                root=project)
+    assert p["models"]["aot_uncond"]["pairing"] == "toy_sorted"
+    assert "toy_brightness" in METRICS and METRICS["toy_brightness"].headline
+
+
+def test_a_pairing_plugin_declares_its_options_and_the_records_hold_them(project):
+    """The Sinkhorn plugin (plugins/pairings/sinkhorn.py) declares `reg`: a variant that uses it must set it, with
+    the declared type and range; its value is in the records of the jobs that train with it, and only theirs."""
+    (project / "plugins" / "pairings" / "sinkhorn.py").write_text((ROOT / "plugins/pairings/sinkhorn.py").read_text())
+    study = lambda options: {"plugins": {"pairings": ["sinkhorn"]}, "pool_study": {"variants": {  # noqa: E731
+        "sinkhorn32": {"pairing": "sinkhorn", "pool_size": 32, **options}}}}
+    with pytest.raises(ParamError, match=r"pool_study.variants.sinkhorn32.pairing_options.*declares the options \['reg'\]"):
+        compose("smoke", study({}), root=project)
+    with pytest.raises(ParamError, match=r"pool_study.variants.sinkhorn32.pairing_options.reg.*must be a number"):
+        compose("smoke", study({"pairing_options": {"reg": "big"}}), root=project)
+    with pytest.raises(ParamError, match=r"unknown parameter 'pool_study.variants.sinkhorn32.pairing_options.eps'"):
+        compose("smoke", study({"pairing_options": {"reg": 0.1, "eps": 1}}), root=project)
+    records = {}
+    for reg in (0.05, 0.1):
+        p = compose("smoke", study({"pairing_options": {"reg": reg}}), root=project)
+        plan = Plan(p, project)
+        records[reg] = {job: plan.digest(stage(st), k) for job in
+                        (("pool_train", "sinkhorn32"), ("pool_train", "pool128"), ("train", "aot_uncond_s0"))
+                        for st, k in [job]}
+        record = plan.record(stage("pool_train"), "sinkhorn32")
+        assert record["params"]["pool_study.variants.sinkhorn32"]["pairing_options"] == {"reg": reg}
+        assert list(record["plugins"]) == ["plugins/pairings/sinkhorn.py"]
+        assert plan.ctx.trained("sinkhorn32", variant=True)["pairing_options"] == {"reg": reg}
+    assert [job for job in records[0.05] if records[0.05][job] != records[0.1][job]] == [("pool_train", "sinkhorn32")]
 
 
 @pytest.mark.parametrize("kind, name, text, message", [

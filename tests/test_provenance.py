@@ -37,6 +37,45 @@ def test_a_stage_reads_only_what_it_declares():
     assert 99 not in P["guidance"]["sample_steps"]
 
 
+# What each stage asks the stage table's context for (stages/*.py through Run): decided once, there.
+_FACTS = {"train": lambda c, k: c.trained(k), "pool_train": lambda c, k: c.trained(k, variant=True),
+          "train_discriminator": lambda c, k: (c.discriminator(k), c.guidance_choice(k, "epochs")),
+          "guided_sample": lambda c, k: (c.discriminator(k), c.guidance_choice(k, "weight"),
+                                         c.guidance_choice(k, "boosting"), c.sample_grid(dag.stage("guided_sample"), k)),
+          "sample": lambda c, k: c.sample_grid(dag.stage("sample"), k),
+          "pool_sample": lambda c, k: c.sample_grid(dag.stage("pool_sample"), k)}
+
+
+@pytest.mark.parametrize("profile", ["smoke", "digits", "cifar10"])
+def test_what_a_job_runs_comes_from_the_parameters_it_declares(profile):
+    """The context's per-job facts, computed through the job's declared view (StageParams raises on anything
+    else), equal the ones from the whole parameter set: both front doors rerun a job when one of them changes.
+    (The first training seed's model is a path of the job's inputs, not a parameter: it comes from the plan.)"""
+    p = compose(profile, root=ROOT)
+    plan = dag.Plan(p)
+    checked = 0
+    for st, key in plan.jobs():
+        if st.name not in _FACTS:
+            continue
+        view = dag.Context.__new__(dag.Context)
+        view.__dict__.update(plan.ctx.__dict__, p=StageParams(p, plan.declared(st, key), dag.job_id(st, key)))
+        view.first = plan.ctx.first
+        assert _FACTS[st.name](view, key) == _FACTS[st.name](plan.ctx, key), dag.job_id(st, key)
+        checked += 1
+    assert checked >= len(plan.ctx.models) + len(plan.ctx.discs) * 2 + len(plan.ctx.variants)
+
+
+def test_an_undeclared_fact_is_caught():
+    """The check above bites: a stage table entry that leaves out what its facts read fails it."""
+    plan = dag.Plan(P)
+    view = dag.Context.__new__(dag.Context)
+    declared = [n for n in plan.declared(dag.stage("guided_sample"), "dg_edm_uncond") if not n.startswith("guidance.weight")]
+    view.__dict__.update(plan.ctx.__dict__, p=StageParams(P, declared, "guided_sample@dg_edm_uncond"))
+    view.first = plan.ctx.first
+    with pytest.raises(UndeclaredParam, match="guidance.weight_uncond"):
+        _FACTS["guided_sample"](view, "dg_edm_uncond")
+
+
 def test_every_declared_parameter_exists_for_every_profile():
     """A declared name that is not in the parameters would be a silent no-op for DVC and the records."""
     for profile in ("digits", "smoke", "cifar10"):
@@ -73,7 +112,7 @@ def test_training_seeds_multiply_the_trained_models_and_adding_one_reruns_none_o
     assert set(new) - set(old) == {f"{s}@{m}_s2" for s in ("train", "sample", "fd", "curvature") for m in P["models"]}
     assert {j for j in old if old[j] != new[j]} == {"check_params", "tables", "figures"}
     with pytest.raises(ParamError, match="may not end in _s<digits>"):
-        validate(dict(P, models={**P["models"], "edm_s3": {"aot": False, "conditional": False}}))
+        validate(dict(P, models={**P["models"], "edm_s3": {"pairing": "none", "conditional": False}}))
 
 
 # ---------------------------------------------------------------------------------------------- YAML

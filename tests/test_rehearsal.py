@@ -53,7 +53,7 @@ def test_overlay_changes_only_sizes_counts_and_the_stand_ins():
     # what the issue names stays the profile's: NCSN++ (fourier, residual), augment pipe, conditional and
     # unconditional models, class-wise pairing, several ranks, three sampling seeds, DG's classifier file
     for key in ("train.network.embedding_type", "train.network.encoder_type", "train.augment_p", "models",
-                "guidance.discriminators", "train.pairing", "sample.seeds", "sample.rho", "data.dataset",
+                "guidance.discriminators", "sample.seeds", "sample.rho", "data.dataset",
                 "guidance.paper_setting_uncond.steps", "guidance.paper_setting_uncond.rho",
                 "guidance.paper_setting_cond.steps", "guidance.paper_setting_cond.rho", "guidance.protocol",
                 "guidance.boosting_cond", "fd.headline"):

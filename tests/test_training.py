@@ -22,7 +22,7 @@ def _data(seed=0, n=64, classes=4):
 
 def _cfg(**kw):
     base = dict(network={**NET, "label_dim": 4}, batch_size=16, pool_size=32, total_steps=6, lr=1e-3,
-                lr_rampup_kimg=0, conditional=True, aot=True, log_every=1, checkpoint_every=2, ema_halflife_kimg=0.5)
+                lr_rampup_kimg=0, conditional=True, pairing="assignment", log_every=1, checkpoint_every=2, ema_halflife_kimg=0.5)
     if not kw.get("conditional", True):
         base["network"] = dict(NET)
     return TrainConfig(**{**base, **kw})
@@ -165,7 +165,7 @@ def test_conditional_training_uses_the_labels(tmp_path):
     weights, and the trained network's output must depend on the label; unconditional runs ignore them."""
     images, labels = _data()
     permuted = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(3))]
-    cond = _cfg(aot=False, total_steps=3, log_every=3, checkpoint_every=3)
+    cond = _cfg(pairing="none", total_steps=3, log_every=3, checkpoint_every=3)
     _run(tmp_path, "a", cfg=cond, data=(images, labels))
     _run(tmp_path, "b", cfg=cond, data=(images, permuted))
     a, b = _ema(tmp_path, "a"), _ema(tmp_path, "b")
@@ -177,7 +177,7 @@ def test_conditional_training_uses_the_labels(tmp_path):
     onehot = torch.eye(4)
     with torch.no_grad():
         assert not torch.allclose(net(x, sigma, onehot[[0, 0]]), net(x, sigma, onehot[[1, 1]]))
-    uncond = _cfg(aot=False, conditional=False, total_steps=3, log_every=3, checkpoint_every=3)
+    uncond = _cfg(pairing="none", conditional=False, total_steps=3, log_every=3, checkpoint_every=3)
     _run(tmp_path, "c", cfg=uncond, data=(images, labels))
     _run(tmp_path, "d", cfg=uncond, data=(images, permuted))
     _assert_same(_ema(tmp_path, "c"), _ema(tmp_path, "d"))
@@ -196,7 +196,7 @@ def test_bad_training_data_refused(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("field", ["aot", "conditional", "prefetch"])
+@pytest.mark.parametrize("field", ["conditional", "prefetch"])
 def test_switches_must_be_real_booleans(tmp_path, field):
     with pytest.raises(ValueError, match=f"'{field}': must be true or false, got 'false'"):
         _run(tmp_path, "r", cfg=_cfg(**{field: "false"}))
@@ -206,9 +206,9 @@ def test_switches_must_be_real_booleans(tmp_path, field):
 def test_pool_source_is_deterministic_and_pairs():
     images = torch.rand(50, 1, 4, 4) * 2 - 1
     labels = torch.arange(50) % 5
-    a = PoolSource(images, labels, pool_size=20, aot_on=True, seed=1, num_classes=5)
-    b = PoolSource(images, labels, pool_size=20, aot_on=True, seed=1, num_classes=5)
-    r = PoolSource(images, labels, pool_size=20, aot_on=False, seed=1, num_classes=5)
+    a = PoolSource(images, labels, pool_size=20, pairing="assignment", seed=1, num_classes=5)
+    b = PoolSource(images, labels, pool_size=20, pairing="assignment", seed=1, num_classes=5)
+    r = PoolSource(images, labels, pool_size=20, pairing="none", seed=1, num_classes=5)
     for k in (0, 3):  # pool 3 crosses an epoch boundary
         pa, pb, pr = a.make(k), b.make(k), r.make(k)
         assert torch.equal(pa.noise, pb.noise) and torch.equal(pa.images, pb.images)
@@ -219,7 +219,7 @@ def test_pool_source_is_deterministic_and_pairs():
         match = dist.argmin(1)
         assert bool((dist.min(1).values == 0).all()) and match.unique().numel() == len(match)
         assert torch.equal(pa.labels.argmax(1), pr.labels[match].argmax(1))
-    other_rank = PoolSource(images, labels, pool_size=20, aot_on=True, seed=1, rank=1, num_classes=5)
+    other_rank = PoolSource(images, labels, pool_size=20, pairing="assignment", seed=1, rank=1, num_classes=5)
     assert not torch.equal(other_rank.make(0).noise, a.make(0).noise)
 
 
@@ -245,7 +245,7 @@ from aot_diffusion.training import TrainConfig, train
 net = dict(img_resolution=8, img_channels=1, model_channels=8, channel_mult=[1, 2], channel_mult_emb=2, num_blocks=1,
            attn_resolutions=[], dropout=0.0)
 images = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
-cfg = TrainConfig(network=net, batch_size=16, pool_size=16, total_steps=4, lr=1e-3, lr_rampup_kimg=0, aot=True,
+cfg = TrainConfig(network=net, batch_size=16, pool_size=16, total_steps=4, lr=1e-3, lr_rampup_kimg=0, pairing="assignment",
                   log_every=2, checkpoint_every=2)
 train(cfg, images, None, out_path=sys.argv[1] + "/ddp.pt", checkpoint_dir=sys.argv[1] + "/ck")
 """
@@ -272,12 +272,12 @@ def test_knn_pairing_keeps_the_nearest_of_k_draws_per_image():
     from aot_diffusion.training import PoolSource
 
     x = torch.rand(64, 1, 8, 8) * 2 - 1
-    knn = PoolSource(x, None, pool_size=32, aot_on=True, pairing="knn", knn_k=4, seed=3)
+    knn = PoolSource(x, None, pool_size=32, pairing="knn", knn_k=4, seed=3)
     pool = knn.make(0)
     assert pool.paired_distance < pool.random_distance
     assert not any(torch.equal(pool.noise[0], n) for n in knn.make(0).noise[1:])
     assert torch.equal(pool.noise, knn.make(0).noise)
-    exact = PoolSource(x, None, pool_size=32, aot_on=True, pairing="assignment", seed=3).make(0)
+    exact = PoolSource(x, None, pool_size=32, pairing="assignment", seed=3).make(0)
     assert exact.noise.shape == pool.noise.shape and not torch.equal(exact.noise, pool.noise)
 
 

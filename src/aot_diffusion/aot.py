@@ -29,7 +29,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["PAIRINGS", "register_pairing", "pair", "pair_noise", "knn_noise", "assignment", "pairwise_cost",
+__all__ = ["PAIRINGS", "PAIRING_OPTIONS", "register_pairing", "unregister_pairing", "pair", "pair_noise", "knn_noise", "assignment", "pairwise_cost",
            "resolve_solver", "available_solvers", "labels_to_ids", "mean_distance", "ASSIGNMENT_SOLVERS"]
 
 ASSIGNMENT_SOLVERS = ("auto", "lap", "scipy", "pot")
@@ -248,24 +248,37 @@ def mean_distance(images: torch.Tensor, noise: torch.Tensor) -> float:
 
 # ---------------------------------------------------------------------------------------------- the pairings
 # How noise is paired with a pool of images, for every caller (training, DG's discriminators, the pool-size
-# study): one registry. The schema takes `train.pairing` and the study variants' `pairing` from it, so a new
-# pairing is one function here (and its name in conf/). Each entry has the same signature:
-#     fn(images, noise, class_ids, *, generator, solver, knn_k) -> the noise for each image (images' shape)
-# class_ids: int class per image or None; generator: the pool's own (draw from it only, for reproducibility).
+# study): one registry. A model, a study variant or a discriminator names its entry in `pairing` (`none`: EDM's
+# independent noise), so a new pairing is one function here or in a plugin file (plugins/pairings/<name>.py).
+# Each entry has the same signature:
+#     fn(images, noise, class_ids, *, generator, solver, knn_k, **options) -> the noise for each image
+# class_ids: int class per image or None; generator: the pool's own (draw from it only, for reproducibility);
+# options: the pairing's own settings (train.pairing_options.<name>), declared when it is registered.
 
 PAIRINGS: dict[str, Callable] = {}
+PAIRING_OPTIONS: dict[str, dict] = {}  # name -> {option: its schema.Spec}: what train.pairing_options.<name> holds
 
 
-def register_pairing(name: str):
-    """Decorator: add ``fn`` to :data:`PAIRINGS` under ``name`` (lower-case letters, digits, '_')."""
+def register_pairing(name: str, options: dict | None = None):
+    """Decorator: add ``fn`` to :data:`PAIRINGS` under ``name`` (lower-case letters, digits, '_'). ``options``:
+    {option name: schema.Spec} of the keyword options ``fn`` takes; the run's values are
+    ``train.pairing_options.<name>`` (all of them required, checked by the schema, part of the records)."""
     def add(fn):
         if not name.replace("_", "").isalnum() or not name[:1].isalpha() or name != name.lower():
             raise ValueError(f"pairing name {name!r}: lower-case letters, digits and '_', starting with a letter")
-        if name in PAIRINGS:
-            raise ValueError(f"pairing {name!r} is registered already")
+        if name in PAIRINGS or name == "model":  # "model": a discriminator pairs as the model it guides
+            raise ValueError(f"pairing {name!r} is registered already" if name in PAIRINGS else
+                             "'model' is reserved (a discriminator's pairing: the one of the model it guides)")
         PAIRINGS[name] = fn
+        PAIRING_OPTIONS[name] = dict(options or {})
         return fn
     return add
+
+
+def unregister_pairing(name: str) -> None:
+    """Remove an entry (a plugin file imported again registers its pairings anew)."""
+    PAIRINGS.pop(name, None)
+    PAIRING_OPTIONS.pop(name, None)
 
 
 @register_pairing("none")
@@ -286,8 +299,13 @@ def knn_pairing(images, noise, class_ids, *, generator=None, solver="auto", knn_
     return knn_noise(images, knn_k, generator=generator, labels=class_ids)
 
 
-def pair(name: str, images, noise, class_ids=None, *, generator=None, solver: str = "auto", knn_k: int = 4):
-    """Pair ``noise`` with ``images`` by the registered pairing ``name``."""
+def pair(name: str, images, noise, class_ids=None, *, generator=None, solver: str = "auto", knn_k: int = 4,
+         options: dict | None = None):
+    """Pair ``noise`` with ``images`` by the registered pairing ``name``, with its ``options``."""
     if name not in PAIRINGS:
         raise ValueError(f"unknown pairing {name!r}; registered: {sorted(PAIRINGS)} (aot.PAIRINGS)")
-    return PAIRINGS[name](images, noise, class_ids, generator=generator, solver=solver, knn_k=knn_k)
+    options = dict(options or {})
+    if set(options) != set(PAIRING_OPTIONS[name]):
+        raise ValueError(f"pairing {name!r} takes the options {sorted(PAIRING_OPTIONS[name])}, got {sorted(options)} "
+                         f"(train.pairing_options.{name})")
+    return PAIRINGS[name](images, noise, class_ids, generator=generator, solver=solver, knn_k=knn_k, **options)

@@ -23,7 +23,8 @@ from typing import Callable, Mapping
 
 from .layout import FIGURE_NAMES, TABLE_FORMATS, TABLE_NAMES, Layout
 from .plugins import PLUGIN_DIR, plugin_path
-from .params import CONF_DIR, NAME_PATTERN, PARAMS_FILE, PROFILES, ParamError, digest, instance_key, model_instances, select
+from .params import (CONF_DIR, NAME_PATTERN, PARAMS_FILE, PROFILES, ParamError, digest, guidance_settings, instance_key,
+                     model_instances, select)
 
 __all__ = ["Stage", "STAGES", "POOL_STUDY_STAGES", "RELEASED_STAGES", "ALL_STAGES", "Context", "Plan", "stage",
            "find_stage", "keys_of", "job_id", "command", "POOL_STUDY_DVC"]
@@ -57,6 +58,16 @@ def _pairing_code(c: "Context", key) -> list:
     if c.template:
         return ["${item.pairing_code}"]
     return [c.pairing_code(key)]
+
+
+def _disc_pairing_code(c: "Context", disc) -> list:
+    """The code of the pairing a discriminator trains with (DVC: the item's ``pairing_code``)."""
+    return ["${item.pairing_code}"] if c.template else [c.pairing_code(disc, disc=True)]
+
+
+def _guided_model(c: "Context", disc) -> str:
+    """The `models` entry of the model a discriminator guides (its conditioning; its pairing under `model`)."""
+    return "models.${item.model}" if c.template else f"models.{c.p['guidance']['discriminators'][disc]['model']}"
 
 
 def _param_files(c: "Context", names, key=None) -> list:
@@ -93,7 +104,11 @@ class Stage:
 
 class Context:
     """What the stage table needs to know of the parameters; ``dvc=True``: for dvc.yaml, ``template=True``
-    also gives DVC's ``${item...}``."""
+    also gives DVC's ``${item...}``.
+
+    It also decides, once, what each job runs (``trained``, ``discriminator``, ``sample_grid``, ``first``): the
+    stages read those facts instead of working them out again from other evidence, and each fact comes from the
+    parameters the job declares (tests/test_provenance.py computes them through the job's declared view)."""
 
     def __init__(self, p: Mapping, template: bool = False, dvc: bool = False):
         self.p, self.template, self.dvc = p, template, dvc or template
@@ -104,7 +119,8 @@ class Context:
         self.variants = list(p["pool_study"]["variants"])
 
     def first(self, model: str) -> str:
-        """The trained model of the first training seed: what DG and the hybrid samplers use."""
+        """The trained model of the first training seed: what DG and the hybrid samplers use (a path of the
+        job's inputs, not a parameter it reads)."""
         return instance_key(model, self.p["train"]["seeds"][0])
 
     def spec_name(self, key):
@@ -115,20 +131,22 @@ class Context:
         """The trained model a discriminator guides (its model, first training seed)."""
         return "${item.instance}" if self.template else self.first(self.p["guidance"]["discriminators"][disc]["model"])
 
+    def conditioning(self, model: str) -> str:
+        """"cond" or "uncond": the suffix of the guidance.*_cond / *_uncond parameter a model's jobs read."""
+        return "cond" if self.p["models"][model]["conditional"] else "uncond"
+
     def setting_key(self, key):
         """The paper's guidance setting that a trained model is also sampled at (params.guidance_settings)."""
         if self.template:
             return "${item.setting}"
-        cond = self.p["models"][self.instances[key][0]]["conditional"]
-        return "guidance.paper_setting_" + ("cond" if cond else "uncond")
+        return "guidance.paper_setting_" + self.conditioning(self.instances[key][0])
 
     def by_conditioning(self, disc, name):
         """guidance.<name>_cond or guidance.<name>_uncond: the one a discriminator's model reads (its weight,
         epochs, boosting); DVC: the item's field <name>."""
         if self.template:
             return f"${{item.{name}}}"
-        cond = self.p["models"][self.p["guidance"]["discriminators"][disc]["model"]]["conditional"]
-        return f"guidance.{name}_{'cond' if cond else 'uncond'}"
+        return f"guidance.{name}_{self.conditioning(self.p['guidance']['discriminators'][disc]['model'])}"
 
     def weight_key(self, disc):
         return self.by_conditioning(disc, "weight")
@@ -141,16 +159,57 @@ class Context:
         """The value of one dotted parameter."""
         return select(self.p, [name])[name]
 
+    # ------------------------------------------------------------------ what a job runs, decided here once
+    def trained(self, key, variant: bool = False) -> dict:
+        """What a training job trains: a model of `models` with its training seed (key <model>_s<seed>), or a
+        study variant (a model of the study: unconditional, the run's seed). The pool is the model's own, else
+        train.pool_size / pool_size_cond by conditioning."""
+        p = self.p
+        if variant:
+            name, seed, spec = key, p["seed"], dict(p["pool_study"]["variants"][key], conditional=False)
+        else:
+            name, seed = self.instances[key]
+            spec = p["models"][name]
+        cond = spec["conditional"]
+        pool = spec.get("pool_size") or p["train"]["pool_size_cond" if cond else "pool_size"]
+        return dict(model=name, seed=seed, conditional=cond, pairing=spec["pairing"], pool_size=pool,
+                    pairing_options=dict(spec.get("pairing_options") or {}))
+
+    def discriminator(self, disc) -> dict:
+        """What a discriminator's jobs run: the model it guides (and its first-seed trained model), its
+        conditioning and its pairing (`model`: the guided model's, with that model's options)."""
+        spec = self.p["guidance"]["discriminators"][disc]
+        model = spec["model"]
+        source = self.p["models"][model] if spec["pairing"] == "model" else spec
+        return dict(model=model, instance=self.first(model), conditional=self.p["models"][model]["conditional"],
+                    pairing=source["pairing"], pairing_options=dict(source.get("pairing_options") or {}))
+
+    def guidance_choice(self, disc, name: str):
+        """guidance.<name>_cond or _uncond (weight, boosting, epochs), as the discriminator's model is."""
+        return self.p_value(self.by_conditioning(disc, name))
+
+    def sample_grid(self, st: "Stage", key) -> list:
+        """The (steps, rho) settings a sampling job draws: the sweep, sample.steps x sample.rho (a study
+        variant: x pool_study.rho), and for a trained model also where its guided runs are scored (their paired
+        unguided baseline, params.guidance_settings); a guided job: those settings only."""
+        s = self.p["sample"]
+        if st.over == "disc":
+            return guidance_settings(self.p, self.discriminator(key)["conditional"])
+        rhos = [self.p["pool_study"]["rho"]] if st.over == "variant" else s["rho"]
+        grid = [(int(steps), float(rho)) for rho in rhos for steps in s["steps"]]
+        if st.over == "model":
+            model = self.instances[key][0]
+            grid += [x for x in guidance_settings(self.p, self.p["models"][model]["conditional"]) if x not in grid]
+        return grid
+
     def pairing_of(self, key, variant: bool = False) -> str | None:
         """The pairing a trained model (or a study variant) trains with; None: no pairing (EDM)."""
-        if variant:
-            pairing = self.p["pool_study"]["variants"][key]["pairing"]
-            return None if pairing == "none" else pairing
-        spec = self.p["models"][self.instances[key][0]]
-        return (spec.get("pairing") or self.p["train"]["pairing"]) if spec["aot"] else None
+        pairing = self.trained(key, variant)["pairing"]
+        return None if pairing == "none" else pairing
 
-    def pairing_code(self, key, variant: bool = False) -> str:
-        pairing = self.pairing_of(key, variant)
+    def pairing_code(self, key, variant: bool = False, disc: bool = False) -> str:
+        """The file holding the code of a job's pairing: its plugin's, or the package's aot.py."""
+        pairing = self.discriminator(key)["pairing"] if disc else self.pairing_of(key, variant)
         if pairing in self.p["plugins"]["pairings"]:
             return str(plugin_path("pairings", pairing))
         return AOT_SOURCE
@@ -205,7 +264,7 @@ STAGES: list[Stage] = [
           deps=lambda L, c, k: [L.network(k)],
           outs=lambda L, c, k: {L.samples(k): OUT},
           params=lambda c, k: [*_NET, "sample.steps", "sample.rho", *_SAMPLING, "guidance.sample_steps", "guidance.rho",
-                               c.setting_key(k)], gpus=_one_gpu, effort=3),
+                               c.setting_key(k), f"models.{c.spec_name(k)}"], gpus=_one_gpu, effort=3),
     Stage("fd", "fd", "model", "evaluate:fd",
           deps=lambda L, c, k: [L.samples(k), L.fd_reference, L.feature_network, L.dataset, *_plugin_files(c, "metrics")],
           outs=lambda L, c, k: {L.fd(k): GIT, L.features(k): OUT},
@@ -230,22 +289,22 @@ STAGES: list[Stage] = [
                                "guidance.encoder_batch_size", "guidance.encoder_lr", "guidance.adm_classifier"],
           gpus=_one_gpu, param_files=("guidance.adm_classifier",)),
     Stage("train_discriminator", "train-discriminator", "disc", "guidance:train_discriminator",
-          deps=lambda L, c, k: [L.fakes(c.model_of(k)), L.dataset, L.encoder],  # pairs by the built-in assignment
+          deps=lambda L, c, k: [L.fakes(c.model_of(k)), L.dataset, L.encoder, *_disc_pairing_code(c, k)],
           outs=lambda L, c, k: {L.discriminator(k): OUT, L.discriminator_metrics(k): GIT,
                                 L.discriminator_curve(k): PLOT},
-          params=lambda c, k: ["seed", *_NET, "data.dataset", f"guidance.discriminators.{k}",
+          params=lambda c, k: ["seed", *_NET, "data.dataset", f"guidance.discriminators.{k}", _guided_model(c, k),
                                "guidance.heldout_fraction", "guidance.head_channels", "guidance.head_depth",
                                "guidance.pool_size", "guidance.batch_size", "guidance.max_steps", "guidance.eval_every",
                                "guidance.patience", "guidance.lr", "guidance.weight_decay", "train.solver",
                                "guidance.protocol", "guidance.num_fake", c.by_conditioning(k, "epochs"),
                                "guidance.sigma_window"],
-          gpus=_one_gpu, effort=6,
+          gpus=_one_gpu, effort=6, pairs_noise=True,
           plots=("step", "val_bce")),
     Stage("guided_sample", "guided-sample", "disc", "guidance:guided_sample",
           # the discriminator's metrics: the window it chose on validation data (guidance.sigma_window)
           deps=lambda L, c, k: [L.network(c.model_of(k)), L.discriminator(k), L.discriminator_metrics(k), L.encoder],
           outs=lambda L, c, k: {L.guided_samples(k): OUT},
-          params=lambda c, k: [*_NET, f"guidance.discriminators.{k}", c.weight_key(k),
+          params=lambda c, k: [*_NET, f"guidance.discriminators.{k}", _guided_model(c, k), c.weight_key(k),
                                c.by_conditioning(k, "boosting"), "guidance.sigma_window",
                                "guidance.sample_steps", "guidance.rho", c.setting_key(c.model_of(k)), *_SAMPLING],
           gpus=_one_gpu, effort=3),
@@ -291,7 +350,7 @@ STAGES: list[Stage] = [
 # The pool-size study: its own DAG on top of the main one's data and FD reference, outside the default
 # target (`snakemake pool_study`; DVC: workflow/pool_size/dvc.yaml, written when a study is asked for).
 # Its variants are trained, sampled and scored by the main stages' commands with `--variant`; those stages
-# see a variant as a model (params.pool_study_view). `pool_variants` comes first: it checks the variants'
+# see a variant as a model of the study (Context.trained). `pool_variants` comes first: it checks the variants'
 # names before DVC puts any of them into a command, and writes one file per variant.
 POOL_STUDY_STAGES: list[Stage] = [
     Stage("pool_variants", "pool-variants", None, "data:pool_variants",
@@ -307,7 +366,7 @@ POOL_STUDY_STAGES: list[Stage] = [
           deps=lambda L, c, k: [L.dataset, L.pool_study.variant_spec(k),
                                 *(_plugin_files(c, "pairings") if c.dvc else [c.pairing_code(k, variant=True)])],
           outs=lambda L, c, k: {L.pool_study.network(k): OUT, L.pool_study.loss_log(k): PLOT},
-          params=lambda c, k: ["seed", *_NET, "train", f"pool_study.variants.{k}"],
+          params=lambda c, k: ["seed", *_NET, *c.train_keys(), f"pool_study.variants.{k}"],
           gpus=_ranks, plots=("kimg", "loss"), kind="train", pairs_noise=True),
     Stage("pool_sample", "sample", "variant", "sample:sample",
           deps=lambda L, c, k: [L.pool_study.network(k)],
@@ -466,7 +525,8 @@ class Plan:
         declared = self.declared(st, key)
         used = [plugin_path("metrics", n) for n in self.p["plugins"]["metrics"]] if _SCORES in declared else []
         if st.pairs_noise:
-            pairing = self.ctx.pairing_of(key, variant=st.over == "variant")
+            pairing = (self.ctx.discriminator(key)["pairing"] if st.over == "disc"
+                       else self.ctx.pairing_of(key, variant=st.over == "variant"))
             if pairing in self.p["plugins"]["pairings"]:
                 used.append(plugin_path("pairings", pairing))
         return used

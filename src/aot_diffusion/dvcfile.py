@@ -12,7 +12,6 @@ import yaml
 from .dag import (POOL_STUDY_DVC, POOL_STUDY_STAGES, STAGES, GIT, METRIC, OUT, PLOT, Context, Plan, Stage, command,
                   job_id, keys_of)
 from .layout import FIGURE_NAMES, Layout
-from .params import DISCRIMINATOR, VARIANT
 from .provenance import code_files
 
 __all__ = ["dvc_yaml", "pool_study_dvc_yaml", "write_pool_study_dvc_yaml", "dvc_commit_targets"]
@@ -50,21 +49,17 @@ def _dvc_entry(st: Stage, ctx: Context, key, wdir: str | None = None) -> dict:
     return entry
 
 
-# Free-form sections (their keys differ between profiles) are tracked whole; so is a model, whose own `pairing`
-# and `pool_size` are optional (DVC refuses a parameter that params.yaml lacks); other records have fixed keys.
+# Free-form sections (their keys differ between profiles) are tracked whole; so is a model, a study variant or a
+# discriminator, whose `pool_size` / `pairing_options` are optional (DVC refuses a parameter that params.yaml lacks).
 _WHOLE = ("train.network", "pool_study.variants")
-_WHOLE_RECORDS = ("models.",)
+_WHOLE_RECORDS = ("models.", "pool_study.variants.", "guidance.discriminators.")
 _BY_CONDITIONING = ("weight", "epochs", "boosting")  # guidance.<field>_cond / _uncond: Context.by_conditioning
-_RECORDS = {"guidance.discriminators.": tuple(DISCRIMINATOR), "pool_study.variants.": tuple(VARIANT)}
 
 
 def _leaves(p: Mapping, name: str) -> list:
     """DVC tracks parameters leaf by leaf, so a renamed or missing key stops `dvc repro` naming it."""
     if any(name.startswith(prefix) and name.count(".") == prefix.count(".") for prefix in _WHOLE_RECORDS):
         return [name]
-    for prefix, fields in _RECORDS.items():
-        if name.startswith(prefix) and name.count(".") == prefix.count("."):
-            return [f"{name}.{f}" for f in fields]
     if name in ("models", "guidance.discriminators"):
         return [leaf for k in _get(p, name) for leaf in _leaves(p, f"{name}.{k}")]
     if "${" in name or name in _WHOLE:
@@ -93,8 +88,10 @@ def dvc_yaml(p: Mapping) -> str:
                      for m in keys_of(st, ctx)}
             stages[st.name] = {"foreach": items, "do": _dvc_entry(st, tmpl, "${key}")}
         else:
-            items = {d: {"instance": ctx.model_of(d), **{f: ctx.by_conditioning(d, f) for f in _BY_CONDITIONING},
-                         "setting": ctx.setting_key(ctx.model_of(d))} for d in ctx.discs}
+            items = {d: {"model": ctx.discriminator(d)["model"], "instance": ctx.model_of(d),
+                         **{f: ctx.by_conditioning(d, f) for f in _BY_CONDITIONING},
+                         "setting": ctx.setting_key(ctx.model_of(d)), "pairing_code": ctx.pairing_code(d, disc=True)}
+                     for d in ctx.discs}
             stages[st.name] = {"foreach": items, "do": _dvc_entry(st, tmpl, "${key}")}
     L = Layout("${profile}")
     body = {"stages": stages, "plots": [

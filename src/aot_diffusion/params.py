@@ -24,9 +24,12 @@ from typing import Any, Mapping
 
 import yaml
 
+from . import schema
+from .errors import ParamError, UndeclaredParam
+from .plugins import load_plugins
 # the schema's names, as every caller knew them here
 from .schema import (DISCRIMINATOR, ENCODER, INSTANCE, MAX_POOL, MAX_SAMPLES, MODEL, NAME_PATTERN, NETWORK,  # noqa: F401
-                     PROFILES, RESOLUTION, SCHEMA, VARIANT, ParamError, Spec, check_models, validate)
+                     PROFILES, RESOLUTION, SCHEMA, VARIANT, Spec)
 
 __all__ = ["ParamError", "UndeclaredParam", "PROFILES", "SCHEMA", "NAME_PATTERN", "load_yaml", "load_params",
            "validate", "compose", "resolve", "flatten", "write_params", "select", "StageParams", "digest",
@@ -41,11 +44,13 @@ HEADER = ("# The effective parameters of this run, composed from conf/config.yam
 
 
 
-class UndeclaredParam(KeyError):
-    """A stage read a parameter that its entry in the stage table (dag.py) does not declare."""
-
-    def __str__(self):
-        return self.args[0]
+def validate(p: Mapping, root: Path | str = ".") -> dict:
+    """Import the plugins that ``p`` names (``root``: the project's; they add to the registries the schema reads),
+    then check ``p`` against the schema (schema.validate)."""
+    schema.check_plugin_names(p)
+    if isinstance(p, Mapping) and p.get("plugins") is not None:
+        load_plugins(p, root)
+    return schema.validate(p)
 
 
 
@@ -305,8 +310,8 @@ def edm_aot_pairs(p: Mapping) -> dict:
     pairs that EDM-minus-AOT differences and the hybrid samplers compare."""
     out = {}
     for cond in (False, True):
-        edm = [m for m, s in p["models"].items() if s["conditional"] == cond and not s["aot"]]
-        aot = [m for m, s in p["models"].items() if s["conditional"] == cond and s["aot"]]
+        edm = [m for m, s in p["models"].items() if s["conditional"] == cond and s["pairing"] == "none"]
+        aot = [m for m, s in p["models"].items() if s["conditional"] == cond and s["pairing"] != "none"]
         if edm and aot:
             out["cond" if cond else "uncond"] = (edm[0], aot[0])
     return out
@@ -349,30 +354,6 @@ class StageParams(Mapping):
     def to_dict(self) -> dict:
         """The readable part as plain data (for writing it out)."""
         return {k: (v.to_dict() if isinstance(v, StageParams) else v) for k, v in self.items()}
-
-
-# The pool-size study's stages see a variant as a model: what they read, and where it comes from.
-STUDY_ALIASES = {"models.{key}": "pool_study.variants.{key}", "sample.rho": "pool_study.rho"}
-
-
-def pool_study_view(p: Mapping) -> dict:
-    """The parameters as the pool-size study's per-variant stages read them: each variant is an unconditional
-    model with its own pairing and pool (a model spec the schema checks; the rest of train.* shared), sampled at
-    sample.steps with the one rho pool_study.rho (STUDY_ALIASES). The same stage code then trains, samples and
-    scores a variant as it does a model."""
-    q = copy.deepcopy(dict(p))
-    q["models"] = {name: {"aot": v["pairing"] != "none", "conditional": False, "pool_size": v["pool_size"],
-                          **({"pairing": v["pairing"]} if v["pairing"] != "none" else {})}
-                   for name, v in p["pool_study"]["variants"].items()}
-    check_models(q["models"], where="pool_study.variants (as models)")
-    q["sample"] = dict(q["sample"], rho=[p["pool_study"]["rho"]])
-    return q
-
-
-def study_declared(declared, key: str) -> list:
-    """A study stage's declared names as its view reads them (the aliases' left sides)."""
-    back = {src.format(key=key): view.format(key=key) for view, src in STUDY_ALIASES.items()}
-    return [back.get(name, name) for name in declared]
 
 
 def device_of(p: Mapping) -> str:

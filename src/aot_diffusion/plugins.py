@@ -1,7 +1,7 @@
 """A researcher's own pairings and metrics, without editing the package: Python files in ``plugins/pairings/``
 and ``plugins/metrics/``, named in params.yaml (``plugins.pairings``, ``plugins.metrics``).
 
-The schema imports them before it judges anything (so ``train.pairing`` or a study variant may name a pairing
+params.validate imports them before the schema judges anything (so a model or a study variant may name a pairing
 that a plugin registers), every stage process imports them the same way, and the stages that pair noise or
 score samples declare the list; a plugin's name *and its code* are part of the records of the jobs that use
 it (dag.Plan.plugins_used: scoring jobs every metric plugin, a training job its own pairing's), so an edit
@@ -17,6 +17,8 @@ import importlib.util
 import sys
 from pathlib import Path
 from typing import Mapping
+
+from .errors import ParamError
 
 __all__ = ["KINDS", "plugin_path", "load_plugins"]
 
@@ -40,6 +42,15 @@ def _registry(kind: str) -> dict:
     return METRICS
 
 
+def _unregister(kind: str, name: str) -> None:
+    if kind == "pairings":
+        from .aot import unregister_pairing
+
+        unregister_pairing(name)
+    else:
+        del _registry(kind)[name]
+
+
 def _registered_by(module: str, kind: str) -> list:
     return [n for n, v in _registry(kind).items() if getattr(v, "fn", v).__module__ == module]
 
@@ -48,8 +59,6 @@ def load_plugins(p: Mapping, root: Path | str = ".") -> None:
     """Import every plugin named in ``p['plugins']`` (once per process and content); a missing file, an import
     error, or a file that registers nothing or into the other kind's registry stops the run, naming the
     parameter."""
-    from .schema import ParamError
-
     for kind in KINDS:
         for i, name in enumerate(p.get("plugins", {}).get(kind, [])):
             where, rel = f"plugins.{kind}[{i}]", plugin_path(kind, name)
@@ -63,7 +72,7 @@ def load_plugins(p: Mapping, root: Path | str = ".") -> None:
                 continue
             for k in KINDS:  # a file imported again (edited, or another copy of the project): its entries anew
                 for entry in _registered_by(module, k):
-                    del _registry(k)[entry]
+                    _unregister(k, entry)
             spec = importlib.util.spec_from_file_location(module, path)
             code = importlib.util.module_from_spec(spec)
             try:

@@ -41,8 +41,8 @@ class PoolSource:
     for pool k are seeded by (seed, rank, k).
     """
 
-    def __init__(self, images: torch.Tensor, labels: Optional[torch.Tensor], *, pool_size: int, aot_on: bool,
-                 solver: str = "auto", pairing: str = "assignment", knn_k: int = 4, seed: int = 0, rank: int = 0,
+    def __init__(self, images: torch.Tensor, labels: Optional[torch.Tensor], *, pool_size: int,
+                 solver: str = "auto", pairing: str = "none", pairing_options: Optional[dict] = None, knn_k: int = 4, seed: int = 0, rank: int = 0,
                  num_classes: int = 0,
                  augment: Optional[Callable] = None, device: str = "cpu"):
         if images.ndim != 4:
@@ -50,8 +50,9 @@ class PoolSource:
         if labels is not None and labels.shape[0] != images.shape[0]:
             raise ValueError(f"labels has {labels.shape[0]} entries but there are {images.shape[0]} images")
         self.images, self.labels = images, labels
-        self.pool_size, self.aot_on, self.solver = pool_size, aot_on, solver
-        self.pairing, self.knn_k = pairing, knn_k
+        self.pool_size, self.solver = pool_size, solver
+        self.pairing, self.pairing_options, self.knn_k = pairing, dict(pairing_options or {}), knn_k
+        self.aot_on = pairing != "none"  # EDM's pools keep their noise (and time no pairing)
         self.seed, self.rank, self.num_classes = seed, rank, num_classes
         self.augment, self.device = augment, torch.device(device)
         self._perms: dict[int, torch.Tensor] = {}
@@ -90,7 +91,8 @@ class PoolSource:
         if self.aot_on:
             t0 = time.perf_counter()
             pool.random_distance = aot.mean_distance(images, noise)
-            pool.noise = aot.pair(self.pairing, images, noise, ids, generator=g, solver=self.solver, knn_k=self.knn_k)
+            pool.noise = aot.pair(self.pairing, images, noise, ids, generator=g, solver=self.solver, knn_k=self.knn_k,
+                                  options=self.pairing_options)
             pool.pair_ms = 1000 * (time.perf_counter() - t0)
             pool.paired_distance = aot.mean_distance(images, pool.noise)
         else:

@@ -7,19 +7,16 @@ import math
 import difflib
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .aot import PAIRINGS, ASSIGNMENT_SOLVERS
+from .aot import ASSIGNMENT_SOLVERS, PAIRING_OPTIONS, PAIRINGS
+from .errors import ParamError
 
 __all__ = ["ParamError", "PROFILES", "NAME_PATTERN", "INSTANCE", "SCHEMA", "MODEL", "DISCRIMINATOR", "VARIANT",
-           "NETWORK", "ENCODER", "fake_split", "RESOLUTION", "MAX_POOL", "MAX_SAMPLES", "Spec", "validate", "check_models"]
+           "NETWORK", "ENCODER", "fake_split", "RESOLUTION", "MAX_POOL", "MAX_SAMPLES", "Spec", "validate",
+           "check_plugin_names", "check_pairing_options", "Int", "Num", "Bool", "Str", "List"]
 
 PROFILES = ("digits", "smoke", "cifar10", "rehearsal")  # rehearsal: cifar10 at toy size (conf/profile/rehearsal.yaml)
-
-
-class ParamError(ValueError):
-    """A missing, unknown, malformed or out-of-range parameter."""
 
 
 # Names of models, discriminators and study variants become file names, DVC stage names and command
@@ -77,13 +74,18 @@ CHANNELS = {"digits": 1, "cifar10": 3}
 # than the loaders accept from a file (training.load_network).
 MEMORY_BUDGET, MAX_BATCH, MAX_NETWORK_PARAMETERS = 64 * 2**30, 65536, 500_000_000
 
-# A model: EDM or AOT, unconditional or conditional; it may set its own pool (default: train.pool_size /
-# pool_size_cond: images drawn at a time, paired by AOT) and an AOT model its own pairing (train.pairing). A pool-size study variant is such a model (params.pool_study_view).
+# A model: unconditional or conditional, with its pairing (aot.PAIRINGS: `none` is EDM, `assignment` AOT, or a
+# plugin's) and optionally its own pool (default: train.pool_size / pool_size_cond: images drawn at a time).
 _PAIRING = Spec("str", choices=lambda: tuple(PAIRINGS))  # read from the registry when checked: plugins add to it
-MODEL = {"aot": Bool(), "conditional": Bool(), "pairing": Spec("str", choices=_PAIRING.choices, nullable=True),
-         "pool_size": Int(1, MAX_POOL, nullable=True)}
-DISCRIMINATOR = {"model": Str(), "aot": Bool()}
-VARIANT = {"pairing": _PAIRING, "pool_size": Int(1, MAX_POOL)}  # a pool-size study variant
+# `pairing_options`: the options its pairing declares (aot.register_pairing), all of them (check_pairing_options).
+_OPTIONS = Spec("any", nullable=True)
+MODEL = {"conditional": Bool(), "pairing": _PAIRING, "pool_size": Int(1, MAX_POOL, nullable=True),
+         "pairing_options": _OPTIONS}
+# A discriminator: the model it guides, and how its training pairs noise with images: `model` (as the model it
+# guides was trained: DG for an EDM model, AOT-DG for an AOT one), `none`, or a pairing of the registry.
+DISCRIMINATOR = {"model": Str(), "pairing": Spec("str", choices=lambda: ("model", *PAIRINGS)),
+                 "pairing_options": _OPTIONS}
+VARIANT = {"pairing": _PAIRING, "pool_size": Int(1, MAX_POOL), "pairing_options": _OPTIONS}  # a pool-size study variant: a model of the study
 NETWORK = {  # EDM's SongUNet / DhariwalUNet constructor arguments that a profile may set
     "model_type": Str("SongUNet", "DhariwalUNet"), "embedding_type": Str("positional", "fourier"),
     "encoder_type": Str("standard", "skip", "residual"), "decoder_type": Str("standard", "skip"),
@@ -122,7 +124,6 @@ SCHEMA: dict[str, Any] = {
         "network": NETWORK,
         "batch_size": Int(1, MAX_BATCH), "batch_per_rank": Int(1, MAX_BATCH, nullable=True),
         "pool_size": Int(1, MAX_POOL), "pool_size_cond": Int(1, MAX_POOL),
-        "pairing": Spec("str", choices=lambda: tuple(n for n in PAIRINGS if n != "none")),  # none: models' aot
         "knn_k": Int(2, 64),
         "solver": Str(*ASSIGNMENT_SOLVERS),
         "total_steps": Int(1), "lr": Num(0, 10, gt=True), "lr_rampup_kimg": Num(0),
@@ -172,7 +173,8 @@ SCHEMA: dict[str, Any] = {
     "hybrid": {"switch_sigmas": List(Num(0, 1e4, gt=True)), "steps": List(Int(2, 1000)), "rho": Num(1, 1000)},
 }
 
-RELEASED_NETWORK = {"pickle": Str(nullable=True), "aot": Bool(), "conditional": Bool()}  # calibration.networks
+# calibration.networks: a released pickle, and how it was trained (decides the paper's setting it is sampled at)
+RELEASED_NETWORK = {"pickle": Str(nullable=True), "pairing": Str("none", "assignment"), "conditional": Bool()}
 _RECORDS = {"model": MODEL, "discriminator": DISCRIMINATOR, "variant": VARIANT, "released_network": RELEASED_NETWORK}
 
 
@@ -304,21 +306,26 @@ def fake_split(g: Mapping) -> tuple[int, int]:
     return (g["num_fake"] - held, held) if g["protocol"] == "early_stop" else (g["num_fake"], held)
 
 
-def check_models(models: Mapping, where: str = "models") -> None:
-    """The model spec, one for every caller (the trained models and the study's variants as models): an EDM
-    model pairs nothing, so a pairing of its own would be ignored, and is refused."""
-    _check_value(where, models, Spec("map", item=Spec("model")))
-    for name, m in models.items():
-        if m.get("pairing") is not None and (m["pairing"] == "none" or not m["aot"]):
-            _fail(f"{where}.{name}.pairing", f"{m['pairing']!r} with aot: {str(m['aot']).lower()}: a pairing is for "
-                                             f"AOT models (aot: true); no pairing is aot: false")
+def check_pairing_options(p: Mapping) -> None:
+    """Each model, study variant and discriminator gives every option its pairing declares (aot.PAIRING_OPTIONS),
+    each checked against its declaration, and no options where its pairing declares none."""
+    entries = [*((f"models.{n}", e) for n, e in p["models"].items()),
+               *((f"pool_study.variants.{n}", e) for n, e in p["pool_study"]["variants"].items()),
+               *((f"guidance.discriminators.{n}", e) for n, e in p["guidance"]["discriminators"].items())]
+    for where, entry in entries:
+        declared, given = PAIRING_OPTIONS.get(entry["pairing"], {}), entry.get("pairing_options")
+        if given is not None and not declared:
+            _fail(f"{where}.pairing_options", f"the pairing {entry['pairing']!r} takes no options" +
+                  (" (a discriminator with pairing 'model' uses its model's)" if entry["pairing"] == "model" else ""))
+        if declared:
+            if given is None:
+                _fail(f"{where}.pairing_options", f"the pairing {entry['pairing']!r} declares the options "
+                                                  f"{sorted(declared)}: set them")
+            _check_section(f"{where}.pairing_options", given, declared)
 
 
-def validate(p: Mapping, root: Path | str = ".") -> dict:
-    """Import the plugins named (``root``: the project's), then check every value against :data:`SCHEMA` and the
-    cross-field rules; return ``p`` as a dict."""
-    from .plugins import load_plugins
-
+def check_plugin_names(p: Mapping) -> None:
+    """The `plugins` section alone, before any plugin file is imported (params.validate imports them next)."""
     plugins = p.get("plugins") if isinstance(p, Mapping) else None
     if plugins is not None:
         _check_section("plugins", plugins, SCHEMA["plugins"])
@@ -327,7 +334,12 @@ def validate(p: Mapping, root: Path | str = ".") -> dict:
                 if not NAME_PATTERN.fullmatch(name):
                     _fail(f"plugins.{kind}[{i}]", f"{name!r} is not a plugin name (the file plugins/{kind}/<name>.py; "
                                                   f"{NAME_PATTERN.pattern})")
-        load_plugins(p, root)
+
+
+def validate(p: Mapping) -> dict:
+    """Check every value against :data:`SCHEMA` and the cross-field rules; return ``p`` as a dict. Pure: the
+    registries (pairings, metrics) are as the caller left them (params.validate imports the plugins named first)."""
+    check_plugin_names(p)
     _check_section("", p, SCHEMA)
     t, s, g, c = p["train"], p["sample"], p["guidance"], p["curvature"]
     ranks = t["nproc_per_node"]
@@ -380,7 +392,7 @@ def validate(p: Mapping, root: Path | str = ".") -> dict:
                                            f"rule on the validation split), got {window}")
     if len(set(t["seeds"])) != len(t["seeds"]):
         _fail("train.seeds", f"repeats a seed: {t['seeds']}")
-    check_models(p["models"])
+    check_pairing_options(p)
     for name in p["models"]:
         if INSTANCE.fullmatch(name):
             _fail(f"models.{name}", "a model name may not end in _s<digits>: that suffix names its training seeds")

@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -50,10 +50,10 @@ class TrainConfig:
     network: dict                       # EDM constructor arguments (build_network)
     batch_size: int = 128               # total over ranks and accumulation rounds
     batch_per_rank: Optional[int] = None  # mini-batch per rank and round; None = batch_size // world
-    aot: bool = False                   # pair noise to images by exact assignment
+    pairing: str = "none"               # a name of aot.PAIRINGS: none (EDM), assignment (AOT, per pool), ...
+    pairing_options: dict = field(default_factory=dict)  # the pairing's own options (aot.PAIRING_OPTIONS)
     pool_size: int = 512                # images per pairing pool, per rank
     solver: str = "auto"                # exact assignment solver (aot.ASSIGNMENT_SOLVERS)
-    pairing: str = "assignment"         # with aot on: a name of aot.PAIRINGS (assignment: AOT, per pool)
     knn_k: int = 4
     conditional: bool = False
     total_steps: int = 1000
@@ -80,7 +80,7 @@ class TrainConfig:
     def validate(self, world_size: int = 1) -> None:
         def fail(name, msg):
             raise ValueError(f"training parameter {name!r}: {msg}")
-        for name in ("aot", "conditional", "prefetch"):
+        for name in ("conditional", "prefetch"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, f"must be true or false, got {getattr(self, name)!r}")
         for name in ("batch_size", "pool_size", "total_steps", "log_every", "checkpoint_every",
@@ -100,6 +100,9 @@ class TrainConfig:
             fail("pool_size", f"pool ({self.pool_size}) is not divisible by the per-rank mini-batch ({bpr})")
         if self.pairing not in aot.PAIRINGS:
             fail("pairing", f"must be one of {sorted(aot.PAIRINGS)} (aot.PAIRINGS), got {self.pairing!r}")
+        if set(self.pairing_options) != set(aot.PAIRING_OPTIONS[self.pairing]):
+            fail("pairing_options", f"the pairing {self.pairing!r} takes {sorted(aot.PAIRING_OPTIONS[self.pairing])}, "
+                                    f"got {sorted(self.pairing_options)}")
         if self.solver not in aot.ASSIGNMENT_SOLVERS:
             fail("solver", f"must be one of {aot.ASSIGNMENT_SOLVERS}, got {self.solver!r}")
         if not 0 < self.lr < float("inf"):
@@ -239,8 +242,8 @@ def train(cfg: TrainConfig, images: torch.Tensor, labels: Optional[torch.Tensor]
     if world > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
 
-    source = PoolSource(images, labels if cfg.conditional else None, pool_size=cfg.pool_size, aot_on=cfg.aot,
-                        solver=cfg.solver, pairing=cfg.pairing, knn_k=cfg.knn_k, seed=cfg.seed, rank=rank,
+    source = PoolSource(images, labels if cfg.conditional else None, pool_size=cfg.pool_size,
+                        solver=cfg.solver, pairing=cfg.pairing, pairing_options=cfg.pairing_options, knn_k=cfg.knn_k, seed=cfg.seed, rank=rank,
                         num_classes=num_classes if cfg.conditional else 0, augment=augment, device=str(device))
     # Position in the pool stream: each round consumes one mini-batch.
     batch_pos = step * rounds

@@ -5,8 +5,8 @@ Noise-aware classifier (what DG freezes): cross-entropy on x + sigma n at VP tim
 [1e-5, 1] as ADM trains its classifier; the model sees alpha (x + sigma n) at time tau * 999.
 Discriminator: binary cross-entropy at DG's importance-sampled VP times, Adam (lr 3e-4, weight decay
 1e-7, batch 128) on the head only. AOT-DG: the unit noise of each pool of real images and of each
-pool of fake images is paired with its images by AOT's assignment (:data:`aot_diffusion.aot.PAIRINGS`; class by
-class with labels) before sigma is drawn, exactly as AOT pairs noise for the diffusion model.
+pool of fake images is paired with its images by the pairing of the model it guides
+(:data:`aot_diffusion.aot.PAIRINGS`; class by class with labels) before sigma is drawn, exactly as AOT pairs noise for the diffusion model.
 """
 
 from __future__ import annotations
@@ -148,7 +148,8 @@ def evaluate_classifier(model: ADMEncoderUNet, images: torch.Tensor, labels, *, 
 
 
 def discriminator_batches(real_images: torch.Tensor, fake_images: torch.Tensor, *, real_labels=None,
-                          fake_labels=None, aot: bool = False, pool_size: int = 512, batch_size: int = 128,
+                          fake_labels=None, pairing: str = "none", pairing_options: dict | None = None,
+                          pool_size: int = 512, batch_size: int = 128,
                           steps: Optional[int] = None, seed: int = 0, device=None, sigma_distribution: str = "dg",
                           P_mean: float = -1.2, P_std: float = 1.2, solver: str = "auto",
                           mixed: bool = False) -> Iterator[dict]:
@@ -156,8 +157,8 @@ def discriminator_batches(real_images: torch.Tensor, fake_images: torch.Tensor, 
     ``mixed``: as DG's train.py, batches of the shuffled union of real and fake images (see below).
 
     Pools of ``pool_size`` real and ``pool_size`` fake images are drawn (epoch-wise shuffling) with one
-    unit Gaussian noise each; with ``aot`` each pool's noise is reordered by the assignment pairing (per class
-    when labels are given), otherwise it stays random. A pool is consumed in consecutive chunks of
+    unit Gaussian noise each; each pool's noise is paired with its images by ``pairing`` (aot.PAIRINGS: ``none``
+    keeps it random, ``assignment`` is AOT-DG's exact assignment; per class when labels are given). A pool is consumed in consecutive chunks of
     ``batch_size // 2`` per side; sigma is then drawn per sample, independently of the pairing (DG's
     VP-time draw by default, see :func:`draw_sigma`). Each batch is a dict with ``x`` (noisy input
     ``images + sigma * noise``), ``target`` (float 1/0), ``sigma`` [B], ``class_labels`` (int ids or
@@ -169,8 +170,8 @@ def discriminator_batches(real_images: torch.Tensor, fake_images: torch.Tensor, 
     """
     if mixed:
         yield from _mixed_batches(real_images, fake_images, real_labels=real_labels, fake_labels=fake_labels,
-                                  aot=aot, pool_size=pool_size, batch_size=batch_size, steps=steps, seed=seed,
-                                  device=device, sigma_distribution=sigma_distribution, solver=solver)
+                                  pairing=pairing, pairing_options=pairing_options, pool_size=pool_size,
+                                  batch_size=batch_size, steps=steps, seed=seed, device=device, sigma_distribution=sigma_distribution, solver=solver)
         return
     real_ids, fake_ids = _check_real_fake(real_images, fake_images, real_labels, fake_labels)
     if batch_size < 2 or batch_size % 2:
@@ -195,8 +196,9 @@ def discriminator_batches(real_images: torch.Tensor, fake_images: torch.Tensor, 
         idx = streams[side].take(pool_size)
         pool_images, pool_ids = images[idx], (ids[idx] if ids is not None else None)
         noise = torch.randn(pool_images.shape, generator=gen, device=device)
-        if aot:
-            noise = pair("assignment", pool_images, noise, pool_ids, generator=gen, solver=solver)  # aot.PAIRINGS
+        if pairing != "none":
+            noise = pair(pairing, pool_images, noise, pool_ids, generator=gen, solver=solver,  # aot.PAIRINGS
+                         options=pairing_options)
         return pool_images, pool_ids, noise
 
     step = 0
@@ -229,7 +231,7 @@ def _check_real_fake(real_images, fake_images, real_labels, fake_labels):
     return real_ids, fake_ids
 
 
-def _mixed_batches(real_images, fake_images, *, real_labels, fake_labels, aot, pool_size, batch_size, steps, seed,
+def _mixed_batches(real_images, fake_images, *, real_labels, fake_labels, pairing, pairing_options, pool_size, batch_size, steps, seed,
                    device, sigma_distribution, solver) -> Iterator[dict]:
     """discriminator_batches(mixed=True): DG's shuffled union of reals (target 1) and fakes (target 0)."""
     real_ids, fake_ids = _check_real_fake(real_images, fake_images, real_labels, fake_labels)
@@ -250,8 +252,9 @@ def _mixed_batches(real_images, fake_images, *, real_labels, fake_labels, aot, p
         idx = stream.take(pool_size)
         pool_images, pool_ids = images[idx], (ids[idx] if ids is not None else None)
         noise = torch.randn(pool_images.shape, generator=gen, device=device)
-        if aot:
-            noise = pair("assignment", pool_images, noise, pool_ids, generator=gen, solver=solver)  # aot.PAIRINGS
+        if pairing != "none":
+            noise = pair(pairing, pool_images, noise, pool_ids, generator=gen, solver=solver,  # aot.PAIRINGS
+                         options=pairing_options)
         for j in range(pool_size // batch_size):
             if steps is not None and step >= steps:
                 return
@@ -265,7 +268,8 @@ def _mixed_batches(real_images, fake_images, *, real_labels, fake_labels, aot, p
 
 
 def train_discriminator(disc: nn.Module, real_images: torch.Tensor, fake_images: torch.Tensor, *,
-                        real_labels=None, fake_labels=None, aot: bool = False, pool_size: int = 512,
+                        real_labels=None, fake_labels=None, pairing: str = "none", pairing_options: dict | None = None,
+                        pool_size: int = 512,
                         batch_size: int = 128, steps: int = 1000, lr: float = 3e-4, weight_decay: float = 1e-7,
                         seed: int = 0, device=None, sigma_distribution: str = "dg", log_every: int = 50,
                         solver: str = "auto", validate: Optional[Callable[[nn.Module], dict]] = None,
@@ -304,7 +308,8 @@ def train_discriminator(disc: nn.Module, real_images: torch.Tensor, fake_images:
     disc.train()
     history, window, best, since = [], [], None, 0
     batches = discriminator_batches(real_images, fake_images, real_labels=real_labels, fake_labels=fake_labels,
-                                    aot=aot, pool_size=pool_size, batch_size=batch_size, steps=steps, seed=seed,
+                                    pairing=pairing, pairing_options=pairing_options, pool_size=pool_size,
+                                    batch_size=batch_size, steps=steps, seed=seed,
                                     device=device, sigma_distribution=sigma_distribution, solver=solver,
                                     mixed=mixed)
     for step, batch in enumerate(batches, start=1):
@@ -360,7 +365,8 @@ def train_discriminator(disc: nn.Module, real_images: torch.Tensor, fake_images:
 
 
 def fit_discriminator(encoder: ADMEncoderUNet, real_images: torch.Tensor, fake_images: torch.Tensor, *,
-                      real_labels=None, fake_labels=None, label_dim: int = 0, aot: bool = False,
+                      real_labels=None, fake_labels=None, label_dim: int = 0, pairing: str = "none",
+                      pairing_options: dict | None = None,
                       pool_size: int = 512, batch_size: int = 128, steps: int = 1000, lr: float = 3e-4,
                       weight_decay: float = 1e-7, seed: int = 0, device="cpu", head_config: Optional[dict] = None,
                       head_num_classes: Optional[int] = None, log_every: int = 50,
@@ -374,7 +380,8 @@ def fit_discriminator(encoder: ADMEncoderUNet, real_images: torch.Tensor, fake_i
     disc = build_discriminator(encoder, label_dim=label_dim, head_config=head_config,
                                head_num_classes=head_num_classes, seed=seed, device=device)
     history = train_discriminator(disc, real_images, fake_images, real_labels=real_labels, fake_labels=fake_labels,
-                                  aot=aot, pool_size=pool_size, batch_size=batch_size, steps=steps, lr=lr,
+                                  pairing=pairing, pairing_options=pairing_options, pool_size=pool_size,
+                                  batch_size=batch_size, steps=steps, lr=lr,
                                   weight_decay=weight_decay, seed=seed, device=device, log_every=log_every,
                                   validate=validate, patience=patience, log=log, solver=solver, mixed=mixed)
     return disc, history

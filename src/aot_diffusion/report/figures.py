@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
+from ..dag import Context  # noqa: E402
 from ..sampling import num_function_evals  # noqa: E402
 from ..samples import read_sweep  # noqa: E402
 from ..utils import AtomicPath  # noqa: E402
@@ -71,7 +72,7 @@ def _figure(ncols=1, nrows=1, w=4.4, h=3.4):
 
 def _style(p, model):
     spec = p["models"][model if model in p["models"] else split_instance(model)[0]]
-    return dict(color="tab:red" if spec["aot"] else "tab:blue", ls="-" if spec["conditional"] else "--")
+    return dict(color="tab:blue" if spec["pairing"] == "none" else "tab:red", ls="-" if spec["conditional"] else "--")
 
 
 def _integer_nfe(ax):
@@ -201,12 +202,17 @@ def guidance_plot(p, t2: pd.DataFrame, path):
                 y = at(mine, "fd_guided")
                 ax.errorbar(x, y, yerr=_error_bars(y, at(mine, "fd_guided_low"), at(mine, "fd_guided_high"), 0),
                             marker="s", ms=4, capsize=2, elinewidth=0.8, label=disc,
-                            color=_style(p, d["model"])["color"], ls=":" if not d["aot"] else "-.")
+                            color=_style(p, d["model"])["color"], ls=":" if _random_noise(p, disc) else "-.")
         ax.set_xticks(x, [f"NFE {num_function_evals(st)}\nrho {r:g}" for st, r in settings])
         ax.set(title=f"{'conditional' if cond else 'unconditional'}: DG", ylabel=stat_label(p))
         ax.set_xlim(-0.5, len(settings) - 0.5)
     _finish(fig, axes, f"Discriminator Guidance (Table 2; {p['profile']} profile; bars: the guided FD's "
                        f"{ci_label(p)} interval; lines join settings for legibility only)", path)
+
+
+def _random_noise(p, disc) -> bool:
+    """A discriminator trained on random noise (DG's), not paired noise (AOT-DG's)."""
+    return Context(p).discriminator(disc)["pairing"] == "none"
 
 
 def discriminator_curves(p, L, path):
@@ -218,7 +224,7 @@ def discriminator_curves(p, L, path):
                 continue
             df = pd.read_csv(L.discriminator_curve(disc))
             color = _style(p, d["model"])["color"]
-            ls = "-" if d["aot"] else ":"
+            ls = ":" if _random_noise(p, disc) else "-"
             ax.plot(df["step"], df["val_bce"], color=color, ls=ls, label=f"{disc} held-out")
             ax.plot(df["step"], df["loss"], color=color, ls=ls, alpha=0.35, lw=0.8)
             best = df[df["best"]]

@@ -163,7 +163,7 @@ def study_figure(p, df: pd.DataFrame, floor: dict, path):
 
 
 def write_pool_study(p, L, log=print):
-    """``p``: the study's view of the parameters (params.pool_study_view); ``L``: Layout(...).pool_study."""
+    """``p``: the parameters the study reads; ``L``: Layout(...).pool_study."""
     floor = read_floor(L)
     df = study_table(p, L)
     with AtomicPath(L.study_table("csv"), suffix=".csv") as tmp:

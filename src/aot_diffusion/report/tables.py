@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
+from ..dag import Context
 from ..safe_pickle import safe_np_load
 from ..layout import sample_key
 from ..metrics import fd as fdm
@@ -84,10 +85,11 @@ def _headline(key: str, value, low=None, high=None, name: str = "value") -> dict
 
 
 def _kind(p, model):
-    return "aot" if p["models"][model]["aot"] else "edm"
+    """The papers' name of a model's training: EDM (no pairing) or AOT (its noise paired)."""
+    return "edm" if p["models"][model]["pairing"] == "none" else "aot"
 
 
-BOOLEAN_COLUMNS = ("conditional", "aot", "outside_noise", "boosting", "within_tolerance")
+BOOLEAN_COLUMNS = ("conditional", "outside_noise", "boosting", "within_tolerance")
 
 
 def _tidy(df: pd.DataFrame) -> pd.DataFrame:
@@ -227,8 +229,8 @@ def _summary(df: pd.DataFrame, level: float) -> pd.DataFrame:
 
 
 def first(p, model: str) -> str:
-    """The trained model of the first training seed (the one DG and the hybrid samplers use)."""
-    return instance_key(model, p["train"]["seeds"][0])
+    """The trained model of the first training seed (the one DG and the hybrid samplers use: dag.Context.first)."""
+    return Context(p).first(model)
 
 
 def _t_interval(values, level: float) -> tuple[float, float, float]:
@@ -323,21 +325,22 @@ def table1(p, L, floor, hierarchical: bool = True) -> pd.DataFrame:
     several training seeds also one 'mean' row per model: the mean over training seeds, FD's with the
     hierarchical interval (``hierarchical``; else the t-interval over them, as for every other metric). First
     row: the floor (``floor``: read_floor), each metric's real images at the same N."""
-    rows = [dict(model="real (floor)", train_seed="", conditional=np.nan, aot=np.nan, rho=np.nan, steps=np.nan,
+    rows = [dict(model="real (floor)", train_seed="", conditional=np.nan, pairing="", rho=np.nan, steps=np.nan,
                  nfe=np.nan, n=floor["n"], **columns(floor["metrics"]))]
     level, per_seed = p["fd"]["ci_level"], []
     for key, (model, train_seed) in model_instances(p).items():
         spec = p["models"][model]
         for _, r in _summary(grid_only(p, pd.read_csv(L.fd(key))), level).iterrows():
             published = paper.paper_fid(_kind(p, model), spec["conditional"], float(r["rho"]), int(r["steps"]))
-            per_seed.append(dict(model=model, train_seed=train_seed, conditional=spec["conditional"], aot=spec["aot"],
+            per_seed.append(dict(model=model, train_seed=train_seed, conditional=spec["conditional"],
+                                 pairing=spec["pairing"],
                                  **r.drop("disc_grad_evals"), paper_cifar10_fid=np.nan if published is None else published))
     per_seed = pd.DataFrame(per_seed).assign(train_seeds=1)
     parts = [pd.DataFrame(rows), per_seed]
     if len(p["train"]["seeds"]) > 1:
         intervals = interval_metrics(per_seed)
         mins = [f"{m}_min" for m in intervals if f"{m}_min" in per_seed]  # the mean of each seed's minimum
-        mean = _across_seeds(per_seed, ["model", "conditional", "aot", "rho", "steps", "nfe"], intervals, level,
+        mean = _across_seeds(per_seed, ["model", "conditional", "pairing", "rho", "steps", "nfe"], intervals, level,
                              means=[m for m in METRICS if m in per_seed and m not in intervals] + mins
                              + ["paper_cifar10_fid"])
         draws = _Draws(p, L, safe_np_load(L.fd_reference)) if hierarchical else None
@@ -392,8 +395,9 @@ def table2(p, L) -> pd.DataFrame:
     rows = []
     for disc, dspec in g["discriminators"].items():
         kind, cond = _kind(p, dspec["model"]).upper(), p["models"][dspec["model"]]["conditional"]
-        model = first(p, dspec["model"])
-        method = f"{kind} + {'AOT-DG' if dspec['aot'] else 'DG'}"
+        job = Context(p).discriminator(disc)
+        model = job["instance"]
+        method = f"{kind} + {'DG' if job['pairing'] == 'none' else 'AOT-DG'}"
         m = json.loads(L.discriminator_metrics(disc).read_text())
         held = m["heldout"]
         plain, guided = _summary(pd.read_csv(L.fd(model)), level), _summary(pd.read_csv(L.guided_fd(disc)), level)
@@ -455,13 +459,13 @@ def table3(p, L) -> pd.DataFrame:
     for key, (model, train_seed) in model_instances(p).items():
         spec = p["models"][model]
         m = json.loads(L.curvature_metrics(key).read_text())
-        row = dict(model=model, train_seed=train_seed, conditional=spec["conditional"], aot=spec["aot"],
+        row = dict(model=model, train_seed=train_seed, conditional=spec["conditional"], pairing=spec["pairing"],
                    curvature_mean=m["curvature_mean"])
         row.update({f"trunc_err_rho{t['rho']:g}_nfe{t['nfe']}": t["error"] for t in m["truncation"]})
         rows.append(row)
     df = pd.DataFrame(rows)
     if len(p["train"]["seeds"]) > 1:  # the mean over training seeds (values only: see the per-seed rows)
-        mean = df.groupby(["model", "conditional", "aot"], sort=False, as_index=False).mean(numeric_only=True)
+        mean = df.groupby(["model", "conditional", "pairing"], sort=False, as_index=False).mean(numeric_only=True)
         df = pd.concat([df, mean.assign(train_seed="mean")], ignore_index=True)
     return df
 
@@ -522,7 +526,7 @@ def paper_comparison(p, t1: pd.DataFrame, t2: pd.DataFrame) -> pd.DataFrame:
                     for _, h in hits.iterrows()]
         else:
             method = f"{cell.kind.upper()} ({'cond' if cell.conditional else 'uncond'})"
-            model = next((m for m, s in p["models"].items() if s["aot"] == (cell.kind == "aot")
+            model = next((m for m, s in p["models"].items() if _kind(p, m) == cell.kind
                           and s["conditional"] == cell.conditional), None)
             hits = heads[(heads["model"] == model) & (heads["rho"] == cell.rho) & (heads["steps"] == cell.steps)]
             ours = [dict(rho=h["rho"], model=model, ours_min=h.get(f"{stat}_min", np.nan), ours_mean=h[stat],
@@ -548,12 +552,12 @@ def calibration_table(p, L, networks) -> pd.DataFrame:
     c, level, rows = p["calibration"], p["fd"]["ci_level"], []
     for name in networks:
         spec = c["networks"][name]
-        cell = paper.calibration_setting(spec["aot"], spec["conditional"])
+        cell = paper.calibration_setting(spec["pairing"] != "none", spec["conditional"])
         df = pd.read_csv(L.calibration_fd(name))
         r = _summary(df, level).iloc[0]
         low, high = r.get("fd_low"), r.get("fd_high")
         best = r.get("fd_min", r["fd"])
-        rows.append(dict(network=name, pickle=spec["pickle"], aot=spec["aot"], conditional=spec["conditional"],
+        rows.append(dict(network=name, pickle=spec["pickle"], pairing=spec["pairing"], conditional=spec["conditional"],
                          source=cell.source, steps=cell.steps, rho=cell.rho, nfe=num_function_evals(cell.steps),
                          n=int(r["n"]), seeds=int(r["seeds"]), fid_min=best, fid_mean=r["fd"], fid_low=low,
                          fid_high=high, paper_fid=cell.fid, min_minus_paper=best - cell.fid,

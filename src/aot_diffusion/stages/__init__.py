@@ -9,8 +9,7 @@ import sys
 import time
 from functools import cached_property
 
-from ..params import (ParamError, StageParams, device_of, load_params, pool_study_view, split_instance,
-                      study_declared)
+from ..params import ParamError, StageParams, device_of, load_params
 from ..utils import atomic_write_text, remove_stale_temps
 
 __all__ = ["Run", "JobClock"]
@@ -34,14 +33,9 @@ class Run:
                      "network": "calibration.networks (with a pickle)"}[stage.over]
             raise ParamError(f"unknown {stage.over} {key!r}; params.yaml '{where}' has "
                              f"{sorted(dag.keys_of(stage, self.plan.ctx))}")
-        declared = self.plan.declared(stage, key)
-        self.study = stage.over == "variant"
-        if self.study:  # a pool-size study variant, trained, sampled and scored as a model of its own
-            tree, declared = pool_study_view(full), study_declared(declared, key)
-            self.layout = self.plan.L.pool_study
-        else:
-            tree, self.layout = full, self.plan.L
-        self.params = StageParams(tree, declared, dag.job_id(stage, key))
+        self.study = stage.over == "variant"  # a pool-size study variant: a model of the study, its own folder
+        self.layout = self.plan.L.pool_study if self.study else self.plan.L
+        self.params = StageParams(full, self.plan.declared(stage, key), dag.job_id(stage, key))
         self.tag = stage.cli + (" pool_study" if self.study else "") + (f" {key}" if key else "")
         for path in [*stage.outs(self.plan.L, self.plan.ctx, key), self.plan.record_path(stage, key)]:
             remove_stale_temps(path)  # a killed run of this job left them; nobody else writes these paths
@@ -54,17 +48,26 @@ class Run:
     def log(self, msg: str) -> None:
         print(f"[{self.tag}] {msg} ({time.perf_counter() - self.t0:.0f} s)", flush=True)
 
-    def model_spec(self, key: str) -> dict:
-        """The `models` entry of a trained model (<model>_s<seed>; a study variant: its own entry)."""
-        return self.params["models"][key if self.study else split_instance(key)[0]]
+    # What this job runs, as the stage table's context decided it (dag.Context): never worked out again here.
+    def trained(self) -> dict:
+        """A training job's model (or study variant): seed, conditioning, pairing and its options, pool."""
+        return self.plan.ctx.trained(self.key, variant=self.study)
 
-    def trained(self, model: str) -> str:
-        """The trained model of ``model`` that DG and the hybrid samplers use (first training seed): a path of
-        this stage's inputs in the stage table, not a parameter it reads."""
+    def discriminator(self) -> dict:
+        """A discriminator job's guided model, its first-seed trained model, conditioning and pairing."""
+        return self.plan.ctx.discriminator(self.key)
+
+    def guidance_choice(self, name: str):
+        """guidance.<name>_cond / _uncond as this discriminator's model is conditioned."""
+        return self.plan.ctx.guidance_choice(self.key, name)
+
+    def sample_grid(self) -> list:
+        """The (steps, rho) settings this sampling job draws."""
+        return self.plan.ctx.sample_grid(self.stage, self.key)
+
+    def first(self, model: str) -> str:
+        """The trained model of ``model``'s first training seed (what DG and the hybrid samplers use)."""
         return self.plan.ctx.first(model)
-
-    def disc_spec(self, disc: str) -> dict:
-        return self.params["guidance"]["discriminators"][disc]
 
     def write_record(self) -> None:
         """The evidence of what this run computed from and wrote: written last, the only record in its folder."""

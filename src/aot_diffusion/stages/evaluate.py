@@ -124,7 +124,7 @@ def hybrid(run: Run) -> None:
     rows, kept = [], {}
     seed = s["seeds"][0]
     for cond, models in edm_aot_pairs(run.params).items():
-        edm_name, aot_name = (run.trained(m) for m in models)
+        edm_name, aot_name = (run.first(m) for m in models)
         edm_net, edm = load_denoiser(run.layout.network(edm_name), run.device)
         _, aot = load_denoiser(run.layout.network(aot_name), run.device)
         z = latents(seed, s["num_samples"], image_shape(edm_net), run.device)

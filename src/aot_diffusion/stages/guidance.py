@@ -8,7 +8,6 @@ import torch
 
 from ..safe_pickle import safe_torch_load, safe_np_load
 from ..data import load_dataset
-from ..params import guidance_settings
 from .. import guidance as dg
 from ..guidance.adm import encoder_config, norm_groups
 from . import Run
@@ -80,10 +79,14 @@ def train_discriminator(run: Run) -> None:
 
     from ..schema import fake_split
 
-    g, spec = run.params["guidance"], run.disc_spec(run.key)
+    g, job = run.params["guidance"], run.discriminator()
+    conditional = job["conditional"]
     d = load_dataset(run.layout.dataset)
-    with safe_np_load(run.layout.fakes(run.trained(spec["model"]))) as f:
-        fakes, fake_ids, conditional = _as_stored(f["images"]), torch.as_tensor(f["labels"]), bool(f["conditional"])
+    with safe_np_load(run.layout.fakes(job["instance"])) as f:
+        fakes, fake_ids = _as_stored(f["images"]), torch.as_tensor(f["labels"])
+        if bool(f["conditional"]) != conditional:
+            raise ValueError(f"{run.key}: the fakes of {job['instance']} are "
+                             f"{'' if f['conditional'] else 'un'}conditional, its model is not: rerun fake_samples")
     n_train, n_hold = fake_split(g)
     if len(fakes) != n_train + n_hold:
         raise ValueError(f"{run.key}: the fakes file holds {len(fakes)} images, guidance.* asks for {n_train} "
@@ -106,16 +109,18 @@ def train_discriminator(run: Run) -> None:
 
     dg_protocol = g["protocol"] == "dg"
     if dg_protocol:
-        epochs = g["epochs_cond"] if conditional else g["epochs_uncond"]
+        epochs = run.guidance_choice("epochs")
         steps = epochs * math.ceil((len(real) + n_train) / g["batch_size"])
         budget = f"DG's protocol: {epochs} epochs of {len(real)} real + {n_train} fake images = {steps} steps"
     else:
         steps, budget = g["max_steps"], f"early stopping, at most {g['max_steps']} steps"
-    run.log(f"model {spec['model']}, aot={spec['aot']}, conditional={conditional}, {n_train} training fakes, "
+    options = "".join(f" {k}={v}" for k, v in job["pairing_options"].items())
+    run.log(f"model {job['model']}, pairing={job['pairing']}{options}, conditional={conditional}, {n_train} training fakes, "
             f"{m} + {m} held-out (validation, test) per class; {budget}")
     disc, history = dg.fit_discriminator(
         _load_encoder(run), real, fakes[n_hold:], real_labels=lab(real_ids), fake_labels=lab(fake_ids[n_hold:]),
-        label_dim=k if conditional else 0, aot=spec["aot"], pool_size=g["pool_size"], batch_size=g["batch_size"],
+        label_dim=k if conditional else 0, pairing=job["pairing"], pairing_options=job["pairing_options"],
+        pool_size=g["pool_size"], batch_size=g["batch_size"],
         steps=steps, lr=g["lr"], weight_decay=g["weight_decay"], seed=run.params["seed"], device=run.device,
         head_config=_head_config(run), log_every=g["eval_every"], patience=None if dg_protocol else g["patience"],
         validate=lambda disc: evaluate(disc, val, run.params["seed"] + 2, 2), log=run.log,
@@ -156,17 +161,16 @@ def sigma_window(run: Run, disc: str):
 
 
 def guided_sample(run: Run) -> None:
-    g, spec = run.params["guidance"], run.disc_spec(run.key)
-    net, denoise = load_denoiser(run.layout.network(run.trained(spec["model"])), run.device)
+    job = run.discriminator()
+    net, denoise = load_denoiser(run.layout.network(job["instance"]), run.device)
     disc = dg.load_discriminator(run.layout.discriminator(run.key), device=run.device)
-    weight = g["weight_cond"] if net.label_dim else g["weight_uncond"]
+    weight = run.guidance_choice("weight")
     window = sigma_window(run, run.key)
     guided = dg.GuidedDenoiser(denoise, disc, weight if window else 0.0, sigma_window=window or dg.DG_SIGMA_WINDOW)
     run.log(f"guidance window sigma {window}" if window else "no band above chance on validation: no guidance")
-    boosting = g["boosting_cond"] if net.label_dim else g["boosting_uncond"]
+    boosting = run.guidance_choice("boosting")
     if boosting:
         run.log("DG's boosting: churn and doubled guidance where the discriminator says fake")
-    settings = [(st, r, seed) for st, r in guidance_settings(run.params, bool(net.label_dim))
-                for seed in run.params["sample"]["seeds"]]
+    settings = [(st, r, seed) for st, r in run.sample_grid() for seed in run.params["sample"]["seeds"]]
     sweep(run, net, denoise, settings, run.layout.guided_samples(run.key), denoise_euler=guided, counter=guided,
           sampler=boosted_sampler if boosting else None)

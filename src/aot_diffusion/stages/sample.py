@@ -6,7 +6,6 @@ import numpy as np
 import torch
 
 from ..sampling import class_labels, latents, num_function_evals, sample_batched
-from ..params import guidance_settings
 from ..samples import to_uint8, write_sweep
 from . import Run
 
@@ -65,10 +64,7 @@ def sample(run: Run) -> None:
     if released and not run.params["released_pickle"]:
         raise FileNotFoundError("released_pickle is not set: --config released_pickle=/path/to/network.pkl")
     net, denoise = load_denoiser(run.params["released_pickle"] if released else run.layout.network(run.key), run.device)
-    grid = [(st, r) for r in s["rho"] for st in s["steps"]]
-    if run.stage.name == "sample":  # and where its guided runs are scored: their paired unguided baseline
-        grid += [x for x in guidance_settings(run.params, bool(net.label_dim)) if x not in grid]
-    settings = [(st, r, seed) for st, r in grid for seed in s["seeds"]]
+    settings = [(st, r, seed) for st, r in run.sample_grid() for seed in s["seeds"]]
     sweep(run, net, denoise, settings, run.layout.released_samples if released else run.layout.samples(run.key))
 
 
@@ -82,7 +78,7 @@ def calibrate_sample(run: Run) -> None:
         raise ValueError(f"calibration.networks.{run.key}: conditional is {str(spec['conditional']).lower()}, but "
                          f"{spec['pickle']} holds a{' class-conditional' if net.label_dim else 'n unconditional'} "
                          f"network (label_dim {net.label_dim})")
-    cell = calibration_setting(spec["aot"], spec["conditional"])
+    cell = calibration_setting(spec["pairing"] != "none", spec["conditional"])
     run.log(f"{spec['pickle']}: {cell.source}'s setting, {cell.steps} steps rho {cell.rho:g} (published FID {cell.fid})")
     settings = [(cell.steps, cell.rho, seed) for seed in run.params["sample"]["seeds"]]
     sweep(run, net, denoise, settings, run.layout.calibration_samples(run.key))

@@ -13,13 +13,13 @@ import torch
 
 from ..cluster import RESUBMIT_EXIT, job_deadline
 from ..data import load_dataset
-from ..params import split_instance
 from ..training import TrainConfig, train as train_loop
 from ..utils import AtomicPath
 from . import Run
 
-# Parameters of train.* that are not TrainConfig fields: how many processes, the conditional pool.
-_LAUNCH_KEYS = ("nproc_per_node", "pool_size_cond", "network", "seeds")
+# Parameters of train.* that are not TrainConfig fields: how many processes, the network, and what the stage
+# table's context resolves per job (the pool by conditioning, the seed).
+_LAUNCH_KEYS = ("nproc_per_node", "pool_size", "pool_size_cond", "network", "seeds")
 
 
 def _torchrun_relaunch(nproc: int, log) -> None:
@@ -31,27 +31,23 @@ def _torchrun_relaunch(nproc: int, log) -> None:
         sys.exit(subprocess.call(cmd))
 
 
-def train_config(run: Run, model: str, data: dict) -> TrainConfig:
-    spec, t = run.model_spec(model), run.params["train"]
+def train_config(run: Run, data: dict) -> TrainConfig:
+    job, t = run.trained(), run.params["train"]
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     kwargs = {k: v for k, v in t.items() if k in fields and k not in _LAUNCH_KEYS}
     unused = sorted(set(t) - fields - set(_LAUNCH_KEYS))
     if unused:
         raise RuntimeError(f"train.{unused[0]} has no TrainConfig field: the training loop would ignore it")
-    if spec["conditional"]:
-        kwargs["pool_size"] = t["pool_size_cond"]
-    kwargs.update({k: spec[k] for k in ("pool_size", "pairing") if spec.get(k) is not None})  # the model's own
     net = dict(t["network"], img_channels=int(data["train_images"].shape[1]),
                img_resolution=int(data["train_images"].shape[2]))
-    if spec["conditional"]:
+    if job["conditional"]:
         net["label_dim"] = int(data["num_classes"])
     if t["augment_p"] > 0:
         from ..augment import EDM_CIFAR10_AUGMENT, augment_dim
 
         net["augment_dim"] = augment_dim(**EDM_CIFAR10_AUGMENT)
-    # a trained model's seed is in its key; the pool-size study trains with the first training seed
-    seed = t["seeds"][0] if run.study else split_instance(model)[1]
-    return TrainConfig(network=net, aot=spec["aot"], conditional=spec["conditional"], device=run.device, seed=seed,
+    return TrainConfig(network=net, pairing=job["pairing"], pairing_options=job["pairing_options"],
+                       pool_size=job["pool_size"], conditional=job["conditional"], device=run.device, seed=job["seed"],
                        **kwargs)
 
 
@@ -79,17 +75,17 @@ def _loss_csv(jsonl, out, timing=None) -> None:
 
 def train(run: Run, stop_after: int | None = None) -> None:
     model = run.key
-    run.model_spec(model)
     _torchrun_relaunch(run.params["train"]["nproc_per_node"], run.log)
     d = load_dataset(run.layout.dataset)
-    cfg = train_config(run, model, d)
+    cfg = train_config(run, d)
     augment = None
     if cfg.augment_p > 0:
         from ..augment import EDM_CIFAR10_AUGMENT, AugmentPipe
 
         augment = AugmentPipe(**dict(EDM_CIFAR10_AUGMENT, p=cfg.augment_p))
-    run.log(f"aot={cfg.aot} conditional={cfg.conditional} steps={cfg.total_steps} batch={cfg.batch_size} "
-            f"pool={cfg.pool_size} pairing={cfg.pairing if cfg.aot else 'none'} device={cfg.device}")
+    options = "".join(f" {k}={v}" for k, v in cfg.pairing_options.items())
+    run.log(f"pairing={cfg.pairing}{options} conditional={cfg.conditional} steps={cfg.total_steps} "
+            f"batch={cfg.batch_size} pool={cfg.pool_size} device={cfg.device}")
     ckpt = run.layout.checkpoints(model)
     result = train_loop(cfg, torch.as_tensor(d["train_images"]), torch.as_tensor(d["train_labels"]),
                         out_path=run.layout.network(model), checkpoint_dir=ckpt, num_classes=int(d["num_classes"]),
