@@ -253,16 +253,16 @@ def mean_distance(images: torch.Tensor, noise: torch.Tensor) -> float:
 # Each entry has the same signature:
 #     fn(images, noise, class_ids, *, generator, solver, knn_k, **options) -> the noise for each image
 # class_ids: int class per image or None; generator: the pool's own (draw from it only, for reproducibility);
-# options: the pairing's own settings (train.pairing_options.<name>), declared when it is registered.
+# options: the pairing's own settings (a model's pairing_options), declared when it is registered.
 
 PAIRINGS: dict[str, Callable] = {}
-PAIRING_OPTIONS: dict[str, dict] = {}  # name -> {option: its schema.Spec}: what train.pairing_options.<name> holds
+PAIRING_OPTIONS: dict[str, dict] = {}  # name -> {option: its schema.Spec}: what a pairing_options entry holds
 
 
 def register_pairing(name: str, options: dict | None = None):
     """Decorator: add ``fn`` to :data:`PAIRINGS` under ``name`` (lower-case letters, digits, '_'). ``options``:
     {option name: schema.Spec} of the keyword options ``fn`` takes; the run's values are
-    ``train.pairing_options.<name>`` (all of them required, checked by the schema, part of the records)."""
+    the model's (or variant's) ``pairing_options.<name>`` (all of them required, checked by the schema, part of the records)."""
     def add(fn):
         if not name.replace("_", "").isalnum() or not name[:1].isalpha() or name != name.lower():
             raise ValueError(f"pairing name {name!r}: lower-case letters, digits and '_', starting with a letter")
@@ -307,5 +307,5 @@ def pair(name: str, images, noise, class_ids=None, *, generator=None, solver: st
     options = dict(options or {})
     if set(options) != set(PAIRING_OPTIONS[name]):
         raise ValueError(f"pairing {name!r} takes the options {sorted(PAIRING_OPTIONS[name])}, got {sorted(options)} "
-                         f"(train.pairing_options.{name})")
+                         f"(the pairing_options of {name!r})")
     return PAIRINGS[name](images, noise, class_ids, generator=generator, solver=solver, knn_k=knn_k, **options)
