@@ -9,7 +9,15 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
 def test_params_yaml_is_the_default_composition():
-    assert load_params(ROOT / "params.yaml") == compose(root=ROOT)
+    """The committed params.yaml (not the working tree's, which `make rehearsal` rewrites) is the default
+    composition, and a composition that differs in one value is told apart."""
+    import subprocess
+
+    shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, text=True)
+    committed = yaml.safe_load(shown.stdout) if shown.returncode == 0 else load_params(ROOT / "params.yaml")
+    default = compose(root=ROOT)
+    assert committed == default
+    assert committed != compose(overrides={"train": {"lr": default["train"]["lr"] * 2}}, root=ROOT)
 
 
 def test_profile_overlay_then_overrides_win():
