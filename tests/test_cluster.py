@@ -47,6 +47,19 @@ def test_every_job_asks_for_the_resources_of_its_kind_in_the_profile(profile):
     assert {st.kind for st, _ in reqs.values()} == set(cluster.KINDS)
 
 
+def test_cifar10_requests_written_out():
+    """The requests as numbers written here from conf/profile/cifar10.yaml, not recomputed by the rule under test:
+    a training job asks for train.nproc_per_node (4) GPUs on the gpu partition, a light job for a CPU node."""
+    _, reqs = _requests("cifar10")
+    keys = ("cpus_per_task", "mem_mb", "runtime", "gpu", "slurm_partition")
+    assert {k: reqs["train@edm_uncond_s0"][1][k] for k in keys} == \
+        {"cpus_per_task": 32, "mem_mb": 128000, "runtime": 1440, "gpu": 4, "slurm_partition": "gpu"}
+    assert {k: reqs["feature_network"][1][k] for k in keys} == \
+        {"cpus_per_task": 8, "mem_mb": 32000, "runtime": 720, "gpu": 1, "slurm_partition": "gpu"}
+    assert {k: reqs["check_params"][1][k] for k in keys} == \
+        {"cpus_per_task": 1, "mem_mb": 4000, "runtime": 30, "gpu": 0, "slurm_partition": "cpu"}
+
+
 def test_sinfo_is_read_as_the_most_a_node_of_each_partition_offers():
     parts = cluster.parse_sinfo(SINFO)
     assert parts["cpu"] == dict(cpus_per_task=16, mem_mb=64000, runtime=1440, gpu=0)
