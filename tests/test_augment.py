@@ -147,6 +147,20 @@ def test_integer_translation_uses_reflection():
         assert torch.equal(y[i, 0], x[i, 0][rows][:, cols])
 
 
+def test_brightness_and_contrast_do_what_their_labels_say():
+    """EDM's colour transforms, checked by their effect: brightness adds b = 0.2 * label to every pixel; contrast
+    scales each image about its mean by 2 ** (0.5 * label)."""
+    x = _images((6, 3, 8, 8))
+    torch.manual_seed(3)
+    y, labels = AugmentPipe(p=1, brightness=1)(x)
+    b = labels[:, labels.abs().sum(0) > 0].squeeze(1)
+    assert torch.allclose(y - x, 0.2 * b.view(-1, 1, 1, 1).expand_as(x), atol=1e-6)
+    y, labels = AugmentPipe(p=1, contrast=1)(x)
+    c = labels[:, labels.abs().sum(0) > 0].squeeze(1)
+    centred = lambda t: t - t.mean((1, 2, 3), keepdim=True)  # noqa: E731
+    assert torch.allclose(centred(y), centred(x) * 2 ** (0.5 * c.view(-1, 1, 1, 1)), atol=1e-5)
+
+
 def test_colour_and_other_knobs_run():
     x = _images((8, 3, 16, 16))
     cfg = dict(p=1, xflip=1, rotate_int=1, translate_int=1, brightness=1, contrast=1, lumaflip=1, hue=1,
