@@ -11,7 +11,8 @@ from aot_diffusion.networks import build_network, load_edm_state_dict
 from aot_diffusion.sampling import edm_sampler
 from conftest import REFERENCE, gaussian_mixture_denoiser
 
-NETWORK_FILES = sorted(p.name for p in REFERENCE.glob("*unet_*_golden.npz"))
+# written out, so a missing or renamed fixture fails its parity test instead of dropping it
+NETWORK_FILES = ["dhariwalunet_cond_golden.npz", "songunet_ddpmpp_golden.npz", "songunet_ncsnpp_cond_golden.npz"]
 
 
 def test_network_fixtures_cover_both_architectures():
@@ -47,14 +48,6 @@ def test_network_matches_edm(name):
     assert err <= 1e-4, f"{name}: max abs error {err}"
 
 
-def _golden_keys(golden):
-    return sorted(k for k in golden if k.startswith(("heun_", "euler_")))
-
-
-def test_golden_file_has_sampler_cases(sampler_golden):
-    assert len(_golden_keys(sampler_golden)) >= 4
-
-
 @pytest.mark.parametrize("key", ["heun_steps18_rho7", "heun_steps14_rho90", "heun_steps5_rho7", "euler_steps10_rho7"])
 def test_sampler_matches_edm(sampler_golden, key):
     g = sampler_golden
@@ -69,11 +62,7 @@ def test_sampler_matches_edm(sampler_golden, key):
 
 
 AUGMENT = np.load(REFERENCE / "edm_augment_golden.npz")
-AUGMENT_CASES = sorted({k.split("/")[0] for k in AUGMENT.files})
-
-
-def test_augment_fixture_has_cases():
-    assert len(AUGMENT_CASES) >= 2
+AUGMENT_CASES = ["case0", "case1"]
 
 
 @pytest.mark.parametrize("case", AUGMENT_CASES)
