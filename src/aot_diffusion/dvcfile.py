@@ -87,12 +87,14 @@ def dvc_yaml(p: Mapping) -> str:
             items = {m: {"model": ctx.spec_name(m), "setting": ctx.setting_key(m), "pairing_code": ctx.pairing_code(m)}
                      for m in keys_of(st, ctx)}
             stages[st.name] = {"foreach": items, "do": _dvc_entry(st, tmpl, "${key}")}
-        else:
+        elif st.over == "disc":
             items = {d: {"model": ctx.discriminator(d)["model"], "instance": ctx.model_of(d),
                          **{f: ctx.by_conditioning(d, f) for f in _BY_CONDITIONING},
                          "setting": ctx.setting_key(ctx.model_of(d)), "pairing_code": ctx.pairing_code(d, disc=True)}
                      for d in ctx.discs}
             stages[st.name] = {"foreach": items, "do": _dvc_entry(st, tmpl, "${key}")}
+        else:
+            raise ValueError(f"stage {st.name!r}: dvc.yaml has no foreach for over={st.over!r} (model, disc or none)")
     L = Layout("${profile}")
     body = {"stages": stages, "plots": [
         {str(L.fd_curves): {"x": "nfe", "y": list(ctx.model_names), "template": "linear",
