@@ -116,7 +116,11 @@ class Context:
         self.instances = model_instances(p)
         self.models = list(self.instances)  # the trained models, <model>_s<seed>: what `--model` takes
         self.discs = list(p["guidance"]["discriminators"])
-        self.variants = list(p["pool_study"]["variants"])
+
+    @property
+    def variants(self) -> list:
+        """The study's variants, read when asked for: a job outside the study never reads `pool_study`."""
+        return list(self.p["pool_study"]["variants"])
 
     def first(self, model: str) -> str:
         """The trained model of the first training seed: what DG and the hybrid samplers use (a path of the
