@@ -89,7 +89,7 @@ def curvature(run: Run) -> None:
     sigma, kappa = curvature_profile(fine, traj)
     grid, kappa_grid = curvature_on_grid(sigma, kappa, c["sigma_grid"], s["sigma_min"], s["sigma_max"])
     trunc = []
-    for rho in s["rho"]:
+    for rho in ([run.params["pool_study"]["rho"]] if run.study else s["rho"]):  # a study variant: its own rho
         for steps in c["coarse_steps"]:
             coarse = edm_sampler(denoise, z, num_steps=steps, rho=rho, sigma_min=s["sigma_min"],
                                  sigma_max=s["sigma_max"], class_labels=labels)
