@@ -42,8 +42,8 @@ class PoolSource:
     """
 
     def __init__(self, images: torch.Tensor, labels: Optional[torch.Tensor], *, pool_size: int,
-                 solver: str = "auto", pairing: str = "none", pairing_options: Optional[dict] = None, knn_k: int = 4, seed: int = 0, rank: int = 0,
-                 num_classes: int = 0,
+                 solver: str = "auto", pairing: str = "none", pairing_options: Optional[dict] = None,
+                 knn_k: int = 4, seed: int = 0, rank: int = 0, num_classes: int = 0,
                  augment: Optional[Callable] = None, device: str = "cpu"):
         if images.ndim != 4:
             raise ValueError(f"images must be [N, C, H, W], got {list(images.shape)}")
