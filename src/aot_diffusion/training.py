@@ -161,7 +161,7 @@ def load_network(path, map_location="cpu") -> torch.nn.Module:
     check_weights(expected, blob.get("ema"), path)  # names and shapes, before the real build
     net = build_network(blob["network_config"])
     net.load_state_dict(blob["ema"])
-    return net.eval().requires_grad_(False)
+    return net.to(map_location).eval().requires_grad_(False)  # load_state_dict copies into the CPU build
 
 
 def _check_data(images, labels, num_classes, conditional):

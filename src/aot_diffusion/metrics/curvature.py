@@ -34,7 +34,7 @@ def curvature_profile(samples, trajectory):
     d = (x - trajectory["denoised"].double()) / sigma.reshape(-1, *[1] * (x.ndim - 1))
     chord = x - samples.double()[None]
     cos = torch.nn.functional.cosine_similarity(d.flatten(2), chord.flatten(2), dim=2, eps=1e-30)
-    return sigma.numpy(), (1 - cos).numpy()
+    return sigma.cpu().numpy(), (1 - cos).cpu().numpy()
 
 
 def curvature_on_grid(sigma, kappa, grid_size, sigma_min=0.002, sigma_max=80.0):

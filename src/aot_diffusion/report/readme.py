@@ -176,12 +176,40 @@ def default_job_cost(results: Path) -> str:
     return "\n".join(lines) + f"\n\nMachine: {'; '.join(machines)}.\n\n" + "\n".join(notes) + "\n"
 
 
+def gpu_check(results: Path) -> str:
+    """One GPU's numbers from benchmarks/gpu_check.py (bench_gpu_check.json names the card, commits and setup)."""
+    import json
+
+    g = json.loads((results / "bench_gpu_check.json").read_text())
+    t, reh = g["train"], g["rehearsal"]
+    rows = [("EDM, unconditional", t["no_aot_uncond"], None), ("AOT, unconditional, pool 512", t["aot_uncond_pool512"],
+            t["ratio_pool512"]), ("EDM, conditional", t["no_aot_cond"], None),
+            ("AOT, conditional, pool 2048 (class-wise)", t["aot_cond_pool2048"], t["ratio_pool2048"])]
+    lines = [f"Measured on one {g['device']} (torch {g['torch']}), full-size NCSN++, batch {g['batch']} per GPU, "
+             f"median over {g['steps']} steps:", "",
+             "| training | img/s | s/step | AOT / EDM step time | peak GiB | pairing ms per pool (background) |",
+             "|:--|--:|--:|--:|--:|--:|"]
+    for name, r, ratio in rows:
+        lines.append(f"| {name} | {r['img_per_s']:.0f} | {r['sec_per_step']:.3f} | "
+                     f"{'-' if ratio is None else f'{ratio:.3f}'} | {r['peak_mem_gib']:.1f} | "
+                     f"{r['pair_ms_per_pool']:.1f} |")
+    evals = g["sampling_27nfe_img_per_s"] * 27
+    lines += ["", f"Pairing alone (cost on the GPU, lap on the CPU): {g['pairing']['pool512_ms']:.1f} ms at pool 512, "
+              f"{g['pairing']['pool2048_ms']:.1f} ms at pool 2048. Sampling at 27 NFE: "
+              f"{g['sampling_27nfe_img_per_s']:.0f} img/s ({evals:.0f} network evaluations/s). The rehearsal DAG with "
+              f"`device=cuda`: {'passed' if reh['ok'] else 'FAILED'} in {reh['wall_s']:.0f} s ({reh['ranks']} rank, "
+              f"{reh['metrics_keys']} metrics).", "", f"Runs: {g['runs']['bench']}; {g['runs']['rehearsal']}. "
+              f"Environment: {g['runs']['environment']}."]
+    return "\n".join(lines) + "\n"
+
+
 # The stages that run once per trained model: what one more training seed adds to the default job.
 PER_TRAINING_SEED = ("train", "sample", "fd", "curvature")
 
 
 BLOCKS = {"headline_seeds": headline_seeds, "aot_vs_edm": aot_vs_edm, "curvature": curvature, "hybrid": hybrid,
-          "guidance": guidance, "pool_study": pool_study, "default_job_cost": default_job_cost}
+          "guidance": guidance, "pool_study": pool_study, "default_job_cost": default_job_cost,
+          "gpu_check": gpu_check}
 
 
 def render(results: Path) -> dict[str, str]:
