@@ -15,8 +15,9 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/stages.smk"
 
 
+# `all` is every job of the main stage table, as `dvc repro` runs dvc.yaml: a stage whose outputs no table
+# reads (yet) still runs at both doors.
 rule all:
     default_target: True
     input:
-        rules.tables.output,
-        rules.figures.output,
+        [path for st in dag.STAGES for key in dag.keys_of(st, CTX) for path in stage_output(st, key)],

@@ -36,15 +36,15 @@ def test_every_job_asks_for_the_resources_of_its_kind_in_the_profile(profile):
     calibrated = {"calibrate_sample", "calibrate_fd"} if profile == "cifar10" else set()
     assert {j.partition("@")[0] for j in reqs} == {st.name for st in dag.ALL_STAGES if st.over != "network"} | calibrated
     for job, (st, req) in reqs.items():
-        size = p["resources"][st.kind]
+        size = p["resources"][st.resources]
         assert {k: req[k] for k in ("cpus_per_task", "mem_mb", "runtime")} == \
             {k: size[k] for k in ("cpus_per_task", "mem_mb", "runtime")}, job
-        gpus = (p["train"]["nproc_per_node"] if st.kind == "train" else 1) if size["gpu"] else 0
+        gpus = (p["train"]["nproc_per_node"] if st.resources == "train" else 1) if size["gpu"] else 0
         assert req["gpu"] == gpus, job
         assert req["slurm_partition"] == ("gpu" if gpus else "cpu") and req["slurm_account"] == "lab", job
     if profile != "cifar10":  # the offline profiles run on CPU nodes: no --gpus, which sbatch refuses there
         assert all(req["gpu"] == 0 for _, req in reqs.values())
-    assert {st.kind for st, _ in reqs.values()} == set(cluster.KINDS)
+    assert {st.resources for st, _ in reqs.values()} == set(cluster.RESOURCE_CLASSES)
 
 
 def test_cifar10_requests_written_out():

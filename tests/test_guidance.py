@@ -14,7 +14,7 @@ from aot_diffusion.guidance import (
     ADMEncoderUNet, GuidedDenoiser, NoiseConditionedDiscriminator, adm_config_from_dg_args, build_discriminator,
     discriminator_batches, draw_sigma, evaluate_classifier, evaluate_discriminator, fit_discriminator,
     load_adm_classifier, load_adm_state_dict, load_dg_classifier, load_discriminator, log_ratio_grad,
-    save_discriminator, sigma_to_vp_time, train_discriminator, train_noise_aware_classifier, vp_input,
+    save_discriminator, sigma_to_vp_time, optimise_discriminator, train_noise_aware_classifier, vp_input,
     vp_time_to_sigma,
 )
 from aot_diffusion.sampling import edm_sampler
@@ -325,7 +325,7 @@ def test_discriminator_learns_and_is_evaluated_per_sigma_band():
     held_real, held_fake, _, _ = _toy_sets(n=200, seed=3)
     disc = small_disc(seed=4)
     before = evaluate_discriminator(disc, held_real, held_fake, seed=5)
-    history = train_discriminator(disc, real, fake, pairing="assignment", pool_size=128, batch_size=64, steps=60, lr=3e-3,
+    history = optimise_discriminator(disc, real, fake, pairing="assignment", pool_size=128, batch_size=64, steps=60, lr=3e-3,
                                   seed=6, log_every=20, sigma_distribution="lognormal")
     assert [h["step"] for h in history] == [20, 40, 60]
     assert set(history[0]) >= {"step", "loss", "accuracy", "noise_distance"}
@@ -351,7 +351,7 @@ def test_early_stopping_keeps_the_weights_of_the_best_heldout_bce():
         snapshots.append({n: p.detach().clone() for n, p in d.named_parameters() if p.requires_grad})
         return dict(bce=next(curve), accuracy=0.5)
 
-    history = train_discriminator(disc, real, fake, pool_size=64, batch_size=32, steps=100, lr=3e-3, seed=6,
+    history = optimise_discriminator(disc, real, fake, pool_size=64, batch_size=32, steps=100, lr=3e-3, seed=6,
                                   log_every=5, sigma_distribution="lognormal", validate=validate, patience=3)
     assert [h["step"] for h in history] == [5, 10, 15, 20, 25]  # 3 checks after the best at step 10
     assert [h["best"] for h in history] == [False, True, False, False, False]
@@ -375,14 +375,14 @@ def _label_only_sets(n, seed):
 def test_conditional_discriminator_learns_from_labels():
     real, fake, labels = _label_only_sets(128, seed=0)
     disc = small_disc(label_dim=2, seed=1)
-    train_discriminator(disc, real, fake, real_labels=labels, fake_labels=F.one_hot(labels, 2), pairing="assignment",
+    optimise_discriminator(disc, real, fake, real_labels=labels, fake_labels=F.one_hot(labels, 2), pairing="assignment",
                         pool_size=64, batch_size=32, steps=60, lr=3e-3, log_every=20, sigma_distribution="lognormal")
     held_real, held_fake, held = _label_only_sets(100, seed=2)
     right = evaluate_discriminator(disc, held_real, held_fake, real_labels=held, fake_labels=held, sigma=0.1)
     wrong = evaluate_discriminator(disc, held_real, held_fake, real_labels=1 - held, fake_labels=1 - held, sigma=0.1)
     assert right["accuracy"] > 0.9 and wrong["accuracy"] < 0.1
     with pytest.raises(ValueError, match="needs real_labels"):
-        train_discriminator(disc, real, fake, steps=1, pool_size=48, batch_size=16)
+        optimise_discriminator(disc, real, fake, steps=1, pool_size=48, batch_size=16)
 
 
 def test_noise_aware_classifier_is_deterministic_and_trained_on_noisy_inputs():

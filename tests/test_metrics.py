@@ -10,7 +10,7 @@ from aot_diffusion.metrics import fd as M
 from aot_diffusion.metrics import scores as S
 from aot_diffusion.metrics.features import FeatureClassifier, extract_features, train_classifier
 from aot_diffusion.metrics.inception import check_inception_assets, inception_features
-from aot_diffusion.samples import from_uint8, to_uint8
+from aot_diffusion.sample_files import from_uint8, to_uint8
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 

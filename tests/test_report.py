@@ -11,7 +11,7 @@ from aot_diffusion.layout import Layout, sample_key
 from aot_diffusion.params import compose, edm_aot_pairs, guidance_settings, model_instances
 from aot_diffusion.layout import TABLE_NAMES
 from aot_diffusion.report import figures, tables
-from aot_diffusion.samples import write_sweep
+from aot_diffusion.sample_files import write_sweep
 from aot_diffusion.utils import atomic_write_text
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -201,8 +201,13 @@ def test_every_fd_figure_draws_its_tables_numbers_and_names_the_statistic(fixtur
     """Each FD figure's points are its table's headline statistic (Table 1's rows, Table 2, the hybrid table),
     its intervals the table's, its y axis names the statistic; PDFs embed TrueType (Type 42) fonts, no Type 3."""
     p, L = fixture_run
-    drawn = {}
-    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.__setitem__(path.stem, fig.get_axes()))
+    drawn, save = {}, figures._save
+
+    def keep_and_save(fig, path):  # the axes as drawn, and the files (the PDFs' fonts are checked below)
+        drawn[path.stem] = fig.get_axes()
+        save(fig, path)
+
+    monkeypatch.setattr(figures, "_save", keep_and_save)
     figures.write_figures(p, L, log=lambda m: None)
     t1, t2 = pd.read_csv(L.table("table1_fd_vs_nfe")), pd.read_csv(L.table("table2_guidance"))
     hybrid = pd.read_csv(L.table("hybrid_switch"))
@@ -505,7 +510,7 @@ def test_paper_table_protocol_column_names_what_differs():
     from aot_diffusion import paper
 
     p = compose("cifar10", root=ROOT)
-    aot_cond = next(c for c in paper.TABLE1_CELLS if c.kind == "aot" and c.conditional and c.steps == 15)
+    aot_cond = next(c for c in paper.TABLE1_CELLS if c.training == "aot" and c.conditional and c.steps == 15)
     assert paper.differences(p, aot_cond) == []
     dg_cond = next(c for c in paper.DG_CELLS if c.method == "AOT + AOT-DG" and c.conditional)
     assert paper.differences(p, dg_cond, guided=True) == []

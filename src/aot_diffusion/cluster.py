@@ -1,8 +1,8 @@
 """Running on a cluster: what each job asks for, whether a partition can ever give it, and when a job's
 time is up.
 
-- **Requests** come from the stage table (each stage's ``kind``: light, network or train) and the profile's
-  sizes (``resources.<kind>`` in params.yaml), so one cluster profile serves smoke, digits and cifar10.
+- **Requests** come from the stage table (each stage's ``resources`` class: light, network or train) and the profile's
+  sizes (``resources.<class>`` in params.yaml), so one cluster profile serves smoke, digits and cifar10.
   The site's own settings (account, partitions, status command) live in config/slurm.
 - **Pre-flight**: before Snakemake submits anything to SLURM, every rule's request is compared with what
   its partition offers (``sinfo``); a request no node can satisfy stops the run at once, naming the rule,
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["KINDS", "requests", "site_settings", "parse_sinfo", "preflight", "ClusterError", "job_deadline",
+__all__ = ["RESOURCE_CLASSES", "requests", "site_settings", "parse_sinfo", "preflight", "ClusterError", "job_deadline",
            "RESUBMIT_EXIT", "DEADLINE_ENV"]
 
-KINDS = ("light", "network", "train")
+RESOURCE_CLASSES = ("light", "network", "train")
 SITE_FILE = Path("config/slurm/site.yaml")
 RESUBMIT_EXIT = 75  # EX_TEMPFAIL: stopped at a checkpoint before the job's time limit; run again to resume
 DEADLINE_ENV = "AOT_DIFFUSION_DEADLINE"  # unix time by which a job must have stopped (else SLURM's end time)
@@ -44,9 +44,9 @@ def site_settings(root: Path | str = ".") -> dict:
 
 
 def requests(st, ctx, site: dict | None = None) -> dict:
-    """Snakemake resources of one stage's jobs: the profile's sizes for the stage's kind, its GPU count
-    (stage table: 1, or train.nproc_per_node) where that kind runs on GPUs, and the site's partition."""
-    size = dict(ctx.p["resources"][st.kind])
+    """Snakemake resources of one stage's jobs: the profile's sizes for the stage's resource class, its GPU count
+    (stage table: 1, or train.nproc_per_node) where that class runs on GPUs, and the site's partition."""
+    size = dict(ctx.p["resources"][st.resources])
     size.pop("resubmits")  # the rule's retries, not a resource
     on_gpu = size.pop("gpu", False) and ctx.p["device"] != "cpu"
     out = dict(size, gpu=st.gpus(ctx) if on_gpu else 0)
@@ -114,7 +114,7 @@ def preflight(rule_requests: dict, partitions: dict, default_partition: str | No
                 problems.append(f"rule {rule}: asks for {want:g} {unit} but partition {part!r} offers at most "
                                 f"{have:g} per node")
     if problems:
-        raise ClusterError("pre-flight: these jobs could never start; lower resources.<kind> in the profile or "
+        raise ClusterError("pre-flight: these jobs could never start; lower resources.<class> in the profile or "
                            "choose other partitions in config/slurm/site.yaml:\n  " + "\n  ".join(problems))
 
 

@@ -48,8 +48,8 @@ _FD = ["fd.bootstrap", "fd.ci_level", "fd.kid_subsets", "fd.feature_batch", "fd.
 AOT_SOURCE = "src/aot_diffusion/aot.py"  # the built-in pairings
 
 
-def _plugin_files(c: "Context", kind: str) -> list:
-    return [PLUGIN_DIR / kind] if c.dvc else [plugin_path(kind, name) for name in c.p["plugins"][kind]]
+def _plugin_files(c: "Context", family: str) -> list:
+    return [PLUGIN_DIR / family] if c.dvc else [plugin_path(family, name) for name in c.p["plugins"][family]]
 
 
 def _pairing_code(c: "Context", key) -> list:
@@ -87,11 +87,11 @@ class Stage:
     over: str | None                                    # "model", "disc", "variant", "released" (a flag) or None
     run: str                                            # "module:function" in aot_diffusion.stages
     deps: Callable[[Layout, "Context", str], list]      # (layout, context, key) -> input paths
-    outs: Callable[[Layout, "Context", str], dict]      # (layout, context, key) -> {path: kind}
+    outs: Callable[[Layout, "Context", str], dict]      # (layout, context, key) -> {path: storage}
     params: Callable[["Context", str], list]            # (context, key) -> dotted parameter names it reads
     gpus: Callable[["Context"], int] = field(default=lambda ctx: 0)
     plots: tuple = ()                                   # (x, y) for dvc plots of PLOT outputs
-    kind: str = "network"                               # what it asks a cluster for: resources.<kind> (cluster.py)
+    resources: str = "network"                          # what it asks a cluster for: resources.<this> (cluster.py)
     keys: Callable[["Context"], list] | None = None     # a subset of its `over` keys (default: all)
     param_files: tuple = ()                             # parameters naming a file it reads (an input of the job)
     pairs_noise: bool = False                           # trains with its model's pairing (plugin code it runs)
@@ -243,12 +243,12 @@ STAGES: list[Stage] = [
           deps=lambda L, c, k: [Path(PARAMS_FILE), Path(CONF_DIR, "config.yaml"),
                                 *(Path(CONF_DIR, "profile", f"{name}.yaml") for name in PROFILES)],
           outs=lambda L, c, k: {L.effective_params: GIT},
-          params=lambda c, k: [name for name in c.p if name != "resources"], kind="light",
+          params=lambda c, k: [name for name in c.p if name != "resources"], resources="light",
           gate=True),  # first in DVC's order; its outputs persist, so a refused `dvc exp run` deletes nothing
     Stage("prepare_data", "prepare-data", None, "data:prepare_data",
           deps=lambda L, c, k: [],
           outs=lambda L, c, k: {L.dataset: OUT, L.data_summary: GIT},
-          params=lambda c, k: ["seed", "data"], kind="light"),
+          params=lambda c, k: ["seed", "data"], resources="light"),
     # offline profiles: train the FD feature classifier; cifar10: check clean-fid's Inception assets.
     Stage("feature_network", "feature-network", None, "data:feature_network",
           deps=lambda L, c, k: [L.dataset],
@@ -263,7 +263,7 @@ STAGES: list[Stage] = [
           deps=lambda L, c, k: [L.dataset, *_pairing_code(c, k)],
           outs=lambda L, c, k: {L.network(k): OUT, L.loss_log(k): PLOT},
           params=lambda c, k: ["seed", *_NET, *c.train_keys(), f"models.{c.spec_name(k)}"],
-          gpus=_ranks, plots=("kimg", "loss"), kind="train", pairs_noise=True, effort=8),
+          gpus=_ranks, plots=("kimg", "loss"), resources="train", pairs_noise=True, effort=8),
     Stage("sample", "sample", "model", "sample:sample",
           deps=lambda L, c, k: [L.network(k)],
           outs=lambda L, c, k: {L.samples(k): OUT},
@@ -333,7 +333,7 @@ STAGES: list[Stage] = [
           # the paper comparison (paper.differences) reads the training and guidance protocol too
           params=lambda c, k: ["seed", "data.dataset", "fd", "models", "train", "sample.steps", "sample.rho",
                                "sample.seeds", "sample.num_samples", "guidance", "hybrid", _SCORES],
-          kind="light", effort=2),
+          resources="light", effort=2),
     Stage("figures", "figures", None, "report:figures",
           # the FD figures draw the tables' numbers, computed from the same outputs by the same functions (reading
           # the tables' CSVs would chain the tables' record, which every parameter changes, where DVC sees equal bytes)
@@ -347,7 +347,7 @@ STAGES: list[Stage] = [
           outs=lambda L, c, k: {L.figure(f, ext): GIT for f in FIGURE_NAMES for ext in ("png", "pdf")},
           params=lambda c, k: ["seed", "data.dataset", "fd", "models", "train", "sample.steps", "sample.rho",
                                "sample.seeds", "sample.num_samples", "sample.grid_steps", "guidance", "hybrid",
-                               _SCORES], kind="light"),
+                               _SCORES], resources="light"),
 ]
 
 
@@ -362,7 +362,7 @@ POOL_STUDY_STAGES: list[Stage] = [
           # DVC: the folder (its foreach reads the variants when it runs); Snakemake: one file per variant
           outs=lambda L, c, k: ({L.pool_study.variants_dir: GIT} if c.dvc else
                                 {L.pool_study.variant_spec(v): GIT for v in c.variants}),
-          params=lambda c, k: ["pool_study.variants"], kind="light",
+          params=lambda c, k: ["pool_study.variants"], resources="light",
           chained=False),  # a variant's file is its entry, which its own jobs read: another variant's edit reruns none
     Stage("pool_train", "train", "variant", "train:train",
           # after pool_variants (its file: both doors have the same inputs, so a Snakemake run records in dvc.lock);
@@ -371,7 +371,7 @@ POOL_STUDY_STAGES: list[Stage] = [
                                 *(_plugin_files(c, "pairings") if c.dvc else [c.pairing_code(k, variant=True)])],
           outs=lambda L, c, k: {L.pool_study.network(k): OUT, L.pool_study.loss_log(k): PLOT},
           params=lambda c, k: ["seed", *_NET, *c.train_keys(), f"pool_study.variants.{k}"],
-          gpus=_ranks, plots=("kimg", "loss"), kind="train", pairs_noise=True),
+          gpus=_ranks, plots=("kimg", "loss"), resources="train", pairs_noise=True),
     Stage("pool_sample", "sample", "variant", "sample:sample",
           deps=lambda L, c, k: [L.pool_study.network(k)],
           outs=lambda L, c, k: {L.pool_study.samples(k): OUT},
@@ -395,7 +395,7 @@ POOL_STUDY_STAGES: list[Stage] = [
                              L.pool_study.study_metrics: GIT, L.pool_study.study_figure: PLOT,
                              L.pool_study.study_figure.with_suffix(".pdf"): GIT},
           params=lambda c, k: ["seed", "data.dataset", "fd", "sample.seeds", "train.batch_size", "train.knn_k",
-                               "pool_study", _SCORES], kind="light"),
+                               "pool_study", _SCORES], resources="light"),
 ]
 
 # A released NVlabs/edm or EDM-AOT network pickle, sampled and scored at the profile's settings (Snakemake
@@ -429,7 +429,7 @@ CALIBRATION_STAGES: list[Stage] = [
           deps=lambda L, c, k: [L.fd_floor, *[L.calibration_fd(n) for n in c.calibration_keys()]],
           outs=lambda L, c, k: {L.calibration_table(e): GIT for e in TABLE_FORMATS},
           params=lambda c, k: ["data.dataset", "fd", "calibration", "sample.num_samples", "sample.seeds"],
-          kind="light"),
+          resources="light"),
 ]
 ALL_STAGES = STAGES + POOL_STUDY_STAGES + RELEASED_STAGES + CALIBRATION_STAGES
 POOL_STUDY_DVC = Path("workflow/pool_size/dvc.yaml")

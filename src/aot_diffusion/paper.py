@@ -23,10 +23,10 @@ PAPER_MIMG = 200        # EDM's CIFAR-10 training length (Mimg); the AOT paper's
 
 @dataclass(frozen=True)
 class Cell:
-    """One published FID: who reports it, for which model kind at which sampler setting, and the training and
+    """One published FID: who reports it, for which training (EDM or AOT) at which sampler setting, and the training and
     guidance protocol behind it (what :func:`differences` checks)."""
     source: str
-    kind: str                   # "edm" | "aot": the model's training (EDM's random pairing or AOT's)
+    training: str               # "edm" | "aot": the model's training (EDM's random pairing or AOT's)
     conditional: bool
     steps: int                  # Heun steps (NFE = 2 steps - 1)
     rho: float | None           # None: the paper does not state it
@@ -63,10 +63,10 @@ CALIBRATION = {(False, False): TABLE1_CELLS[0], (False, True): TABLE1_CELLS[1],
                (True, False): TABLE1_CELLS[3], (True, True): TABLE1_CELLS[5]}
 
 
-def paper_fid(kind: str, conditional: bool, rho: float, steps: int) -> float | None:
+def paper_fid(training: str, conditional: bool, rho: float, steps: int) -> float | None:
     """Table 1's published FID at this setting, if there is one."""
     for c in TABLE1_CELLS:
-        if (c.kind, c.conditional, c.rho, c.steps) == (kind, bool(conditional), float(rho), int(steps)):
+        if (c.training, c.conditional, c.rho, c.steps) == (training, bool(conditional), float(rho), int(steps)):
             return c.fid
     return None
 
@@ -113,9 +113,9 @@ def differences(p: Mapping, cell: Cell, *, guided: bool = False) -> list[str]:
         out.append(f"training {training_mimg(p):g} Mimg, not {PAPER_MIMG}")
     if cell.batch is not None and p["train"]["batch_size"] != cell.batch:
         out.append(f"batch {p['train']['batch_size']}, not {cell.batch}")
-    if cell.kind == "edm" and not cell.conditional:
+    if cell.training == "edm" and not cell.conditional:
         out.append("architecture: NCSN++; the paper's number is EDM's DDPM++ (its NCSN++: 1.98)")
-    if cell.kind == "aot":
+    if cell.training == "aot":
         pools = (p["train"]["pool_size_cond"] if cell.conditional else p["train"]["pool_size"],
                  2048 if cell.conditional else 512)
         if pools[0] != pools[1]:

@@ -20,20 +20,20 @@ from typing import Mapping
 
 from .errors import ParamError
 
-__all__ = ["KINDS", "plugin_path", "load_plugins"]
+__all__ = ["FAMILIES", "plugin_path", "load_plugins"]
 
 PLUGIN_DIR = Path("plugins")
-KINDS = ("pairings", "metrics")
+FAMILIES = ("pairings", "metrics")
 _LOADED: dict[str, str] = {}  # module name -> sha256 of the file it was imported from
 
 
-def plugin_path(kind: str, name: str) -> Path:
-    """``plugins/<kind>/<name>.py``, relative to the project root."""
-    return PLUGIN_DIR / kind / f"{name}.py"
+def plugin_path(family: str, name: str) -> Path:
+    """``plugins/<family>/<name>.py``, relative to the project root."""
+    return PLUGIN_DIR / family / f"{name}.py"
 
 
-def _registry(kind: str) -> dict:
-    if kind == "pairings":
+def _registry(family: str) -> dict:
+    if family == "pairings":
         from .aot import PAIRINGS
 
         return PAIRINGS
@@ -42,35 +42,35 @@ def _registry(kind: str) -> dict:
     return METRICS
 
 
-def _unregister(kind: str, name: str) -> None:
-    if kind == "pairings":
+def _unregister(family: str, name: str) -> None:
+    if family == "pairings":
         from .aot import unregister_pairing
 
         unregister_pairing(name)
     else:
-        del _registry(kind)[name]
+        del _registry(family)[name]
 
 
-def _registered_by(module: str, kind: str) -> list:
-    return [n for n, v in _registry(kind).items() if getattr(v, "fn", v).__module__ == module]
+def _registered_by(module: str, family: str) -> list:
+    return [n for n, v in _registry(family).items() if getattr(v, "fn", v).__module__ == module]
 
 
 def load_plugins(p: Mapping, root: Path | str = ".") -> None:
     """Import every plugin named in ``p['plugins']`` (once per process and content); a missing file, an import
-    error, or a file that registers nothing or into the other kind's registry stops the run, naming the
+    error, or a file that registers nothing or into the other family's registry stops the run, naming the
     parameter."""
-    for kind in KINDS:
-        for i, name in enumerate(p.get("plugins", {}).get(kind, [])):
-            where, rel = f"plugins.{kind}[{i}]", plugin_path(kind, name)
+    for family in FAMILIES:
+        for i, name in enumerate(p.get("plugins", {}).get(family, [])):
+            where, rel = f"plugins.{family}[{i}]", plugin_path(family, name)
             path = Path(root) / rel
             if not path.is_file():
                 raise ParamError(f"parameter {where!r}: no plugin file {rel} (a plugin named {name!r} is the file "
-                                 f"plugins/{kind}/{name}.py in the project root)")
-            module = f"aot_diffusion_plugins.{kind}.{name}"
+                                 f"plugins/{family}/{name}.py in the project root)")
+            module = f"aot_diffusion_plugins.{family}.{name}"
             content = hashlib.sha256(path.read_bytes()).hexdigest()
             if _LOADED.get(module) == content:
                 continue
-            for k in KINDS:  # a file imported again (edited, or another copy of the project): its entries anew
+            for k in FAMILIES:  # a file imported again (edited, or another copy of the project): its entries anew
                 for entry in _registered_by(module, k):
                     _unregister(k, entry)
             spec = importlib.util.spec_from_file_location(module, path)
@@ -80,11 +80,11 @@ def load_plugins(p: Mapping, root: Path | str = ".") -> None:
             except Exception as exc:  # the researcher's code: name the file and the error
                 raise ParamError(f"parameter {where!r}: importing {rel} failed: {type(exc).__name__}: {exc}") from exc
             sys.modules[module] = code
-            other = next(k for k in KINDS if k != kind)
+            other = next(k for k in FAMILIES if k != family)
             if _registered_by(module, other):
                 raise ParamError(f"parameter {where!r}: {rel} registered {other} {_registered_by(module, other)}; list "
                                  f"it under plugins.{other} (the list decides what reruns when the file changes)")
-            if not _registered_by(module, kind):
-                raise ParamError(f"parameter {where!r}: {rel} registered no {kind[:-1]} (use "
-                                 f"{'aot.register_pairing' if kind == 'pairings' else 'metrics.scores.register_metric'})")
+            if not _registered_by(module, family):
+                raise ParamError(f"parameter {where!r}: {rel} registered no {family[:-1]} (use "
+                                 f"{'aot.register_pairing' if family == 'pairings' else 'metrics.scores.register_metric'})")
             _LOADED[module] = content

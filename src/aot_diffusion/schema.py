@@ -32,7 +32,7 @@ INSTANCE = re.compile(r"(?P<model>[a-z][a-z0-9_]*)_s(?P<seed>[0-9]+)")
 
 @dataclass(frozen=True)
 class Spec:
-    kind: str                       # int | num | bool | str | list | map | any
+    type: str                       # int | num | bool | str | list | map | any
     lo: float | None = None         # inclusive lower bound (numbers; list items)
     hi: float | None = None         # inclusive upper bound
     choices: tuple | Callable[[], tuple] = ()   # a callable: choices read when a value is checked (registries)
@@ -99,7 +99,7 @@ ENCODER = {  # the noise-aware classifier (ADM encoder) that DG's discriminator 
 }
 
 SETTING = {"steps": Int(2, 1000), "rho": Num(1, 1000)}  # one sampler setting (Heun steps, rho)
-# What one job of a kind of stage asks a cluster for (cluster.py); runtime in minutes per job; resubmits: how
+# What one job of a resource class of stages asks a cluster for (cluster.py); runtime in minutes per job; resubmits: how
 # often a job stopped at its time limit is submitted again (training resumes from its checkpoint).
 REQUEST = {"cpus_per_task": Int(1, 1024), "mem_mb": Int(100, 10**7), "runtime": Int(1, 10**6), "gpu": Bool(),
            "resubmits": Int(0, 1000)}
@@ -107,7 +107,7 @@ REQUEST = {"cpus_per_task": Int(1, 1024), "mem_mb": Int(100, 10**7), "runtime": 
 SCHEMA: dict[str, Any] = {
     "profile": Str(*PROFILES),
     "seed": Int(0, 2**31 - 1),
-    # the researcher's own pairings and metrics: names of files plugins/<kind>/<name>.py (plugins.py)
+    # the researcher's own pairings and metrics: names of files plugins/<family>/<name>.py (plugins.py)
     "plugins": {"pairings": List(Str(), min_len=0), "metrics": List(Str(), min_len=0)},
     "device": Str("auto", "cpu", "cuda"),
     "threads": Int(1, 256),
@@ -169,7 +169,7 @@ SCHEMA: dict[str, Any] = {
         "discriminators": Spec("map", item=Spec("discriminator")),
     },
     "pool_study": {"rho": Num(1, 1000), "variants": Spec("map", item=Spec("variant"))},
-    "resources": {kind: REQUEST for kind in ("light", "network", "train")},
+    "resources": {name: REQUEST for name in ("light", "network", "train")},
     "hybrid": {"switch_sigmas": List(Num(0, 1e4, gt=True)), "steps": List(Int(2, 1000)), "rho": Num(1, 1000)},
 }
 
@@ -243,7 +243,7 @@ def _check_value(path: str, value, spec: Spec):
         if spec.nullable:
             return
         _fail(path, "must be set (got null)")
-    k = spec.kind
+    k = spec.type
     if k == "bool":
         if not isinstance(value, bool):
             _fail(path, f"must be true or false (a YAML boolean, not {type(value).__name__} {value!r})")
@@ -275,7 +275,7 @@ def _check_value(path: str, value, spec: Spec):
             if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
                 _fail(path, f"the name {name!r} is not allowed: names are lower-case letters, digits and '_', "
                             f"starting with a letter ({NAME_PATTERN.pattern})")
-            _check_section(f"{path}.{name}", entry, _RECORDS[spec.item.kind], required=True)
+            _check_section(f"{path}.{name}", entry, _RECORDS[spec.item.type], required=True)
 
 
 def _check_section(path: str, node, schema: Mapping, required: bool = True):
@@ -329,10 +329,10 @@ def check_plugin_names(p: Mapping) -> None:
     plugins = p.get("plugins") if isinstance(p, Mapping) else None
     if plugins is not None:
         _check_section("plugins", plugins, SCHEMA["plugins"])
-        for kind, names in plugins.items():
+        for family, names in plugins.items():
             for i, name in enumerate(names):
                 if not NAME_PATTERN.fullmatch(name):
-                    _fail(f"plugins.{kind}[{i}]", f"{name!r} is not a plugin name (the file plugins/{kind}/<name>.py; "
+                    _fail(f"plugins.{family}[{i}]", f"{name!r} is not a plugin name (the file plugins/{family}/<name>.py; "
                                                   f"{NAME_PATTERN.pattern})")
 
 

@@ -36,10 +36,10 @@ for st in dag.ALL_STAGES:
             threads: THREADS if st.over or st.gpus(CTX) else 1
             priority: PRIORITY[dag.job_id(st, key)]
             resources:
-                **REQUESTS[dag.job_id(st, key)],  # the profile's resources.<kind> and the site's partition
+                **REQUESTS[dag.job_id(st, key)],  # the profile's resources.<class> and the site's partition
             log:
                 str(L.job_log(dag.job_id(st, key))),  # logs/<profile>/<job>.log, and the console (tee)
-            retries: P["resources"][st.kind]["resubmits"]  # training resumes from its checkpoint (cluster.py)
+            retries: P["resources"][st.resources]["resubmits"]  # training resumes from its checkpoint (cluster.py)
             shell:
                 "{params.command} 2>&1 | tee {log:q}"  # the directive runs late: the command is bound per rule in params
 

@@ -22,7 +22,7 @@ from .discriminators import (DIGITS_CLASSIFIER_CONFIG, DIGITS_HEAD_CONFIG, Noise
                              build_discriminator, load_discriminator, save_discriminator)
 from .guide import DG_PROB_CLIP, GuidedDenoiser, log_ratio_grad
 from .training import (discriminator_batches, evaluate_classifier, evaluate_discriminator, fit_discriminator,
-                       train_discriminator, train_noise_aware_classifier)
+                       optimise_discriminator, train_noise_aware_classifier)
 from .vp import (DG_SIGMA_WINDOW, SIGMA_BANDS, SIGMA_DISTRIBUTIONS, draw_sigma, sigma_to_vp_time, vp_input,
                  vp_time_to_sigma, window_from_validation)
 
@@ -32,6 +32,6 @@ __all__ = [
     "DIGITS_CLASSIFIER_CONFIG", "DIGITS_HEAD_CONFIG", "NoiseConditionedDiscriminator", "build_discriminator",
     "load_discriminator", "save_discriminator", "DG_PROB_CLIP", "GuidedDenoiser", "log_ratio_grad",
     "discriminator_batches", "evaluate_classifier", "evaluate_discriminator", "fit_discriminator",
-    "train_discriminator", "train_noise_aware_classifier", "DG_SIGMA_WINDOW", "SIGMA_BANDS",
+    "optimise_discriminator", "train_noise_aware_classifier", "DG_SIGMA_WINDOW", "SIGMA_BANDS",
     "SIGMA_DISTRIBUTIONS", "draw_sigma", "sigma_to_vp_time", "vp_input", "vp_time_to_sigma", "window_from_validation",
 ]

@@ -267,7 +267,7 @@ def _mixed_batches(real_images, fake_images, *, real_labels, fake_labels, pairin
             step += 1
 
 
-def train_discriminator(disc: nn.Module, real_images: torch.Tensor, fake_images: torch.Tensor, *,
+def optimise_discriminator(disc: nn.Module, real_images: torch.Tensor, fake_images: torch.Tensor, *,
                         real_labels=None, fake_labels=None, pairing: str = "none", pairing_options: dict | None = None,
                         pool_size: int = 512,
                         batch_size: int = 128, steps: int = 1000, lr: float = 3e-4, weight_decay: float = 1e-7,
@@ -375,11 +375,11 @@ def fit_discriminator(encoder: ADMEncoderUNet, real_images: torch.Tensor, fake_i
     """Build DG's discriminator on the frozen ``encoder`` (head seeded by ``seed``) and train it.
 
     ``label_dim > 0`` makes it class-conditional (labels required). ``validate``/``patience``: early
-    stopping, see :func:`train_discriminator`. Returns (disc, history).
+    stopping, see :func:`optimise_discriminator`. Returns (disc, history).
     """
     disc = build_discriminator(encoder, label_dim=label_dim, head_config=head_config,
                                head_num_classes=head_num_classes, seed=seed, device=device)
-    history = train_discriminator(disc, real_images, fake_images, real_labels=real_labels, fake_labels=fake_labels,
+    history = optimise_discriminator(disc, real_images, fake_images, real_labels=real_labels, fake_labels=fake_labels,
                                   pairing=pairing, pairing_options=pairing_options, pool_size=pool_size,
                                   batch_size=batch_size, steps=steps, lr=lr,
                                   weight_decay=weight_decay, seed=seed, device=device, log_every=log_every,

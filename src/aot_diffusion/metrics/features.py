@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..samples import from_uint8
+from ..sample_files import from_uint8, to_uint8
 
-__all__ = ["FeatureClassifier", "train_classifier", "extract_features"]
+__all__ = ["FeatureClassifier", "FeatureSpace", "train_classifier", "extract_features"]
 
 
 class FeatureClassifier(nn.Module):
@@ -87,3 +87,26 @@ def extract_features(model: FeatureClassifier, images, batch_size: int = 1000, d
     model = model.to(device).eval()
     chunks = [model.features(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(chunks).double().numpy()
+
+
+class FeatureSpace:
+    """Features of images for the FD: the trained classifier's, or Inception's (cifar10)."""
+
+    def __init__(self, path, device, batch_size):
+        from ..safe_pickle import safe_torch_load
+
+        blob = safe_torch_load(path)
+        self.network, self.device, self.batch = blob["kind"], device, batch_size  # "classifier" | "inception"
+        self.description = blob.get("description", self.network)
+        if self.network == "classifier":
+            self.model = FeatureClassifier(**blob["config"])
+            self.model.load_state_dict(blob["state"])
+            self.model.eval().to(self.device)
+
+    def __call__(self, images) -> np.ndarray:
+        if self.network == "classifier":
+            return extract_features(self.model, images, batch_size=self.batch, device=self.device)
+        from .inception import inception_features
+
+        pixels = images if images.dtype == np.uint8 else to_uint8(images)
+        return inception_features(pixels, device=self.device, batch_size=self.batch)

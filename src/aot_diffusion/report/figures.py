@@ -18,7 +18,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa:
 
 from ..dag import Context  # noqa: E402
 from ..sampling import num_function_evals  # noqa: E402
-from ..samples import read_sweep  # noqa: E402
+from ..sample_files import read_sweep  # noqa: E402
 from ..utils import AtomicPath  # noqa: E402
 from ..params import guidance_settings, model_instances, split_instance  # noqa: E402
 from ..safe_pickle import safe_np_load  # noqa: E402

@@ -84,7 +84,7 @@ def _headline(key: str, value, low=None, high=None, name: str = "value") -> dict
     return {key: {name: float(value), "interval": f"[{low:.4g}, {high:.4g}]"}}
 
 
-def _kind(p, model):
+def _training_of(p, model):
     """The papers' name of a model's training: EDM (no pairing) or AOT (its noise paired)."""
     return "edm" if p["models"][model]["pairing"] == "none" else "aot"
 
@@ -331,7 +331,7 @@ def table1(p, L, floor, hierarchical: bool = True) -> pd.DataFrame:
     for key, (model, train_seed) in model_instances(p).items():
         spec = p["models"][model]
         for _, r in _summary(grid_only(p, pd.read_csv(L.fd(key))), level).iterrows():
-            published = paper.paper_fid(_kind(p, model), spec["conditional"], float(r["rho"]), int(r["steps"]))
+            published = paper.paper_fid(_training_of(p, model), spec["conditional"], float(r["rho"]), int(r["steps"]))
             per_seed.append(dict(model=model, train_seed=train_seed, conditional=spec["conditional"],
                                  pairing=spec["pairing"],
                                  **r.drop("disc_grad_evals"), paper_cifar10_fid=np.nan if published is None else published))
@@ -394,7 +394,7 @@ def table2(p, L) -> pd.DataFrame:
     stats, seed, ref_feats = reference_stats(p, ref), p["sample"]["seeds"][0], reference_features(p, ref)
     rows = []
     for disc, dspec in g["discriminators"].items():
-        kind, cond = _kind(p, dspec["model"]).upper(), p["models"][dspec["model"]]["conditional"]
+        kind, cond = _training_of(p, dspec["model"]).upper(), p["models"][dspec["model"]]["conditional"]
         job = Context(p).discriminator(disc)
         model = job["instance"]
         method = f"{kind} + {'DG' if job['pairing'] == 'none' else 'AOT-DG'}"
@@ -525,8 +525,8 @@ def paper_comparison(p, t1: pd.DataFrame, t2: pd.DataFrame) -> pd.DataFrame:
                          ours_mean=h["fd_guided"], ours_low=h["fd_guided_low"], ours_high=h["fd_guided_high"])
                     for _, h in hits.iterrows()]
         else:
-            method = f"{cell.kind.upper()} ({'cond' if cell.conditional else 'uncond'})"
-            model = next((m for m, s in p["models"].items() if _kind(p, m) == cell.kind
+            method = f"{cell.training.upper()} ({'cond' if cell.conditional else 'uncond'})"
+            model = next((m for m, s in p["models"].items() if _training_of(p, m) == cell.training
                           and s["conditional"] == cell.conditional), None)
             hits = heads[(heads["model"] == model) & (heads["rho"] == cell.rho) & (heads["steps"] == cell.steps)]
             ours = [dict(rho=h["rho"], model=model, ours_min=h.get(f"{stat}_min", np.nan), ours_mean=h[stat],

@@ -69,6 +69,12 @@ class Run:
         """The trained model of ``model``'s first training seed (what DG and the hybrid samplers use)."""
         return self.plan.ctx.first(model)
 
+    def feature_space(self):
+        """The FD's feature network that stage feature_network wrote, on this job's device."""
+        from ..metrics.features import FeatureSpace
+
+        return FeatureSpace(self.layout.feature_network, self.device, self.params["fd"]["feature_batch"])
+
     def write_record(self) -> None:
         """The evidence of what this run computed from and wrote: written last, the only record in its folder."""
         from ..provenance import environment

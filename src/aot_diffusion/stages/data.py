@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..safe_pickle import safe_torch_load
 from ..data import load_dataset, prepare_dataset
 from ..metrics import fd as fdm
 from ..metrics.scores import Reference, Sample, ScoreConfig, describe, score_floor
@@ -72,36 +71,10 @@ def feature_network(run: Run) -> None:
     run.log(f"feature classifier: held-out accuracy {acc:.4f}")
 
 
-class FeatureSpace:
-    """Features of images for the FD: the trained classifier's, or Inception's (cifar10)."""
-
-    def __init__(self, run: Run):
-        blob = safe_torch_load(run.layout.feature_network)
-        self.kind, self.device, self.batch = blob["kind"], run.device, run.params["fd"]["feature_batch"]
-        self.description = blob.get("description", self.kind)
-        if self.kind == "classifier":
-            from ..metrics.features import FeatureClassifier
-
-            self.model = FeatureClassifier(**blob["config"])
-            self.model.load_state_dict(blob["state"])
-            self.model.eval().to(self.device)
-
-    def __call__(self, images) -> np.ndarray:
-        if self.kind == "classifier":
-            from ..metrics.features import extract_features
-
-            return extract_features(self.model, images, batch_size=self.batch, device=self.device)
-        from ..metrics.inception import inception_features
-        from ..samples import to_uint8
-
-        pixels = images if images.dtype == np.uint8 else to_uint8(images)
-        return inception_features(pixels, device=self.device, batch_size=self.batch)
-
-
 def fd_reference(run: Run) -> None:
     """Reference statistics (training images) and the floor: held-out real images at the sample count."""
     d = load_dataset(run.layout.dataset)
-    feats = FeatureSpace(run)
+    feats = run.feature_space()
     if run.params["fd"]["features"] == "inception":
         from ..metrics.inception import cifar10_reference_statistics
 

@@ -11,10 +11,9 @@ from ..layout import sample_key
 from ..metrics.scores import Reference, Sample, ScoreConfig, columns, describe, score
 from ..params import edm_aot_pairs
 from ..sampling import num_function_evals
-from ..samples import read_sweep
+from ..sample_files import read_sweep
 from ..utils import AtomicPath
 from . import Run
-from .data import FeatureSpace
 
 
 def _finite(run: Run, df: pd.DataFrame, what: str) -> None:
@@ -39,9 +38,9 @@ def reference(run: Run) -> Reference:
 
 
 def _score(run: Run, samples_path, csv_path, features_path, name: str) -> None:
-    from ..samples import from_uint8
+    from ..sample_files import from_uint8
 
-    ref, feats, cfg = reference(run), FeatureSpace(run), ScoreConfig.from_params(run.params, run.device)
+    ref, feats, cfg = reference(run), run.feature_space(), ScoreConfig.from_params(run.params, run.device)
     rows, kept = [], {}
     for steps, rho, seed, pixels, grads in read_sweep(samples_path):
         x = feats(pixels)
@@ -77,7 +76,7 @@ def guided_fd(run: Run) -> None:
 def curvature(run: Run) -> None:
     from ..metrics.curvature import curvature_on_grid, curvature_profile, fine_trajectory, truncation_error
     from ..sampling import class_labels, edm_sampler, latents
-    from .sample import image_shape, load_denoiser
+    from ..denoisers import image_shape, load_denoiser
 
     c, s = run.params["curvature"], run.params["sample"]
     net, denoise = load_denoiser(run.layout.network(run.key), run.device)
@@ -115,12 +114,12 @@ def hybrid(run: Run) -> None:
     """Where along sigma AOT helps and hurts: sample with AOT's denoiser above sigma_s and EDM's below (and the
     reverse), from the main sweep's latents (first sampling seed), scored as the rest; pure models are the
     main sweep's rows at the same setting."""
-    from ..samples import from_uint8, to_uint8
+    from ..sample_files import from_uint8, to_uint8
     from ..sampling import class_labels, latents
-    from .sample import image_shape, load_denoiser
+    from ..denoisers import image_shape, load_denoiser
 
     h, s = run.params["hybrid"], run.params["sample"]
-    ref, feats, cfg = reference(run), FeatureSpace(run), ScoreConfig.from_params(run.params, run.device)
+    ref, feats, cfg = reference(run), run.feature_space(), ScoreConfig.from_params(run.params, run.device)
     rows, kept = [], {}
     seed = s["seeds"][0]
     for cond, models in edm_aot_pairs(run.params).items():

@@ -12,7 +12,7 @@ from .. import guidance as dg
 from ..guidance.adm import encoder_config, norm_groups
 from . import Run
 from ..sampling import boosted_sampler
-from .sample import load_denoiser, sweep
+from ..denoisers import load_denoiser, sample_sweep
 
 
 def train_encoder(run: Run) -> None:
@@ -58,7 +58,7 @@ def _head_config(run: Run) -> dict:
 
 def _as_stored(images) -> torch.Tensor:
     """Images as DG sees both classes: uint8 pixels (quantised here if stored as floats), read back to [-1, 1]."""
-    from ..samples import from_uint8, to_uint8
+    from ..sample_files import from_uint8, to_uint8
 
     images = np.asarray(images)
     return torch.as_tensor(from_uint8(images if images.dtype == np.uint8 else to_uint8(images)))
@@ -172,5 +172,5 @@ def guided_sample(run: Run) -> None:
     if boosting:
         run.log("DG's boosting: churn and doubled guidance where the discriminator says fake")
     settings = [(st, r, seed) for st, r in run.sample_grid() for seed in run.params["sample"]["seeds"]]
-    sweep(run, net, denoise, settings, run.layout.guided_samples(run.key), denoise_euler=guided, counter=guided,
-          sampler=boosted_sampler if boosting else None)
+    sample_sweep(denoise, net, settings, run.params["sample"], run.device, run.layout.guided_samples(run.key),
+                 run.log, run.key, denoise_euler=guided, counter=guided, sampler=boosted_sampler if boosting else None)

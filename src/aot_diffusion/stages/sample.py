@@ -5,57 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..sampling import class_labels, latents, num_function_evals, sample_batched
-from ..samples import to_uint8, write_sweep
+from ..denoisers import image_shape, load_denoiser, sample_sweep
+from ..sample_files import to_uint8
+from ..sampling import class_labels, latents, sample_batched
 from . import Run
-
-
-def load_denoiser(path, device):
-    """A trained network (ours) or a released NVlabs/edm / EDM-AOT pickle, as (net, denoise callable)."""
-    if str(path).endswith(".pkl"):  # loaded without running code from the pickle
-        from ..edm_pickle import load_edm_pickle
-
-        net = load_edm_pickle(path, key="ema", device=device).requires_grad_(False)
-    else:
-        from ..training import load_network
-
-        net = load_network(path, map_location=device)
-
-    def denoise(x, sigma, labels):
-        with torch.no_grad():
-            return net(x.to(torch.float32), sigma.to(torch.float32), labels)
-
-    return net, denoise
-
-
-def image_shape(net):
-    return (net.img_channels, net.img_resolution, net.img_resolution)
-
-
-def sweep(run: Run, net, denoise, settings, out_path, denoise_euler=None, counter=None, sampler=None) -> None:
-    """Sample every (steps, rho, seed) setting from the seed's latents (shared by all models) into one file.
-    ``sampler``: one with churn noise (DG's boosting), drawn from a CPU generator seeded by the sampling seed."""
-    s = run.params["sample"]
-    images, grads = {}, {}
-    for k, (steps, rho, seed) in enumerate(settings):
-        if counter is not None:
-            counter.reset()
-        z = latents(seed, s["num_samples"], image_shape(net), run.device)
-        extra = {} if sampler is None else dict(sampler=sampler, generator=torch.Generator().manual_seed(int(seed)))
-        x = sample_batched(denoise, z, class_labels(net.label_dim, s["num_samples"], run.device), s["batch_size"],
-                           num_steps=steps, rho=rho, sigma_min=s["sigma_min"], sigma_max=s["sigma_max"],
-                           denoise_euler=denoise_euler, **extra)
-        if not torch.isfinite(x).all():
-            raise FloatingPointError(f"non-finite samples at steps {steps}, rho {rho:g}, seed {seed}: the network "
-                                     f"{run.key} or the sampler settings (sample.sigma_max = {s['sigma_max']}) are broken")
-        images[(steps, rho, seed)] = x.cpu().numpy()
-        note = ""
-        if counter is not None:  # discriminator gradient evaluations per sampler run (per batch)
-            batches = -(-s["num_samples"] // s["batch_size"])
-            grads[(steps, rho, seed)] = counter.num_grad_evals // batches
-            note = f" + {grads[(steps, rho, seed)]} discriminator gradients"
-        run.log(f"{k + 1}/{len(settings)}: steps {steps} rho {rho:g} seed {seed} NFE {num_function_evals(steps)}{note}")
-    write_sweep(out_path, images, grads)
 
 
 def sample(run: Run) -> None:
@@ -65,7 +18,8 @@ def sample(run: Run) -> None:
         raise FileNotFoundError("released_pickle is not set: --config released_pickle=/path/to/network.pkl")
     net, denoise = load_denoiser(run.params["released_pickle"] if released else run.layout.network(run.key), run.device)
     settings = [(st, r, seed) for st, r in run.sample_grid() for seed in s["seeds"]]
-    sweep(run, net, denoise, settings, run.layout.released_samples if released else run.layout.samples(run.key))
+    sample_sweep(denoise, net, settings, run.params["sample"], run.device,
+                 run.layout.released_samples if released else run.layout.samples(run.key), run.log, run.key)
 
 
 def calibrate_sample(run: Run) -> None:
@@ -81,7 +35,8 @@ def calibrate_sample(run: Run) -> None:
     cell = calibration_setting(spec["pairing"] != "none", spec["conditional"])
     run.log(f"{spec['pickle']}: {cell.source}'s setting, {cell.steps} steps rho {cell.rho:g} (published FID {cell.fid})")
     settings = [(cell.steps, cell.rho, seed) for seed in run.params["sample"]["seeds"]]
-    sweep(run, net, denoise, settings, run.layout.calibration_samples(run.key))
+    sample_sweep(denoise, net, settings, run.params["sample"], run.device, run.layout.calibration_samples(run.key),
+                 run.log, run.key)
 
 
 def fake_samples(run: Run) -> None:
