@@ -81,3 +81,17 @@ def test_the_cycle_finder_finds_a_circle(tmp_path):
     (pkg / "b.py").write_text("def f():\n    from . import a\n")  # a late import closes the circle too
     (pkg / "c.py").write_text("from . import a\n")
     assert cycles(import_graph(pkg)) == [["pkg.a", "pkg.b"]]
+
+
+def test_every_stage_of_the_table_names_a_function_that_takes_its_run():
+    """The CLI finds a job's function through its stage (dag.Stage.function); a misspelt `run` entry fails here,
+    not when a cluster job starts."""
+    import inspect
+
+    from aot_diffusion import dag
+
+    for st in dag.ALL_STAGES:
+        fn = st.function()
+        assert fn.__module__ == f"aot_diffusion.stages.{st.run.split(':')[0]}", st.name
+        first, *rest = inspect.signature(fn).parameters.values()
+        assert first.name == "run" and all(p.default is not p.empty for p in rest), st.name

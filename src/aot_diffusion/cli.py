@@ -189,23 +189,20 @@ def main(argv=None) -> None:
 
             return print("wrote " + ", ".join(map(str, export_grid(args.params, args.model, args.steps, args.rho,
                                                                    args.seed, args.count))))
-        import importlib
-
         from .stages import JobClock, Run
         from .utils import set_tf32, set_threads
 
         over, key = _chosen(args)
         st = dag.find_stage(args.command, over)
         run = Run(st, key, params_path=args.params)
-        # torch's threads, as before for every stage; declared (tracked) by the stages that run a network,
+        # torch's threads for every stage; declared (tracked) by the stages that run a network,
         # whose sums it changes (the report stages compute with numpy, which this setting doesn't touch).
         set_threads(run.plan.p["threads"])
         if "device" in run.plan.declared(st, key):
             set_tf32(run.params["tf32"])  # EDM's numerics on CUDA, before any CUDA work
             run.device  # a stage that runs a network checks its device before any work
-        module, func = st.run.split(":")
         extra = {"stop_after": args.stop_after} if getattr(args, "stop_after", None) is not None else {}
-        function = getattr(importlib.import_module(f".stages.{module}", __package__), func)
+        function = st.function()
         clock = JobClock()  # start-up ends here: interpreter, imports, parameters, the stage's module
         finished = function(run, **extra)
         if finished is not False:  # False: stopped early on purpose (train --stop-after); no record

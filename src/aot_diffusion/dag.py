@@ -101,6 +101,14 @@ class Stage:
                                                         # its own parameters, so takes no record of it (only the
                                                         # order); a reader of the whole DAG still does
 
+    def function(self) -> Callable:
+        """The stage's function, imported when a job runs (the table is read at planning time, when importing
+        every stage module, and torch with it, would cost every Snakemake and DVC start-up)."""
+        import importlib
+
+        module, name = self.run.split(":")
+        return getattr(importlib.import_module(f"{__package__}.stages.{module}"), name)
+
 
 class Context:
     """What the stage table needs to know of the parameters; ``dvc=True``: for dvc.yaml, ``template=True``

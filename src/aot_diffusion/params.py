@@ -27,7 +27,7 @@ import yaml
 from . import schema
 from .errors import ParamError, UndeclaredParam
 from .plugins import load_plugins
-# the schema's names, as every caller knew them here
+# the schema's names, re-exported: callers read parameters and their names from one module
 from .schema import (DISCRIMINATOR, ENCODER, INSTANCE, MAX_POOL, MAX_SAMPLES, MODEL, NAME_PATTERN, NETWORK,  # noqa: F401
                      PROFILES, RESOLUTION, SCHEMA, VARIANT, Spec)
 
