@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--params", default="params.yaml", help="the effective parameter file (without --profile)")
     sp.add_argument("--train-img-per-s", type=float, default=None, help="training images per second per GPU")
     sp.add_argument("--evals-per-s", type=float, default=None, help="network evaluations per second per GPU")
-    sp = sub.add_parser("readme", help="fill the README's generated result tables from a run's tables (default: "
-                                       "docs/results, the default run's copy); --check: only say which differ")
+    sp = sub.add_parser("readme", help="fill the generated result tables of the README and docs pages from a run's "
+                                       "tables (default: docs/results, the default run's copy); --check: only say "
+                                       "which differ")
     sp.add_argument("--results", default="docs/results", help="a folder of the tables stage's CSVs and params.yaml")
     sp.add_argument("--check", action="store_true", help="exit 1 if a generated block differs from the files")
     sp = sub.add_parser("rehearsal-inputs", help="write the rehearsal's stand-in inputs (CIFAR-10-format tarball, DG "
@@ -171,13 +172,13 @@ def main(argv=None) -> None:
                              evals_per_s=args.evals_per_s or rates["evals_per_s"])
             return print(format_estimate(p, estimate(p, rates["train_img_per_s"], rates["evals_per_s"]), rates))
         if args.command == "readme":
-            from .report.readme import update_readme
+            from .report.readme import PAGES, update_pages
 
-            stale = update_readme("README.md", args.results, check=args.check)
+            stale = update_pages(".", args.results, check=args.check)
             if args.check and stale:
-                print(f"README.md: generated blocks differ from {args.results}: {', '.join(stale)}", file=sys.stderr)
+                print(f"generated blocks differ from {args.results}: {', '.join(stale)}", file=sys.stderr)
                 sys.exit(1)
-            return print(f"README.md: {'checked' if args.check else 'updated'} from {args.results}")
+            return print(f"{', '.join(PAGES)}: {'checked' if args.check else 'updated'} from {args.results}")
         if args.command == "rehearsal-inputs":
             from .params import compose
             from .rehearsal import write_inputs

@@ -28,7 +28,7 @@ def check_inception_assets(allow_download: bool = False) -> None:
     if missing and not allow_download:
         raise FileNotFoundError(
             "clean-fid's Inception FID needs files that are not on this machine: " + ", ".join(missing) +
-            ". Pre-seed them on a machine with network access (see README, 'Offline Inception FID'): "
+            ". Pre-seed them on a machine with network access (see docs/cifar10.md, 'Offline Inception FID'): "
             "python -c \"from cleanfid import fid; fid.get_reference_statistics('cifar10', 32, "
             "mode='legacy_tensorflow', split='train'); from cleanfid.features import build_feature_extractor; "
             "build_feature_extractor('legacy_tensorflow', device='cpu')\" and copy "

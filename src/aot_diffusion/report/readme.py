@@ -1,7 +1,7 @@
-"""The README's result tables, generated from a run's files (``aot-diffusion readme``).
+"""The result tables of the README and its docs pages, generated from a run's files (``aot-diffusion readme``).
 
-The README holds blocks between ``<!-- generated: NAME -->`` and ``<!-- end: NAME -->``; each is written from
-the CSV tables a run's ``tables`` stage wrote (docs/results/ holds the default run's copy), so the README shows
+Each page of :data:`PAGES` holds blocks between ``<!-- generated: NAME -->`` and ``<!-- end: NAME -->``; each is
+written from the files a run wrote (docs/results/ holds the default run's copy), so the page shows
 what the run measured, not what someone typed. ``--check`` fails when a block differs from what the files give
 (a test runs it).
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-__all__ = ["BLOCKS", "render", "update_readme"]
+__all__ = ["BLOCKS", "PAGES", "render", "update_pages", "update_readme"]
 
 _BLOCK = re.compile(r"(<!-- generated: (?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- end: (?P=name) -->)", re.S)
 
@@ -176,6 +176,18 @@ def default_job_cost(results: Path) -> str:
     return "\n".join(lines) + f"\n\nMachine: {'; '.join(machines)}.\n\n" + "\n".join(notes) + "\n"
 
 
+def default_job_time(results: Path) -> str:
+    """The default job's last measured cost (bench_default_job.json's `latest` entry, else its last)."""
+    import json
+
+    runs = json.loads((results / "bench_default_job.json").read_text())
+    label = "latest" if "latest" in runs else list(runs)[-1]
+    r = runs[label]
+    return (f"{r['jobs']} jobs, **{r['cpu_s']:.0f} CPU-seconds, {r['wall_s'] / 60:.1f} min wall** on "
+            f"{r['machine']['cpu']} ({r['cores']} cores), commit {r['commit']}; per stage: "
+            f"[docs/benchmarks.md](docs/benchmarks.md).\n")
+
+
 def gpu_check(results: Path) -> str:
     """One GPU's numbers from benchmarks/gpu_check.py (bench_gpu_check.json names the card, commits and setup)."""
     import json
@@ -209,20 +221,32 @@ PER_TRAINING_SEED = ("train", "sample", "fd", "curvature")
 
 BLOCKS = {"headline_seeds": headline_seeds, "aot_vs_edm": aot_vs_edm, "curvature": curvature, "hybrid": hybrid,
           "guidance": guidance, "pool_study": pool_study, "default_job_cost": default_job_cost,
-          "gpu_check": gpu_check}
+          "gpu_check": gpu_check, "default_job_time": default_job_time}
 
 
 def render(results: Path) -> dict[str, str]:
     return {name: fn(Path(results)) for name, fn in BLOCKS.items()}
 
 
-def update_readme(readme: Path, results: Path, check: bool = False) -> list[str]:
-    """Fill the README's generated blocks from ``results``; with ``check`` only list the blocks that differ."""
-    text, blocks = Path(readme).read_text(), render(results)
+# The pages that hold generated blocks: the README and the docs pages it links.
+PAGES = ("README.md", "docs/results.md", "docs/benchmarks.md", "docs/cifar10.md")
+
+
+def update_pages(root: Path, results: Path, check: bool = False) -> list[str]:
+    """:func:`update_readme` over every page of :data:`PAGES`; returns "page: block" for each that differed."""
+    blocks = render(results)
+    stale = [f"{page}: {name}" for page in PAGES
+             for name in update_readme(Path(root) / page, results, check=check, blocks=blocks)]
+    shown = "".join((Path(root) / page).read_text() for page in PAGES)
+    return stale + [f"{name} (on no page)" for name in blocks if f"<!-- generated: {name} -->" not in shown]
+
+
+def update_readme(readme: Path, results: Path, check: bool = False, blocks: dict | None = None) -> list[str]:
+    """Fill a page's generated blocks from ``results``; with ``check`` only list the blocks that differ."""
+    text, blocks = Path(readme).read_text(), blocks if blocks is not None else render(results)
     stale = [m["name"] for m in _BLOCK.finditer(text) if m["name"] in blocks and m["body"] != blocks[m["name"]]]
-    missing = [name for name in blocks if f"<!-- generated: {name} -->" not in text]
     if check:
-        return stale + [f"{name} (no block)" for name in missing]
+        return stale
     new = _BLOCK.sub(lambda m: m.group(1) + blocks.get(m["name"], m["body"]) + m.group(4), text)
     if new != text:
         Path(readme).write_text(new)
