@@ -95,3 +95,20 @@ def test_every_stage_of_the_table_names_a_function_that_takes_its_run():
         assert fn.__module__ == f"aot_diffusion.stages.{st.run.split(':')[0]}", st.name
         first, *rest = inspect.signature(fn).parameters.values()
         assert first.name == "run" and all(p.default is not p.empty for p in rest), st.name
+
+
+def test_the_stage_graph_has_one_node_per_stage_with_its_jobs(tmp_path):
+    """`aot-diffusion dag --stages`: the job counts add up to the plan's main jobs, the edges are the stages'
+    reads (train feeds sample, never the reverse), and the DOT and PNG are written."""
+    from aot_diffusion import dag
+    from aot_diffusion.params import compose
+    from aot_diffusion.stage_graph import stage_graph, write_stage_graph
+
+    plan = dag.Plan(compose("smoke"))
+    counts, edges = stage_graph(plan)
+    assert list(counts) == [st.name for st in dag.STAGES]
+    assert sum(counts.values()) == sum(1 for st, _ in plan.jobs() if st in dag.STAGES)
+    assert counts["train"] == len(plan.ctx.models)
+    assert ("train", "sample") in edges and ("sample", "train") not in edges
+    dot, png = write_stage_graph(plan, tmp_path / "g")
+    assert dot.read_text().count("->") == len(edges) and png.read_bytes()[:4] == b"\x89PNG"

@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--params", default="params.yaml", help="the effective parameter file")
     sp.add_argument("--all", action="store_true", help="list current jobs too")
     sp.add_argument("--json", action="store_true", help="one JSON object per job")
+    sp = sub.add_parser("dag", help="the DAG at stage level (--stages): one node per stage with its job count, as "
+                                    "Graphviz DOT and PNG")
+    sp.add_argument("--stages", action="store_true", required=True, help="one node per stage (the only level)")
+    sp.add_argument("--params", default="params.yaml", help="the effective parameter file")
+    sp.add_argument("--out", default=None, help="path prefix (default: results/<profile>/dag_stages)")
     sp = sub.add_parser("plan", help="what the default target costs before you submit it: jobs and GPU-hours per "
                                      "kind of stage, from the parameters and a per-GPU rate (stated, or yours)")
     sp.add_argument("--profile", default=None, help="compose this profile (default: the effective params.yaml)")
@@ -161,6 +166,14 @@ def main(argv=None) -> None:
 
             states = job_states(dag.Plan(load_params(args.params)))
             return print("\n".join(json.dumps(s) for s in states) if args.json else format_states(states, args.all))
+        if args.command == "dag":
+            from .layout import Layout
+            from .params import load_params
+            from .stage_graph import write_stage_graph
+
+            plan = dag.Plan(load_params(args.params))
+            out = args.out or Layout(plan.p["profile"]).results / "dag_stages"
+            return print("wrote " + ", ".join(map(str, write_stage_graph(plan, out))))
         if args.command == "plan":
             from .cost import STATED_RATES, estimate, format_estimate
             from .params import compose, load_params
