@@ -216,7 +216,7 @@ def test_the_cli_is_built_from_the_stage_table():
     from aot_diffusion.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert set(sub.choices) == {st.cli for st in dag.ALL_STAGES} | {"params", "dvc-yaml", "grid", "rehearsal-inputs", "offline-plots", "compare", "status", "plan", "readme"}
+    assert set(sub.choices) == {st.cli for st in dag.ALL_STAGES} | {"params", "dvc-yaml", "grid", "rehearsal-inputs", "offline-plots", "compare", "status", "plan", "readme", "dag"}
     for st in dag.ALL_STAGES:  # every stage's command parses to that very stage
         key = "pool128" if st.over == "variant" else "dg_edm_uncond" if st.over == "disc" else "edm_uncond_s0"
         cmd = dag.command(st, key if st.over in dag.KEYED else None).split()[1:]

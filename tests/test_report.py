@@ -449,7 +449,7 @@ def test_offline_plot_template_inlines_vega_for_dvc(tmp_path):
 def test_compare_prints_a_row_per_parameter_or_metric():
     """`aot-diffusion compare` turns dvc exp show's CSV round: experiments as columns, four significant digits,
     absent values blank, the row identifiers (rev, typ, Created...) left out."""
-    from aot_diffusion.report.compare import FLAGS, transposed
+    from aot_diffusion.report.compare import FLAGS, parameter_names, transposed
 
     text = ("Experiment,rev,typ,Created,parent,aot_vs_edm.uncond.fd_heldout_rho7_nfe3.diff,"
             "aot_vs_edm.uncond.fd_heldout_rho7_nfe3.interval,sample.rho,train.pool_size\n"
@@ -460,6 +460,13 @@ def test_compare_prints_a_row_per_parameter_or_metric():
     assert lines[1].split() == ["aot_vs_edm.uncond.fd_heldout_rho7_nfe3.diff", "0.2157"]
     assert lines[3].split()[0] == "sample.rho" and "[7, 72]" in lines[3] and len(lines) == 5
     assert "--only-changed" in FLAGS and transposed("Experiment,rev\n").startswith("no experiments")
+    # With the parameter names: changed parameters first, each experiment named by its change, long text cut.
+    params = parameter_names({"sample": {"rho": [7, 90]}, "train": {"pool_size": 64}, "fd": {"ci_level": 0.95}})
+    long = "bootstrap: samples and reference images resampled together, paired where two models share latents"
+    lines = transposed(text.replace('"[-0.07041, 0.5018]"', f'"{long}"'), params).splitlines()
+    assert lines[0].split() == ["workspace", "rho-exp:", "sample.rho=[7,", "72]"]
+    assert [line.split()[0] for line in lines[1:3]] == ["sample.rho", "train.pool_size"]
+    assert lines[-1] == f"[1] {long}" and "…[1]" in lines[-2] and max(map(len, lines[:-1])) <= 110
 
 
 def test_min_over_sampling_seeds_is_edms_protocol_beside_the_mean():

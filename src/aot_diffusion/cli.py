@@ -157,7 +157,14 @@ def main(argv=None) -> None:
 
             print("$ " + shlex.join(exp_show_command(*args.dvc_args)), file=sys.stderr)
             text = exp_show_csv(*args.dvc_args)
-            return print(text if args.csv else transposed(text), end="\n" if not args.csv else "")
+            import os
+
+            import yaml
+
+            from .report.compare import parameter_names
+
+            params = parameter_names(yaml.safe_load(open("params.yaml"))) if os.path.exists("params.yaml") else None
+            return print(text if args.csv else transposed(text, params), end="\n" if not args.csv else "")
         if args.command == "status":
             import json
 
