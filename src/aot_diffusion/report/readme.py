@@ -68,6 +68,25 @@ def aot_vs_edm(results: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def aot_vs_edm_seeds(results: Path) -> str:
+    """EDM minus AOT from the K-seed run (`make seeds`; results/seeds4/RUN.md names its commit, command and cost),
+    then, per pair, where the across-seed (hierarchical) interval puts AOT: better, worse, or inside the noise."""
+    many = results / "seeds4"
+    p, d = _params(many), pd.read_csv(many / "aot_vs_edm.csv")
+    rho = float(p["sample"]["rho"][0])
+    mean = d[(d["rho"] == rho) & (d["train_seed"].astype(str) == "mean")]
+    lines = [aot_vs_edm(many).rstrip("\n"), ""]
+    for pair in dict.fromkeys(mean["pair"]):
+        r = mean[mean["pair"] == pair].sort_values("nfe")
+        better = [f"NFE {n}" for n, out, v in zip(r["nfe"], r["outside_noise"], r["diff"]) if out and v > 0]
+        worse = [f"NFE {n}" for n, out, v in zip(r["nfe"], r["outside_noise"], r["diff"]) if out and v < 0]
+        noise = [f"NFE {n}" for n, out in zip(r["nfe"], r["outside_noise"]) if not out]
+        lines.append(f"- {pair}, over {len(p['train']['seeds'])} training seeds: AOT better at "
+                     f"{', '.join(better) or 'no NFE'}; worse at {', '.join(worse) or 'no NFE'}; inside the noise at "
+                     f"{', '.join(noise) or 'no NFE'}.")
+    return "\n".join(lines) + "\n"
+
+
 def curvature(results: Path) -> str:
     p, t3 = _params(results), pd.read_csv(results / "table3_curvature.csv")
     seeds = [str(s) for s in p["train"]["seeds"]]
