@@ -38,9 +38,11 @@ compare:
 
 # More training seeds where the claim lives: every model at training seeds 0..K-1 (default 4). The seeds that
 # exist are not retrained (a job's record does not hold train.seeds); the new seeds are trained, sampled and
-# scored, and the tables' across-seed intervals (hierarchical bootstrap) cover all K. params.yaml then holds
-# K seeds: `snakemake --cores all --config profile=digits` composes the default again.
+# scored, and the tables' across-seed intervals (hierarchical bootstrap) cover all K. It changes the DAG's shape,
+# so params.yaml and dvc.yaml are written for it first (both doors then agree); `aot-diffusion params &&
+# aot-diffusion dvc-yaml` writes the default's back.
 K ?= 4
 seeds:
-	snakemake --cores $(CORES) --config train='{seeds: [$(shell $(PYTHON) -c "print(*range($(K)), sep=\", \")")]}'
-
+	aot-diffusion params --set 'train.seeds=[$(shell $(PYTHON) -c "print(*range($(K)), sep=\", \")")]'
+	aot-diffusion dvc-yaml --from-params
+	snakemake --cores $(CORES)

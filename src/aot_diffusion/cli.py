@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--pool-study", action="store_true",
                     help="also write the pool-size study's pipeline file (it is not in the repository until a study "
                          "is asked for: a bare `dvc status` would list every stage of a study that never ran)")
+    sp.add_argument("--from-params", action="store_true",
+                    help="from the effective params.yaml instead of conf/'s composition (a DAG of another shape, "
+                         "e.g. more training seeds: `make seeds`)")
     sub.add_parser("offline-plots", help="write .dvc/offline_plots.html, the page `dvc plots show/diff` fill, with "
                                          "Vega inlined (charts render without a network)")
     sp = sub.add_parser("compare", help="DVC experiments side by side: what differs among them, a row per parameter "
@@ -124,12 +127,12 @@ def _params_command(args) -> None:
     print("params.yaml: composed")
 
 
-def _dvc_yaml_command(pool_study: bool) -> None:
+def _dvc_yaml_command(pool_study: bool, from_params: bool = False) -> None:
     from .dvcfile import POOL_STUDY_DVC, dvc_yaml, write_pool_study_dvc_yaml
-    from .params import compose
+    from .params import compose, load_params
     from .utils import atomic_write_text
 
-    p = compose()
+    p = load_params("params.yaml") if from_params else compose()
     atomic_write_text("dvc.yaml", dvc_yaml(p))
     if pool_study or POOL_STUDY_DVC.exists():
         write_pool_study_dvc_yaml(p)
@@ -145,7 +148,7 @@ def main(argv=None) -> None:
         if args.command == "params":
             return _params_command(args)
         if args.command == "dvc-yaml":
-            return _dvc_yaml_command(args.pool_study)
+            return _dvc_yaml_command(args.pool_study, args.from_params)
         if args.command == "offline-plots":
             from .report.offline_plots import write_template
 
