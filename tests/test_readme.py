@@ -47,7 +47,8 @@ def test_readme_tables_are_generated_from_the_runs_files():
 
 
 @pytest.mark.parametrize("start, end, sources", [
-    ("## Results (digits profile)", "## Pool-size study", ["*.csv", "metrics.json", "floor.json"]),
+    ("## Results (digits profile)", "## Four training seeds", ["*.csv", "metrics.json", "floor.json"]),
+    ("## Four training seeds", "## Pool-size study", ["seeds4/*.csv", "seeds4/metrics.json", "*.csv"]),
     ("## Pool-size study", None, ["pool_size_study.md"]),
 ])
 def test_every_results_number_is_in_the_files_it_cites(start, end, sources):

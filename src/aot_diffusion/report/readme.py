@@ -69,7 +69,7 @@ def aot_vs_edm(results: Path) -> str:
 
 
 def aot_vs_edm_seeds(results: Path) -> str:
-    """EDM minus AOT from the K-seed run (`make seeds`; results/seeds4/RUN.md names its commit, command and cost),
+    """EDM minus AOT from the K-seed run (`make seeds`; seeds4/RUN.md names its commit, command and cost),
     then, per pair, where the across-seed (hierarchical) interval puts AOT: better, worse, or inside the noise."""
     many = results / "seeds4"
     p, d = _params(many), pd.read_csv(many / "aot_vs_edm.csv")
@@ -240,7 +240,7 @@ PER_TRAINING_SEED = ("train", "sample", "fd", "curvature")
 
 BLOCKS = {"headline_seeds": headline_seeds, "aot_vs_edm": aot_vs_edm, "curvature": curvature, "hybrid": hybrid,
           "guidance": guidance, "pool_study": pool_study, "default_job_cost": default_job_cost,
-          "gpu_check": gpu_check, "default_job_time": default_job_time}
+          "gpu_check": gpu_check, "default_job_time": default_job_time, "aot_vs_edm_seeds": aot_vs_edm_seeds}
 
 
 def render(results: Path) -> dict[str, str]:
