@@ -549,6 +549,8 @@ def test_dvc_experiments_and_apply_keep_both_doors_consistent(smoke_tree):
     run(["snakemake", "--report", "report.html"], proj)
     html = (proj / "report.html").read_text(errors="replace")
     assert "table1_fd_vs_nfe" in html and "fd_vs_nfe" in html
+    # a table and a figure of one stem are two entries, told apart by their `kind` label
+    assert "hybrid_switch.html" in html and "hybrid_switch.png" in html and '"kind"' in html
 
 
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

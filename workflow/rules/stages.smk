@@ -7,16 +7,20 @@ from pathlib import Path
 
 from aot_diffusion.layout import FIGURE_NAMES, TABLE_NAMES
 
-REPORTED = {**{name: "Tables" for name in TABLE_NAMES}, **{name: "Figures" for name in FIGURE_NAMES},
-            "pool_size_study": "Pool-size study"}
+# A table's HTML and a figure's PNG may share a stem (hybrid_switch): the category and the `kind` label come from
+# what the file is, so each is its own entry of the report.
+REPORTED = {".html": ("Tables", set(TABLE_NAMES)), ".png": ("Figures", set(FIGURE_NAMES))}
 
 
 def reported(path):
-    stem = Path(path).stem
-    if stem not in REPORTED or Path(path).suffix not in (".html", ".png"):
+    stem, suffix = Path(path).stem, Path(path).suffix
+    category, names = REPORTED.get(suffix, ("", set()))
+    if stem == "pool_size_study" and suffix in REPORTED:
+        category, names = "Pool-size study", {stem}
+    if stem not in names:
         return path
-    return report(path, caption=f"../report/{stem}.rst", category=REPORTED[stem],
-                  labels={"name": stem, "profile": P["profile"]})
+    return report(path, caption=f"../report/{stem}.rst", category=category,
+                  labels={"name": stem, "kind": category.lower().rstrip("s"), "profile": P["profile"]})
 
 
 PRIORITY = PLAN.priorities()  # on few cores, the long chains first (dag.Plan.priorities)
