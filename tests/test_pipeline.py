@@ -198,7 +198,7 @@ def test_smoke_profile_end_to_end(smoke_tree):
     assert planned_jobs(snakemake_plan(proj, *_overrides({"train.pool_size": SMOKE_POOL,
                                                           "guidance.weight_uncond": 3.0})[0])) == {
         "check_params": 1, "guided_sample": uncond, "guided_fd": uncond, "tables": 1, "figures": 1, "all": 1,
-        "total": 5 + 2 * uncond}
+        "total": 4 + 2 * uncond}
     planned = planned_jobs(snakemake_plan(proj, *_overrides({"train.pool_size": SMOKE_POOL, "sample.sigma_max": 60.0})[0]))
     assert planned["fake_samples"] == len(plan.ctx.guided_models()) and "train" not in planned
     assert planned["train_discriminator"] == len(plan.ctx.discs)
