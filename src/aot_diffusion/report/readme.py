@@ -78,9 +78,10 @@ def aot_vs_edm_seeds(results: Path) -> str:
     lines = [aot_vs_edm(many).rstrip("\n"), ""]
     for pair in dict.fromkeys(mean["pair"]):
         r = mean[mean["pair"] == pair].sort_values("nfe")
-        better = [f"NFE {n}" for n, out, v in zip(r["nfe"], r["outside_noise"], r["diff"]) if out and v > 0]
-        worse = [f"NFE {n}" for n, out, v in zip(r["nfe"], r["outside_noise"], r["diff"]) if out and v < 0]
-        noise = [f"NFE {n}" for n, out in zip(r["nfe"], r["outside_noise"]) if not out]
+        verdicts = {"better": [], "worse": [], "noise": []}
+        for n, out, v in zip(r["nfe"], r["outside_noise"], r["diff"]):
+            verdicts["noise" if not out else "better" if v > 0 else "worse"].append(f"NFE {n}")
+        better, worse, noise = verdicts["better"], verdicts["worse"], verdicts["noise"]
         lines.append(f"- {pair}, over {len(p['train']['seeds'])} training seeds: AOT better at "
                      f"{', '.join(better) or 'no NFE'}; worse at {', '.join(worse) or 'no NFE'}; inside the noise at "
                      f"{', '.join(noise) or 'no NFE'}.")
